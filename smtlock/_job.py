@@ -1,0 +1,74 @@
+"""One job of a stress burst, run as a script (never imported: a raw job must not load smtlock).
+
+    python _job.py MODE PROJECT_DIR JOB RECORDS READY_FD GO_FD RESULT_FILE
+
+It imports everything, reports ready on READY_FD, blocks until GO_FD closes (the start barrier), then
+writes RECORDS records with parameters {"job": JOB, "rec": r} the way MODE says, and leaves what it
+saw in RESULT_FILE (JSON). The harness checks the store itself; this report only adds lock figures
+and error kinds.
+"""
+
+import json
+import os
+import sys
+import time
+import traceback
+
+
+def main(argv):
+    mode, project_dir, job, records, ready_fd, go_fd, result_file = argv
+    job, records, ready_fd, go_fd = int(job), int(records), int(ready_fd), int(go_fd)
+    os.chdir(project_dir)
+    sys.path.insert(0, project_dir)  # the project's main.py, for the decorator mode
+
+    from sumatra.parameters import SimpleParameterSet
+    from sumatra.projects import load_project
+    import sumatra.commands  # noqa: F401  (imported before the barrier, like everything else)
+    if mode != "raw":
+        import smtlock
+        from smtlock import lock
+        lock.enable_stats()
+    if mode == "decorator":
+        import main as simulation
+        simulate = smtlock.smt_logged(simulation.simulate)
+
+    os.write(ready_fd, b"r")
+    os.close(ready_fd)
+    os.read(go_fd, 1)  # returns when the harness closes the other end: everyone starts together
+    os.close(go_fd)
+
+    result = {"job": job, "done": 0, "error": None}
+    try:
+        for rec in range(records):
+            if mode == "decorator":
+                simulate(job, rec)
+            elif mode == "smt-run":
+                from sumatra.cli import smt
+                sys.argv = ["smt", "run", "params.txt", f"job={job}", f"rec={rec}"]
+                code = smt()
+                if code:
+                    raise RuntimeError(f"smt run exited {code}")
+            else:
+                project = load_project()
+                record = project.new_record(parameters=SimpleParameterSet({"job": job, "rec": rec}),
+                                            main_file="main.py")
+                if mode == "raw":
+                    project.add_record(record)
+                    project.save()
+                else:
+                    with smtlock.SMTLock(project):
+                        project.add_record(record)
+                        project.save()
+            result["done"] += 1
+    except BaseException as err:  # the harness counts error kinds; the job still fails
+        result["error"] = type(err).__name__
+        result["traceback"] = traceback.format_exc()[-2000:]
+    if mode != "raw":
+        result["lock"] = lock.collected_stats()
+    with open(result_file, "w") as f:
+        json.dump(result, f)
+    return 1 if result["error"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

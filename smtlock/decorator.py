@@ -1,0 +1,155 @@
+"""``@smt_logged``: one call of a simulation function is one Sumatra record, safe under a burst."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import io
+import json
+import os
+import sys
+import time
+import traceback
+from contextvars import ContextVar
+from typing import Any, Callable, Iterable, Optional, TypeVar, Union, overload
+
+from sumatra.core import STATUS_FORMAT
+from sumatra.parameters import JSONParameterSet, ParameterSet
+from sumatra.programs import PythonExecutable
+from sumatra.projects import Project, load_project
+
+__all__ = ["smt_logged", "current_label"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+_label: ContextVar[Optional[str]] = ContextVar("smtlock_label", default=None)
+
+
+def current_label() -> Optional[str]:
+    """The record label of the innermost ``@smt_logged`` call running now (None outside one)."""
+    return _label.get()
+
+
+@overload
+def smt_logged(func: F) -> F: ...
+@overload
+def smt_logged(*, project: Union[Project, str, None] = None, tags: Iterable[str] = (),
+               reason: Optional[str] = None) -> Callable[[F], F]: ...
+
+
+def smt_logged(func: Optional[F] = None, *, project: Union[Project, str, None] = None,
+               tags: Iterable[str] = (), reason: Optional[str] = None) -> Any:
+    """Record each call of ``func`` as a Sumatra record.
+
+    The record holds the call's arguments by name (defaults included; a ParameterSet argument is used
+    as it is), its stdout and stderr (still shown), duration, Sumatra's status tag (``_finished_``, or
+    ``_failed_`` with the exception in the outcome, re-raised) and the output data found in the
+    datastore. ``project`` is a Project or a path (default: the project of the working directory).
+    """
+    if func is None:
+        return lambda f: smt_logged(f, project=project, tags=tags, reason=reason)
+    signature = inspect.signature(func)
+    extra_tags = tuple(tags)
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        prj = project if isinstance(project, Project) else load_project(project)
+        record = prj.new_record(parameters=_parameters(signature, args, kwargs),
+                                main_file=_main_file(func, prj),
+                                executable=PythonExecutable(path=sys.executable),
+                                reason=reason)  # writes the record, with a unique label
+        record.launch_mode.working_directory = os.getcwd()
+        for tag in extra_tags:
+            record.add_tag(tag)
+        record.add_tag(STATUS_FORMAT % "running")
+        record.stdout_stderr = "Not yet captured."
+        prj.save_record(record)
+        token = _label.set(record.label)
+        start = time.time()
+        status = "failed"
+        output = _Captured()
+        try:
+            with output:
+                result = func(*args, **kwargs)
+            status = "finished"
+            return result
+        except KeyboardInterrupt:
+            status = "killed"
+            raise
+        except BaseException as err:
+            record.outcome = "".join(traceback.format_exception_only(type(err), err)).strip()
+            raise
+        finally:
+            _label.reset(token)
+            record.duration = time.time() - start
+            record.stdout_stderr = output.getvalue()
+            record.output_data = record.datastore.find_new_data(record.timestamp)
+            record.add_tag(STATUS_FORMAT % status)
+            prj.save_record(record)
+            prj.save()
+
+    return wrapper
+
+
+def _parameters(signature: inspect.Signature, args: tuple, kwargs: dict) -> ParameterSet:
+    """The call's arguments by name, defaults applied; a ParameterSet argument is taken as is."""
+    bound = signature.bind(*args, **kwargs)
+    bound.apply_defaults()
+    values: dict = {}
+    for name, value in bound.arguments.items():
+        if isinstance(value, ParameterSet):
+            return value
+        if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+            values.update(value)
+        else:
+            values[name] = list(value) if isinstance(value, tuple) else value
+    return JSONParameterSet(json.dumps(values, default=repr))
+
+
+def _main_file(func: Callable, prj: Project) -> Optional[str]:
+    """The file that defines ``func``, relative to the working directory when it is below it."""
+    try:
+        source = inspect.getsourcefile(func)
+    except TypeError:
+        source = None
+    if not source or not os.path.exists(source):
+        return prj.default_main_file
+    relative = os.path.relpath(source)
+    return source if relative.startswith("..") else relative
+
+
+class _Tee(io.TextIOBase):
+    """Writes to the terminal stream and to a shared buffer."""
+
+    def __init__(self, stream: Any, buffer: io.StringIO) -> None:
+        self.stream, self.buffer = stream, buffer
+
+    def write(self, text: str) -> int:
+        self.buffer.write(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+
+class _Captured:
+    """Captures what Python code prints to stdout and stderr, and still shows it."""
+
+    def __init__(self) -> None:
+        self.buffer = io.StringIO()
+
+    def getvalue(self) -> str:
+        return self.buffer.getvalue()
+
+    def __enter__(self) -> "_Captured":
+        self.saved = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Tee(sys.stdout, self.buffer), _Tee(sys.stderr, self.buffer)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        sys.stdout, sys.stderr = self.saved

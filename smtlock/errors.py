@@ -1,0 +1,46 @@
+"""The one error hierarchy of smtlock: catch :class:`SMTLockError` to catch them all."""
+
+from __future__ import annotations
+
+__all__ = [
+    "SMTLockError",
+    "NoProjectError",
+    "ProjectFileError",
+    "LockFileError",
+    "LockTimeout",
+    "StoreError",
+]
+
+
+class SMTLockError(Exception):
+    """Base class of every error smtlock raises; its message is one line that says what to do."""
+
+
+class NoProjectError(SMTLockError):
+    """There is no Sumatra project (no ``.smt`` folder) at or above the given path."""
+
+
+class ProjectFileError(SMTLockError):
+    """``.smt/project`` is missing, unreadable or not valid JSON."""
+
+
+class LockFileError(SMTLockError):
+    """The lock file cannot be created or opened (for example ``.smt`` is not writable)."""
+
+
+class StoreError(SMTLockError):
+    """The record store cannot be reached or a write to it could not be done."""
+
+
+class LockTimeout(SMTLockError, TimeoutError):
+    """The lock was not acquired within the timeout; ``holder`` says who has it."""
+
+    def __init__(self, lock_file: str, timeout: float, holder: str | None) -> None:
+        self.lock_file = lock_file
+        self.timeout = timeout
+        self.holder = holder
+        who = holder or "an unknown process"
+        super().__init__(
+            f"timed out after {timeout:g} s waiting for {lock_file}, held by {who} "
+            "(wait longer with a larger timeout, or stop that process)"
+        )

@@ -1,0 +1,197 @@
+"""SMTLock: one cross-process, re-entrant lock per Sumatra project.
+
+The lock file is ``.smt/smtlock.lock``. Within a process the lock is re-entrant (a Sumatra call that
+locks inside a user's ``with SMTLock(project):`` does not deadlock) and threads take turns. Across
+processes a :class:`~smtlock.backends.FileBackend` excludes; a PostgreSQL store adds a backend that
+reaches across machines.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, List, Optional, Tuple, Union
+
+from .backends import FileBackend, LockBackend
+from .errors import LockTimeout, NoProjectError
+
+__all__ = ["SMTLock", "LOCK_FILE_NAME", "project_root", "enable_stats", "collected_stats"]
+
+LOCK_FILE_NAME = "smtlock.lock"
+_MIN_POLL = 0.0005  # seconds; the wait between tries doubles up to poll_interval, with jitter
+_FOREVER = -1.0
+
+
+def project_root(project: Any) -> Path:
+    """The folder that holds ``.smt`` for a Sumatra ``Project`` or for any path inside a project."""
+    start = Path(getattr(project, "path", project)).expanduser().absolute()
+    for folder in (start, *start.parents):
+        if (folder / ".smt").is_dir():
+            return folder
+    raise NoProjectError(f"no Sumatra project at {start} (run `smt init`)")
+
+
+@dataclass
+class _Shared:
+    """What every SMTLock of one lock file shares inside this process."""
+
+    backends: List[LockBackend]
+    mutex: threading.RLock = field(default_factory=threading.RLock)
+    depth: int = 0
+    wait_s: float = 0.0
+    held_since: float = 0.0
+    purpose: str = ""
+
+
+_shared: dict = {}
+_shared_guard = threading.Lock()
+_stats: Optional[List[Tuple[str, float, float]]] = None
+
+
+def _forget_after_fork() -> None:
+    # A forked child holds no lock of ours, whatever its parent held.
+    global _shared_guard
+    _shared.clear()
+    _shared_guard = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def enable_stats() -> None:
+    """Record (purpose, wait seconds, held seconds) for each outermost acquisition in this process."""
+    global _stats
+    _stats = []
+
+
+def collected_stats() -> List[Tuple[str, float, float]]:
+    """The statistics recorded since :func:`enable_stats` (empty when not enabled)."""
+    return list(_stats or [])
+
+
+def _default_timeout() -> float:
+    value = os.environ.get("SMTLOCK_TIMEOUT")
+    return float(value) if value else _FOREVER
+
+
+class SMTLock:
+    """Cross-process exclusive lock on a Sumatra project; use it as a context manager.
+
+    ``project`` is a Sumatra ``Project`` or a path inside a project. ``timeout`` is in seconds; None
+    takes ``$SMTLOCK_TIMEOUT`` or waits as long as it takes, a negative value waits forever, 0 tries
+    once. On timeout :class:`~smtlock.errors.LockTimeout` names the lock file and the holder.
+    """
+
+    def __init__(
+        self,
+        project: Union[Any, str, "os.PathLike[str]"],
+        timeout: Optional[float] = None,
+        poll_interval: float = 0.025,
+        purpose: str = "user",
+    ) -> None:
+        self.root = project_root(project)
+        self.lock_file = str(self.root / ".smt" / LOCK_FILE_NAME)
+        self.timeout = _default_timeout() if timeout is None else float(timeout)
+        self.poll_interval = poll_interval
+        self.purpose = purpose
+        with _shared_guard:
+            shared = _shared.get(self.lock_file)
+            if shared is None:
+                shared = _shared[self.lock_file] = _Shared(self._make_backends(project))
+        self._shared: _Shared = shared
+
+    def _make_backends(self, project: Any) -> List[LockBackend]:
+        return [FileBackend(self.lock_file)]
+
+    @property
+    def is_locked(self) -> bool:
+        """Whether this process holds the lock (in any thread)."""
+        return self._shared.depth > 0
+
+    def acquire(self, timeout: Optional[float] = None) -> "_Acquired":
+        """Take the lock, waiting up to ``timeout`` seconds (default: the lock's own timeout)."""
+        wait = self.timeout if timeout is None else float(timeout)
+        start = time.perf_counter()
+        deadline = None if wait < 0 else time.monotonic() + wait
+        shared = self._shared
+        if not shared.mutex.acquire(timeout=-1 if deadline is None else max(wait, 0.0)):
+            raise LockTimeout(self.lock_file, wait, f"another thread of this process (pid {os.getpid()})")
+        if shared.depth == 0:
+            try:
+                self._acquire_backends(deadline, wait)
+            except BaseException:
+                shared.mutex.release()
+                raise
+            shared.held_since = time.perf_counter()
+            shared.wait_s = shared.held_since - start
+            shared.purpose = self.purpose
+        shared.depth += 1
+        return _Acquired(self)
+
+    def _acquire_backends(self, deadline: Optional[float], wait: float) -> None:
+        taken: List[LockBackend] = []
+        try:
+            for backend in self._shared.backends:
+                delay = _MIN_POLL
+                while not backend.try_acquire():
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise LockTimeout(backend.name, wait, backend.holder())
+                    time.sleep(delay * random.uniform(0.5, 1.0))
+                    delay = min(delay * 2, self.poll_interval)
+                taken.append(backend)
+        except BaseException:
+            for backend in reversed(taken):
+                backend.release()
+            raise
+
+    def release(self) -> None:
+        """Undo one :meth:`acquire`; the last one lets other processes in."""
+        shared = self._shared
+        if shared.depth <= 0:
+            raise RuntimeError(f"release of {self.lock_file}, which this process does not hold")
+        shared.depth -= 1
+        try:
+            if shared.depth == 0:
+                held = time.perf_counter() - shared.held_since
+                for backend in reversed(shared.backends):
+                    backend.release()
+                if _stats is not None:
+                    _stats.append((shared.purpose, shared.wait_s, held))
+        finally:
+            shared.mutex.release()
+
+    def holder(self) -> Optional[str]:
+        """Who holds the lock now, as recorded by the holder (None when free or unknown)."""
+        for backend in self._shared.backends:
+            who = backend.holder()
+            if who:
+                return who
+        return None
+
+    def __enter__(self) -> "SMTLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Optional[TracebackType]) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return f"SMTLock({str(self.root)!r}, lock_file={self.lock_file!r}, locked={self.is_locked})"
+
+
+class _Acquired:
+    """What :meth:`SMTLock.acquire` returns, so ``with lock.acquire(timeout=5):`` releases once."""
+
+    def __init__(self, lock: SMTLock) -> None:
+        self.lock = lock
+
+    def __enter__(self) -> SMTLock:
+        return self.lock
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Optional[TracebackType]) -> None:
+        self.lock.release()

@@ -1,0 +1,285 @@
+"""Every write Sumatra 0.8.1 makes, made safe: the one place where smtlock patches Sumatra.
+
+:func:`apply` runs on ``import smtlock`` (and from the Sumatra plugin). Each patch wraps the narrowest
+Sumatra callable and says which upstream behaviour it fixes; no Sumatra code is copied here.
+
+The path of one record write, top to bottom (:func:`add_record`)::
+
+    Project.new_record            builds the Record, VCS checks        (outside the lock)
+      -> Project.add_record       = add_record() below
+           with SMTLock(project):                                      (inside the lock)
+               claim_label()      one query: labels like this one; add a suffix if taken
+               store.save()       Django: one transaction / shelve: re-read, write, close
+      -> Record.register          dependencies, platform information   (outside the lock)
+"""
+
+from __future__ import annotations
+
+import builtins
+import functools
+import json
+import os
+import shelve
+import tempfile
+
+import filelock
+from typing import Any, Callable, Set
+
+import sumatra.commands
+import sumatra.projects
+from sumatra.projects import Project
+from sumatra.recordstore.shelve_store import ShelveRecordStore
+
+from .errors import NoProjectError
+from .lock import SMTLock, project_root
+
+try:
+    from sumatra.recordstore.django_store import DjangoConfiguration, DjangoRecordStore
+except ImportError:  # Django is optional for Sumatra and for us
+    DjangoConfiguration = DjangoRecordStore = None  # type: ignore[assignment,misc]
+
+__all__ = ["apply", "is_applied", "add_record", "claim_label", "atomic_open", "SQLITE_BUSY_TIMEOUT_S"]
+
+SQLITE_BUSY_TIMEOUT_S = 60.0  # how long an SQLite connection waits for another writer, not fail
+_CLAIM = "_smtlock_claimed_label"  # set on a Record once its label is claimed in its store
+_ORIGINAL: dict = {}
+
+
+# --- the write path -------------------------------------------------------------------------------
+
+def add_record(self: Project, record: Any) -> None:
+    """Replaces ``Project.add_record``.
+
+    Upstream retries 200 times with 5 s sleeps on database errors, then prints "Reached maximum
+    number of attempts" and drops the record. Here the write is serialized, so it does not race, and
+    a write that fails raises. Adding the same Record object again updates it.
+    """
+    with SMTLock(self, purpose="add_record"):
+        claim_label(self, record)
+        _ORIGINAL["Project.save_record"](self, record)
+    self._most_recent = record.label
+
+
+def claim_label(project: Project, record: Any) -> None:
+    """Make ``record.label`` unique in the project's store; call with the lock held.
+
+    Upstream's default label is a one-second timestamp, so a burst repeats it and the records replace
+    each other (open-research/sumatra#362). A taken label gets the first free suffix ``_1``, ``_2``...
+    """
+    if getattr(record, _CLAIM, None) == record.label:
+        return  # the same record, added again (the user's pattern after new_record, or @capture)
+    taken = _labels_like(project.record_store, project.name, record.label)
+    if record.label in taken:
+        n = 1
+        while f"{record.label}_{n}" in taken:
+            n += 1
+        record.label = f"{record.label}_{n}"
+    setattr(record, _CLAIM, record.label)
+
+
+def _labels_like(store: Any, project_name: str, label: str) -> Set[str]:
+    """Labels in the store equal to ``label`` or starting with it, with one query where possible."""
+    if DjangoRecordStore is not None and isinstance(store, DjangoRecordStore):
+        return set(store._manager.filter(project__id=project_name, label__startswith=label)
+                   .values_list("label", flat=True))
+    return {x for x in store.labels(project_name) if x.startswith(label)}
+
+
+def _locked(method: Callable, purpose: str) -> Callable:
+    """Run a Project method with the project's lock held (get-modify-save sequences, file writes)."""
+    @functools.wraps(method)
+    def wrapper(self: Project, *args: Any, **kwargs: Any) -> Any:
+        with SMTLock(self, purpose=purpose):
+            return method(self, *args, **kwargs)
+    return wrapper
+
+
+# --- atomic files under .smt/ ---------------------------------------------------------------------
+
+class _AtomicFile:
+    """A text file written to a temporary name in the target's folder; it replaces the target on
+    close (after fsync), so a reader sees the old content or the new, never a torn file. On an error
+    the target is left as it was."""
+
+    def __init__(self, path: str, mode: str, **kwargs: Any) -> None:
+        self.path = os.path.abspath(path)
+        fd, self.tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
+                                        dir=os.path.dirname(self.path))
+        self.file = os.fdopen(fd, mode.replace("x", "w"), **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.file, name)
+
+    def __enter__(self) -> "_AtomicFile":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.file.close()
+            os.unlink(self.tmp)
+
+    def close(self) -> None:
+        if self.file.closed:
+            return
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        os.chmod(self.tmp, 0o644)
+        self.file.close()
+        os.replace(self.tmp, self.path)
+
+
+def atomic_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+    """Stands in for ``open`` inside ``sumatra.projects`` and ``sumatra.commands``.
+
+    Upstream writes ``.smt/project`` (``Project.save``) and ``.smt/labels`` (``smt run``, ``tag``...)
+    with ``open(path, 'w')`` in place, so a concurrent ``load_project()`` reads an empty or
+    half-written file (JSONDecodeError). Writes to files in a ``.smt`` folder become atomic here.
+    """
+    if ("w" in mode and "b" not in mode and not args and isinstance(file, (str, os.PathLike))
+            and os.path.basename(os.path.dirname(os.path.abspath(file))) == ".smt"):
+        return _AtomicFile(os.fspath(file), mode, **kwargs)
+    return builtins.open(file, mode, *args, **kwargs)
+
+
+# --- record stores --------------------------------------------------------------------------------
+
+def _django_save(self: Any, project_name: str, record: Any) -> None:
+    """``DjangoRecordStore.save`` in one transaction.
+
+    Upstream issues ~16 autocommitted queries: a failure half-way leaves a half-written record, and
+    each commit costs a journal sync.
+    """
+    from django.db import transaction
+    self._get_models()  # configures Django (and migrates) before a transaction can be opened
+    with transaction.atomic(using=self._db_label):
+        _ORIGINAL["DjangoRecordStore.save"](self, project_name, record)
+
+
+def _django_uri_to_db(self: Any, uri: str) -> dict:
+    """SQLite connections that wait for a busy database instead of failing.
+
+    Upstream sets no SQLite timeout, so a second writer fails at once with "database is locked".
+    """
+    db = _ORIGINAL["DjangoConfiguration.uri_to_db"](self, uri)
+    if "sqlite3" in db["ENGINE"]:
+        db.setdefault("OPTIONS", {})["timeout"] = SQLITE_BUSY_TIMEOUT_S
+    return db
+
+
+def _sqlite_pragmas(sender: Any, connection: Any, **kwargs: Any) -> None:
+    """WAL journal on every SQLite store: readers (``smt list``, smtweb) never block the writer,
+    and a commit needs no fsync of a rollback journal (upstream uses SQLite's default journal)."""
+    if connection.vendor == "sqlite":
+        with connection.cursor() as cursor:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+
+
+def _django_create_databases(self: Any) -> None:
+    """Run Sumatra's ``migrate`` only when a database needs it, and under the store's lock.
+
+    Upstream migrates on first use in every process: a burst on a new store races to create the
+    same tables, and every process pays for it.
+    """
+    from django.db import connections
+    from django.db.migrations.executor import MigrationExecutor
+
+    def pending() -> bool:
+        for label in self._settings["DATABASES"]:
+            executor = MigrationExecutor(connections[label])
+            if executor.migration_plan(executor.loader.graph.leaf_nodes()):
+                return True
+        return False
+
+    if not pending():
+        return
+    db = self._settings["DATABASES"]["default"]
+    with _path_lock(db["NAME"] if "sqlite3" in db["ENGINE"] else os.getcwd(), "migrate"):
+        if pending():
+            _ORIGINAL["DjangoConfiguration._create_databases"](self)
+
+
+def _path_lock(path: str, purpose: str) -> Any:
+    """The lock for a store file: its project's SMTLock, or a lock file beside a store that lives
+    outside any project."""
+    path = os.path.abspath(os.path.expanduser(path))
+    try:
+        return SMTLock(path, purpose=purpose)
+    except NoProjectError:
+        return filelock.FileLock(path + ".lock", thread_local=False)
+
+
+def _shelve_init(self: Any, shelf_name: str = ".smt/records") -> None:
+    """Open the shelf only for each operation (see ``_shelve_fresh``)."""
+    with _path_lock(shelf_name, "shelve"):
+        _ORIGINAL["ShelveRecordStore.__init__"](self, shelf_name)
+        self.shelf.close()
+
+
+def _shelve_fresh(method: Callable) -> Callable:
+    """Run a ShelveRecordStore method on a freshly opened shelf, under the lock, closing it after.
+
+    Upstream keeps the shelf open from ``__init__`` on and reads and writes the whole
+    ``{label: record}`` dict of a project through that handle: it serves a stale view, so concurrent
+    writers overwrite each other's records, and readers see truncated pickles.
+    """
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if getattr(self, "_smtlock_open", False):  # called from another wrapped method: shelf is open
+            return method(self, *args, **kwargs)
+        with _path_lock(self._shelf_name, "shelve"):
+            self.shelf = shelve.open(self._shelf_name)
+            self._smtlock_open = True
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                self._smtlock_open = False
+                self.shelf.close()
+    return wrapper
+
+
+# --- applying -------------------------------------------------------------------------------------
+
+def _patch(owner: Any, name: str, make: Callable[[Callable], Callable]) -> None:
+    key = f"{owner.__name__}.{name}"
+    if key not in _ORIGINAL:
+        _ORIGINAL[key] = getattr(owner, name)
+        setattr(owner, name, make(_ORIGINAL[key]))
+
+
+def is_applied() -> bool:
+    """Whether :func:`apply` has run in this process."""
+    return "Project.add_record" in _ORIGINAL
+
+
+def apply() -> None:
+    """Apply every patch once; calling it again does nothing."""
+    if is_applied():
+        return
+    _patch(Project, "add_record", lambda orig: add_record)
+    # Upstream: save_record writes with no lock; smt run calls it 4 times per run.
+    _patch(Project, "save_record", lambda orig: _locked(orig, "save_record"))
+    # Upstream: save dumps JSON straight into .smt/project (atomic_open below makes it atomic).
+    _patch(Project, "save", lambda orig: _locked(orig, "save"))
+    # Upstream: get -> modify -> save_record with no lock loses concurrent tags and comments.
+    for name in ("add_tag", "remove_tag", "add_comment", "delete_record", "delete_by_tag",
+                 "change_record_store", "backup"):
+        _patch(Project, name, lambda orig, name=name: _locked(orig, name))
+    # Upstream: open(path, 'w') on .smt/project and .smt/labels (see atomic_open).
+    for module in (sumatra.projects, sumatra.commands):
+        if getattr(module, "open", None) is not atomic_open:
+            module.open = atomic_open  # type: ignore[attr-defined]
+
+    _patch(ShelveRecordStore, "__init__", lambda orig: _shelve_init)
+    for name in ("list_projects", "has_project", "save", "get", "list", "labels", "delete",
+                 "delete_by_tag", "most_recent"):
+        _patch(ShelveRecordStore, name, _shelve_fresh)
+
+    if DjangoRecordStore is not None:
+        _patch(DjangoRecordStore, "save", lambda orig: _django_save)
+        _patch(DjangoConfiguration, "uri_to_db", lambda orig: _django_uri_to_db)
+        _patch(DjangoConfiguration, "_create_databases", lambda orig: _django_create_databases)
+        from django.db.backends.signals import connection_created
+        connection_created.connect(_sqlite_pragmas, dispatch_uid="smtlock-sqlite-pragmas")
