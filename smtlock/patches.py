@@ -54,6 +54,7 @@ def add_record(self: Project, record: Any) -> None:
     number of attempts" and drops the record. Here the write is serialized, so it does not race, and
     a write that fails raises. Adding the same Record object again updates it.
     """
+    _prepare(self.record_store)
     with SMTLock(self, purpose="add_record"):
         claim_label(self, record)
         _ORIGINAL["Project.save_record"](self, record)
@@ -85,10 +86,17 @@ def _labels_like(store: Any, project_name: str, label: str) -> Set[str]:
     return {x for x in store.labels(project_name) if x.startswith(label)}
 
 
+def _prepare(store: Any) -> None:
+    """First-use set-up of a store (Django configuration, migration check), done outside the lock."""
+    if DjangoRecordStore is not None and isinstance(store, DjangoRecordStore):
+        store._get_models()
+
+
 def _locked(method: Callable, purpose: str) -> Callable:
     """Run a Project method with the project's lock held (get-modify-save sequences, file writes)."""
     @functools.wraps(method)
     def wrapper(self: Project, *args: Any, **kwargs: Any) -> Any:
+        _prepare(getattr(self, "record_store", None))
         with SMTLock(self, purpose=purpose):
             return method(self, *args, **kwargs)
     return wrapper

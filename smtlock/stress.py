@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-__all__ = ["MODES", "make_project", "run_burst", "census", "verify", "run_mode", "mask_uri",
+__all__ = ["MODES", "make_project", "start_together", "run_burst", "census", "verify", "run_mode", "mask_uri",
            "store_uri_for"]
 
 MODES = ("raw", "locked", "decorator", "smt-run")
@@ -83,42 +83,61 @@ def make_project(project_dir: Path, store: str = "sqlite") -> Path:
     return project_dir
 
 
-def run_burst(project_dir: Path, mode: str, jobs: int, records: int, work_dir: Path,
-              progress: Optional[Callable[[int, int, int], None]] = None) -> Dict[str, Any]:
-    """Start ``jobs`` processes, release them together, wait for all; return exit codes, reports, wall."""
-    work_dir.mkdir(parents=True, exist_ok=True)
+def start_together(commands: List[List[str]], logs: List[Path],
+                   progress: Optional[Callable[[int, int, int], None]] = None,
+                   cwd: Optional[Path] = None) -> Dict[str, Any]:
+    """Run each command as its own process and release them together; return exit codes and wall.
+
+    In each command the arguments ``{ready}`` and ``{go}`` become file descriptors: the process
+    writes a byte to ``ready`` when it has imported everything, then blocks reading ``go``. Once all
+    are ready the harness closes the other end of ``go``, and every read returns at the same moment.
+    """
     ready_r, ready_w = os.pipe()
     go_r, go_w = os.pipe()
     procs = {}
-    for job in range(jobs):
-        log = open(work_dir / f"job-{job}.log", "wb")
-        args = [sys.executable, JOB_SCRIPT, mode, str(project_dir), str(job), str(records),
-                str(ready_w), str(go_r), str(work_dir / f"job-{job}.json")]
-        proc = subprocess.Popen(args, pass_fds=(ready_w, go_r), stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
-        log.close()
-        procs[proc.pid] = (job, proc)
+    for index, (command, log_path) in enumerate(zip(commands, logs)):
+        fds = {"{ready}": str(ready_w), "{go}": str(go_r)}
+        argv = [fds.get(arg, arg) for arg in command]
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(argv, pass_fds=(ready_w, go_r), stdout=log, cwd=cwd,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        procs[proc.pid] = (index, proc)
     os.close(ready_w)
     os.close(go_r)
-    with os.fdopen(ready_r, "rb") as ready:  # EOF once every job has said ready (or died)
-        ready.read()
+    with os.fdopen(ready_r, "rb", buffering=0) as ready:  # one byte per process; EOF if all died
+        count = 0
+        while count < len(commands):
+            got = ready.read(len(commands) - count)
+            if not got:
+                break
+            count += len(got)
     start = time.perf_counter()
     os.close(go_w)  # the barrier opens
     codes: Dict[int, int] = {}
-    while len(codes) < jobs:
+    while len(codes) < len(commands):
         pid, status = os.wait()
         if pid in procs:
-            job, proc = procs[pid]
-            proc.returncode = codes[job] = os.waitstatus_to_exitcode(status)
+            index, proc = procs[pid]
+            proc.returncode = codes[index] = os.waitstatus_to_exitcode(status)
             if progress:
                 failed = sum(1 for c in codes.values() if c)
-                progress(len(codes) - failed, jobs - len(codes), failed)
-    wall = time.perf_counter() - start
+                progress(len(codes) - failed, len(commands) - len(codes), failed)
+    return {"codes": codes, "wall_s": time.perf_counter() - start}
+
+
+def run_burst(project_dir: Path, mode: str, jobs: int, records: int, work_dir: Path,
+              progress: Optional[Callable[[int, int, int], None]] = None) -> Dict[str, Any]:
+    """``jobs`` stress jobs on one project, released together; exit codes, reports and wall time."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    commands = [[sys.executable, JOB_SCRIPT, mode, str(project_dir), str(job), str(records),
+                 "{ready}", "{go}", str(work_dir / f"job-{job}.json")] for job in range(jobs)]
+    burst = start_together(commands, [work_dir / f"job-{job}.log" for job in range(jobs)], progress)
     reports = []
     for job in range(jobs):
         path = work_dir / f"job-{job}.json"
         reports.append(json.loads(path.read_text()) if path.exists() else {"job": job, "error": None})
-    return {"codes": codes, "reports": reports, "wall_s": wall}
+    burst["reports"] = reports
+    return burst
 
 
 def census(store: str, project_dir: str, project_name: str = PROJECT_NAME) -> Dict[str, Any]:
@@ -198,3 +217,124 @@ def run_mode(mode: str, store: str, jobs: int, records: int, base_dir: Path,
     })
     result["_rows"] = counted["records"]
     return result
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+def _store_argument(value: str) -> str:
+    import argparse
+    if value in ("sqlite", "shelve") or value.startswith(("postgres://", "postgresql://")):
+        return value
+    raise argparse.ArgumentTypeError(
+        f"unknown store {mask_uri(value)!r}: use sqlite, shelve or postgres://user:pass@host:port/db")
+
+
+def add_arguments(parser: Any) -> None:
+    """The options of ``smtlock stress``."""
+    parser.add_argument("--jobs", type=int, default=48, metavar="N", help="simultaneous jobs (default 48)")
+    parser.add_argument("--records", type=int, default=5, metavar="R", help="records per job (default 5)")
+    parser.add_argument("--store", type=_store_argument, default="sqlite",
+                        help="sqlite (default), shelve, or postgres://user:pass@host:port/db")
+    parser.add_argument("--mode", action="append", choices=MODES, dest="modes",
+                        help="raw, locked, decorator or smt-run; repeat for side-by-side runs "
+                             "(default: raw and locked)")
+    parser.add_argument("--project-dir", type=Path, metavar="DIR",
+                        help="keep each run's project under DIR/<mode>/ (default: a temporary folder)")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="write the figures as JSON")
+    parser.add_argument("--plot", type=Path, metavar="PATH.png", help="plot the figures (needs matplotlib)")
+    parser.set_defaults(handler=main)
+
+
+ROWS = [("expected", "expected"), ("found", "found"), ("lost", "lost"), ("duplicates", "duplicates"),
+        ("distinct labels", "distinct_labels"), ("failed jobs", "failed_jobs"), ("wall time (s)", "wall_s"),
+        ("records/s", "records_per_s"), ("lock held p50/p99 (ms)", "lock_held_ms"),
+        ("lock wait p50/p99 (ms)", "lock_wait_ms"), ("duplicate table rows", "duplicate_rows")]
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, dict) and "p50" in value:
+        return "-" if value["p50"] is None else f"{value['p50']:.2f}/{value['p99']:.2f}"
+    if isinstance(value, dict):
+        return str(sum(value.values()))
+    return "-" if value is None else str(value)
+
+
+def format_table(runs: List[Dict[str, Any]]) -> str:
+    """The runs side by side, one column per mode."""
+    lines = [f"{'':24}" + "".join(f"{run['mode']:>14}" for run in runs)]
+    for title, key in ROWS:
+        lines.append(f"{title:24}" + "".join(f"{_cell(run[key]):>14}" for run in runs))
+    for run in runs:
+        if run["errors"]:
+            kinds = ", ".join(f"{kind} x{n}" for kind, n in sorted(run["errors"].items()))
+            lines.append(f"errors in {run['mode']}: {kinds}")
+    return "\n".join(lines)
+
+
+def plot(runs: List[Dict[str, Any]], path: Path) -> None:
+    """Bar chart of expected/found/lost per mode."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        from .errors import SMTLockError
+        raise SMTLockError("--plot needs matplotlib (pip install 'smtlock[plot]')") from None
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    modes = [run["mode"] for run in runs]
+    for i, key in enumerate(("expected", "found", "lost")):
+        ax.bar([m + i * 0.27 for m in range(len(modes))], [run[key] for run in runs], 0.27, label=key)
+    ax.set_xticks([m + 0.27 for m in range(len(modes))], modes)
+    ax.set_ylabel("records")
+    ax.set_title(f"{runs[0]['jobs']} jobs x {runs[0]['records_per_job']} records, {runs[0]['store']} store")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def _progress_line(mode: str) -> Callable[[int, int, int], None]:
+    live = sys.stderr.isatty()
+
+    def show(finished: int, running: int, failed: int) -> None:
+        if not live and running:
+            return
+        end = "\n" if running == 0 else ""
+        print(f"\r{mode:>10}: finished {finished:4d}  running {running:4d}  failed {failed:4d}",
+              end=end, file=sys.stderr, flush=True)
+    return show
+
+
+def check_store(store: str) -> None:
+    """Fail early, in one line, when the store cannot be used."""
+    if store.startswith(("postgres://", "postgresql://")):
+        from .postgres import check_server
+        check_server(store)
+
+
+def main(args: Any) -> int:
+    """``smtlock stress``: run each mode on a fresh project, print the table; exit 1 if a safe mode lost."""
+    from .errors import SMTLockError
+    if args.jobs < 1 or args.records < 1:
+        raise SMTLockError("--jobs and --records must be at least 1")
+    modes = args.modes or ["raw", "locked"]
+    check_store(args.store)
+    base = args.project_dir or Path(tempfile.mkdtemp(prefix="smtlock-stress-"))
+    runs = []
+    try:
+        for mode in modes:
+            runs.append(run_mode(mode, args.store, args.jobs, args.records, base, _progress_line(mode)))
+    finally:
+        if args.project_dir is None:
+            shutil.rmtree(base, ignore_errors=True)
+    for run in runs:
+        run.pop("_rows", None)
+        if args.project_dir is None:
+            run.pop("project_dir", None)
+    print(format_table(runs))
+    if args.json:
+        args.json.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
+    if args.plot:
+        plot(runs, args.plot)
+    unsafe = [run for run in runs if run["mode"] != "raw"
+              and (run["lost"] or run["duplicates"] or run["failed_jobs"])]
+    return 1 if unsafe else 0

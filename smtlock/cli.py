@@ -1,0 +1,48 @@
+"""The ``smtlock`` command: one subcommand per job; errors are one line and exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, NoReturn, Optional
+
+from . import __version__
+from .errors import SMTLockError
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="smtlock", description="Keep every Sumatra record when many jobs start at once.")
+    parser.add_argument("--version", action="version", version=f"smtlock {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    from . import stress
+    stress.add_arguments(sub.add_parser("stress", help="launch N simultaneous jobs and count what survived",
+                                        description=stress.__doc__.splitlines()[0]))
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except SMTLockError as err:
+        print(f"smtlock: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("smtlock: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

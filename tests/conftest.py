@@ -1,0 +1,41 @@
+"""Shared fixtures: real Sumatra projects in temporary folders, code run in fresh processes.
+
+Django is configured once per process, so anything that opens a Django store runs in a subprocess.
+"""
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from smtlock.stress import make_project
+
+
+@pytest.fixture
+def new_project(tmp_path: Path) -> Callable[..., Path]:
+    """Make a committed git repository with main.py and ``smt init`` done: new_project(store='sqlite')."""
+    count = 0
+
+    def make(store: str = "sqlite") -> Path:
+        nonlocal count
+        count += 1
+        return make_project(tmp_path / f"project{count}", store)
+    return make
+
+
+@pytest.fixture
+def project(new_project: Callable[..., Path]) -> Path:
+    """A project on Sumatra's default store (Django, SQLite file .smt/records)."""
+    return new_project()
+
+
+def run_python(code: str, cwd: Path, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter in ``cwd``; with check, fail the test on a non-zero exit."""
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, capture_output=True,
+                          text=True, **kwargs)
+    if check and done.returncode:
+        pytest.fail(f"exit {done.returncode}\n{done.stdout}\n{done.stderr}")
+    return done

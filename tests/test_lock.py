@@ -1,0 +1,142 @@
+"""SMTLock: re-entrancy, threads, timeout message, a holder killed with SIGKILL, bad input."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+import smtlock
+from smtlock import LockTimeout, SMTLock, SMTLockError
+from smtlock.errors import LockFileError, NoProjectError
+
+HOLDER = """
+import sys, smtlock
+lock = smtlock.SMTLock(sys.argv[1])
+lock.acquire()
+print("held", flush=True)
+sys.stdin.read()   # hold until the test closes our stdin (or kills us)
+"""
+
+
+@pytest.fixture
+def bare_project(tmp_path: Path) -> Path:
+    """A folder with an empty .smt: all SMTLock needs."""
+    (tmp_path / ".smt").mkdir()
+    return tmp_path
+
+
+@pytest.fixture
+def holder(bare_project: Path):
+    """Another process that holds the project's lock until the test ends."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(bare_project)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    yield proc
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
+def test_lock_file_lives_in_smt_and_stays(bare_project: Path) -> None:
+    lock = SMTLock(bare_project / "some" / "sub" / "folder")
+    with lock:
+        assert lock.is_locked
+    assert not lock.is_locked
+    assert Path(lock.lock_file) == bare_project / ".smt" / "smtlock.lock"
+    assert Path(lock.lock_file).exists()  # never deleted: see filelock issues #27, #31
+
+
+def test_reentrant_within_a_process(bare_project: Path) -> None:
+    outer, inner = SMTLock(bare_project), SMTLock(bare_project)
+    with outer:
+        with inner:  # a Sumatra call that locks inside the user's `with` must not deadlock
+            assert inner.is_locked
+        assert outer.is_locked  # the inner release did not let go of the outer hold
+    assert not outer.is_locked
+
+
+def test_acquire_returns_a_context_that_releases_once(bare_project: Path) -> None:
+    lock = SMTLock(bare_project)
+    with lock.acquire(timeout=1) as held:
+        assert held is lock and lock.is_locked
+    assert not lock.is_locked
+
+
+def test_another_process_waits_and_times_out_naming_the_holder(bare_project: Path, holder) -> None:
+    lock = SMTLock(bare_project, timeout=0.2)
+    with pytest.raises(LockTimeout) as caught:
+        lock.acquire()
+    err = caught.value
+    assert isinstance(err, TimeoutError) and isinstance(err, SMTLockError)
+    assert err.lock_file == lock.lock_file
+    assert f"pid {holder.pid} on " in str(err) and lock.lock_file in str(err)
+    assert not lock.is_locked
+
+
+def test_holder_killed_with_sigkill_releases_at_once(bare_project: Path, holder) -> None:
+    with pytest.raises(LockTimeout):
+        SMTLock(bare_project).acquire(timeout=0)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    with SMTLock(bare_project).acquire(timeout=0):  # one try, no waiting: the kernel freed it
+        pass
+
+
+def test_holder_released_normally_lets_the_waiter_in(bare_project: Path, holder) -> None:
+    holder.stdin.close()
+    holder.wait()
+    with SMTLock(bare_project).acquire(timeout=0) as lock:
+        assert lock.holder() == f"pid {os.getpid()} on " + lock.holder().split(" on ", 1)[1]
+
+
+def test_threads_of_one_process_take_turns(bare_project: Path) -> None:
+    lock = SMTLock(bare_project)
+    taken, go_on = threading.Event(), threading.Event()
+    seen = []
+
+    def hold() -> None:
+        with SMTLock(bare_project):
+            taken.set()
+            go_on.wait()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    taken.wait()
+    with pytest.raises(LockTimeout) as caught:
+        lock.acquire(timeout=0.1)
+    seen.append(str(caught.value))
+    go_on.set()
+    thread.join()
+    with lock.acquire(timeout=0):
+        pass
+    assert "another thread of this process" in seen[0]
+
+
+def test_not_in_a_project(tmp_path: Path) -> None:
+    with pytest.raises(NoProjectError, match=r"no Sumatra project at .* \(run `smt init`\)"):
+        SMTLock(tmp_path)
+
+
+def test_unwritable_smt_names_the_path(tmp_path: Path) -> None:
+    folder = tmp_path / "shared"
+    (folder / ".smt").mkdir(parents=True)
+    os.chmod(folder / ".smt", 0o555)
+    code = ("import sys, smtlock\n"
+            "try:\n    smtlock.SMTLock(sys.argv[1], timeout=1).acquire()\n"
+            "except smtlock.SMTLockError as err:\n    print(type(err).__name__, err)\n")
+    # root ignores file modes: when the tests run as root, the child drops that privilege
+    as_user = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner", "--"]
+    done = subprocess.run([*(as_user if os.geteuid() == 0 else []), sys.executable, "-c", code,
+                           str(folder)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(LockFileError.__name__)
+    assert str(folder / ".smt" / "smtlock.lock") in done.stdout and "writable" in done.stdout
+
+
+def test_public_surface() -> None:
+    assert set(smtlock.__all__) >= {"SMTLock", "smt_logged", "SMTLockError", "LockTimeout"}
+    assert issubclass(smtlock.LockTimeout, TimeoutError)

@@ -1,0 +1,109 @@
+"""The safe write path, one behaviour at a time (each in a fresh process: Django is configured once)."""
+
+import json
+import sys
+from pathlib import Path
+
+from conftest import run_python
+from smtlock.stress import start_together
+
+NEW_RECORD = """
+import json, smtlock
+from sumatra.projects import load_project
+from sumatra.parameters import SimpleParameterSet
+project = load_project()
+def new(label=None, **params):
+    return project.new_record(parameters=SimpleParameterSet(params), main_file="main.py", label=label)
+"""
+
+
+def test_adding_the_same_record_again_updates_it(project: Path) -> None:
+    done = run_python(NEW_RECORD + """
+record = new(x=1)                      # new_record already writes it
+with smtlock.SMTLock(project):
+    project.add_record(record)         # the usual pattern adds it again
+    project.save()
+record.outcome = "updated"
+project.add_record(record)
+print(json.dumps(project.get_labels()), project.get_record(record.label).outcome)
+""", project)
+    labels, outcome = done.stdout.rsplit(" ", 1)
+    assert len(json.loads(labels)) == 1 and outcome.strip() == "updated"
+
+
+def test_a_taken_label_gets_a_readable_suffix(project: Path) -> None:
+    done = run_python(NEW_RECORD + """
+labels = [new(label="sweep", x=i).label for i in range(3)]
+print(json.dumps([labels, sorted(project.get_labels())]))
+""", project)
+    made, stored = json.loads(done.stdout)
+    assert made == ["sweep", "sweep_1", "sweep_2"] and stored == sorted(made)
+
+
+def test_sumatra_capture_decorator_makes_one_record(project: Path) -> None:
+    (project / "captured.py").write_text(
+        "import smtlock\nfrom sumatra.decorators import capture\n\n"
+        "@capture\ndef main(parameters):\n    print('ran', parameters['x'])\n\n"
+        "from sumatra.parameters import SimpleParameterSet\nmain(SimpleParameterSet({'x': 3}))\n")
+    run_python("import subprocess; subprocess.run(['git', 'add', 'captured.py']);"
+               "subprocess.run(['git', '-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qm', 'c'])",
+               project)
+    run_python("import runpy, sys; sys.argv = ['captured.py']; runpy.run_path('captured.py', run_name='__main__')",
+               project)
+    done = run_python("from sumatra.projects import load_project; p = load_project();"
+                      "r = p.find_records(); print(len(r), sorted(r[0].tags), r[0].stdout_stderr.strip())",
+                      project)
+    assert done.stdout.split(" ", 1)[0] == "1"
+    assert "_finished_" in done.stdout and "ran 3" in done.stdout
+
+
+def test_a_failed_write_raises_and_leaves_nothing_half_written(project: Path) -> None:
+    run_python(NEW_RECORD + "new(x=0)", project)  # creates the tables
+    # A real SQLite trigger refuses new record rows, as a full disk or a broken store would.
+    run_python("""
+import sqlite3
+db = sqlite3.connect(".smt/records")
+db.execute("CREATE TRIGGER refuse BEFORE INSERT ON django_store_record "
+           "BEGIN SELECT RAISE(ABORT, 'store refuses writes'); END")
+db.commit()
+""", project)
+    done = run_python(NEW_RECORD + """
+from django.db import connections
+project.record_store._get_models()  # configures Django
+before = connections["default"].cursor().execute("select count(*) from django_store_parameterset").fetchone()
+try:
+    new(x=1)
+except Exception as err:
+    after = connections["default"].cursor().execute("select count(*) from django_store_parameterset").fetchone()
+    print("raised", type(err).__name__, before == after)
+""", project, check=False)
+    assert done.stdout.strip() == "raised IntegrityError True", done.stdout + done.stderr
+    assert "Reached maximum" not in done.stdout and "Trying again" not in done.stdout
+
+
+TAGGER = """
+import os, sys, smtlock
+from sumatra.projects import load_project
+project = load_project()
+os.write(int(sys.argv[1]), b"r"); os.read(int(sys.argv[2]), 1)
+project.add_tag(sys.argv[3], "tag-" + sys.argv[4])
+project.add_comment(sys.argv[3], "comment-" + sys.argv[4])
+"""
+
+
+def test_concurrent_tags_and_comments_are_all_kept(project: Path, tmp_path: Path) -> None:
+    """Upstream add_tag/add_comment are get -> modify -> save: concurrent updates overwrite each other."""
+    label = run_python(NEW_RECORD + "print(new(x=1).label)", project).stdout.strip()
+    n = 16
+    commands = [[sys.executable, "-c", TAGGER, "{ready}", "{go}", label, str(i)] for i in range(n)]
+    burst = start_together(commands, [tmp_path / f"t{i}.log" for i in range(n)], cwd=project)
+    assert burst["codes"] == {i: 0 for i in range(n)}
+    done = run_python(f"""
+import json
+from sumatra.projects import load_project
+r = load_project().get_record({label!r})
+print(json.dumps([sorted(r.tags), r.outcome.split()]))
+""", project)
+    tags, comments = json.loads(done.stdout)
+    assert {f"tag-{i}" for i in range(n)} <= set(tags)
+    assert sorted(comments) == sorted(f"comment-{i}" for i in range(n))
