@@ -220,24 +220,25 @@ def _path_lock(path: str, purpose: str) -> Any:
 
 
 def _shelve_init(self: Any, shelf_name: str = ".smt/records") -> None:
-    """Open the shelf only for each operation (see ``_shelve_fresh``)."""
+    """Open the shelf under the lock, so that it never reads a half-written index."""
     with _path_lock(shelf_name, "shelve"):
         _ORIGINAL["ShelveRecordStore.__init__"](self, shelf_name)
-        self.shelf.close()
 
 
 def _shelve_fresh(method: Callable) -> Callable:
-    """Run a ShelveRecordStore method on a freshly opened shelf, under the lock, closing it after.
+    """Run a ShelveRecordStore method on a freshly opened shelf, under the lock, and close it after.
 
-    Upstream keeps the shelf open from ``__init__`` on and reads and writes the whole
-    ``{label: record}`` dict of a project through that handle: it serves a stale view, so concurrent
-    writers overwrite each other's records, and readers see truncated pickles.
+    Upstream opens the shelf in ``__init__`` and keeps it: the handle serves a stale view of the
+    ``{label: record}`` dict it rewrites whole, so concurrent writers overwrite each other's records
+    and readers see truncated pickles. A fresh, unmodified handle is left in ``self.shelf`` for code
+    that uses it directly, as upstream allows; closing it later writes nothing.
     """
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
         if getattr(self, "_smtlock_open", False):  # called from another wrapped method: shelf is open
             return method(self, *args, **kwargs)
         with _path_lock(self._shelf_name, "shelve"):
+            self.shelf.close()
             self.shelf = shelve.open(self._shelf_name)
             self._smtlock_open = True
             try:
@@ -245,6 +246,7 @@ def _shelve_fresh(method: Callable) -> Callable:
             finally:
                 self._smtlock_open = False
                 self.shelf.close()
+                self.shelf = shelve.open(self._shelf_name)
     return wrapper
 
 

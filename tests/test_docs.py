@@ -1,0 +1,92 @@
+"""README.rst's code blocks and the scripts in examples/ run, and leave the records they promise."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import run_python
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+RECORDS = """
+import json
+from sumatra.projects import load_project
+records = load_project().find_records()
+print(json.dumps([{"label": r.label, "params": r.parameters.as_dict(), "tags": sorted(r.tags),
+                   "stdout": r.stdout_stderr} for r in records]))
+"""
+
+
+def readme_blocks() -> list:
+    text = (ROOT / "README.rst").read_text()
+    blocks = re.findall(r"^\.\. code-block:: python\n\n((?:    .*\n|\n)+)", text, re.M)
+    return [textwrap.dedent(block) for block in blocks]
+
+
+def commit(project: Path, *files: str) -> None:
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
+    subprocess.run(git + ["add", *files], cwd=project, check=True)
+    subprocess.run(git + ["commit", "-qm", "add " + " ".join(files)], cwd=project, check=True)
+
+
+def records(project: Path) -> list:
+    return json.loads(run_python(RECORDS, project).stdout)
+
+
+def run(project: Path, *command: str) -> str:
+    done = subprocess.run(list(command), cwd=project, env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+@pytest.mark.parametrize("index", range(2))
+def test_readme_block_runs(index: int, project: Path) -> None:
+    blocks = readme_blocks()
+    assert len(blocks) == 2
+    block = blocks[index]
+    name = re.match(r"# (\S+\.py)", block).group(1)
+    (project / name).write_text(block)
+    commit(project, name)
+    run(project, sys.executable, name)
+    found = records(project)
+    assert len(found) == 1
+    if name == "simulate.py":
+        assert found[0]["params"] == {"x": 2, "y": 3} and "_finished_" in found[0]["tags"]
+        assert f"record {found[0]['label']}: x=2, y=3" in found[0]["stdout"]
+    else:
+        assert found[0]["params"] == {"x": 1}
+
+
+def test_example_sweep(project: Path) -> None:
+    shutil.copy(ROOT / "examples" / "sweep.py", project)
+    commit(project, "sweep.py")
+    printed = run(project, sys.executable, "sweep.py", "0", "1", "2").split()
+    found = records(project)
+    assert sorted(r["label"] for r in found) == sorted(printed)
+    assert sorted(r["params"]["x"] for r in found) == [0.0, 1.0, 2.0]
+
+
+def test_example_decorated(project: Path) -> None:
+    shutil.copy(ROOT / "examples" / "decorated.py", project)
+    commit(project, "decorated.py")
+    run(project, sys.executable, "decorated.py", "3")
+    (found,) = records(project)
+    assert found["params"] == {"x": 3, "steps": 100}
+    assert {"example", "_finished_"} <= set(found["tags"])
+
+
+def test_example_burst_keeps_all_sixteen(project: Path) -> None:
+    for name in ("sweep.py", "burst.sh"):
+        shutil.copy(ROOT / "examples" / name, project)
+    commit(project, "sweep.py", "burst.sh")
+    run(project, "bash", "burst.sh")
+    found = records(project)
+    assert sorted(r["params"]["x"] for r in found) == [float(i) for i in range(1, 17)]
+    assert len({r["label"] for r in found}) == 16
