@@ -24,10 +24,8 @@ def main(argv):
     from sumatra.parameters import SimpleParameterSet
     from sumatra.projects import load_project
     import sumatra.commands  # noqa: F401  (imported before the barrier, like everything else)
-    if mode != "raw":
-        import smtlock
-        from smtlock import lock
-        lock.enable_stats()
+    if mode in ("locked", "decorator"):
+        import smtlock  # smt-run modes get it (or not) from the project's plugin list, as users do
     if mode == "decorator":
         import main as simulation
         simulate = smtlock.smt_logged(simulation.simulate)
@@ -42,7 +40,7 @@ def main(argv):
         for rec in range(records):
             if mode == "decorator":
                 simulate(job, rec)
-            elif mode == "smt-run":
+            elif mode.startswith("smt-run"):
                 from sumatra.cli import smt
                 sys.argv = ["smt", "run", "params.txt", f"job={job}", f"rec={rec}"]
                 code = smt()
@@ -63,8 +61,8 @@ def main(argv):
     except BaseException as err:  # the harness counts error kinds; the job still fails
         result["error"] = type(err).__name__
         result["traceback"] = traceback.format_exc()[-2000:]
-    if mode != "raw":
-        result["lock"] = lock.collected_stats()
+    if "smtlock.lock" in sys.modules:
+        result["lock"] = sys.modules["smtlock.lock"].collected_stats()
     with open(result_file, "w") as f:
         json.dump(result, f)
     return 1 if result["error"] else 0

@@ -27,6 +27,13 @@ def build_parser() -> argparse.ArgumentParser:
     from . import stress
     stress.add_arguments(sub.add_parser("stress", help="launch N simultaneous jobs and count what survived",
                                         description=stress.__doc__.splitlines()[0]))
+    from . import plugin
+    for name, func, text in (("enable", plugin.enable, "protect every smt command of this project"),
+                             ("disable", plugin.disable, "remove the protection of smt commands"),
+                             ("status", plugin.status, "show what is protected in this project")):
+        command = sub.add_parser(name, help=text, description=text)
+        command.add_argument("path", nargs="?", default=".", help="a path inside the project")
+        command.set_defaults(handler=lambda args, func=func: print(func(args.path)))
     return parser
 
 

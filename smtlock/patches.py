@@ -176,6 +176,15 @@ def _django_uri_to_db(self: Any, uri: str) -> dict:
     return db
 
 
+def _tune_registered_databases() -> None:
+    """Give SQLite stores created before smtlock was imported (a plugin is imported after the
+    project's store is built) the same busy timeout."""
+    from sumatra.recordstore import django_store
+    for db in django_store.db_config._settings["DATABASES"].values():
+        if "sqlite3" in db["ENGINE"]:
+            db.setdefault("OPTIONS", {})["timeout"] = SQLITE_BUSY_TIMEOUT_S
+
+
 def _sqlite_pragmas(sender: Any, connection: Any, **kwargs: Any) -> None:
     """WAL journal on every SQLite store: readers (``smt list``, smtweb) never block the writer,
     and a commit needs no fsync of a rollback journal (upstream uses SQLite's default journal)."""
@@ -288,6 +297,7 @@ def apply() -> None:
         _patch(ShelveRecordStore, name, _shelve_fresh)
 
     if DjangoRecordStore is not None:
+        _tune_registered_databases()
         _patch(DjangoRecordStore, "save", lambda orig: _django_save)
         _patch(DjangoConfiguration, "uri_to_db", lambda orig: _django_uri_to_db)
         _patch(DjangoConfiguration, "_create_databases", lambda orig: _django_create_databases)

@@ -22,7 +22,10 @@ from typing import Any, Callable, Dict, List, Optional
 __all__ = ["MODES", "make_project", "start_together", "run_burst", "census", "verify", "run_mode", "mask_uri",
            "store_uri_for"]
 
-MODES = ("raw", "locked", "decorator", "smt-run")
+#: raw: plain Sumatra, the user's pattern; locked: the same in SMTLock; decorator: @smt_logged;
+#: smt-run: unmodified `smt run` in a project with the plugin enabled; smt-run-raw: without it
+MODES = ("raw", "locked", "decorator", "smt-run", "smt-run-raw")
+BASELINES = ("raw", "smt-run-raw")
 PROJECT_NAME = "stress"
 JOB_SCRIPT = str(Path(__file__).with_name("_job.py"))
 
@@ -37,7 +40,7 @@ def simulate(job, rec, steps=1000):
 
 
 if __name__ == "__main__":  # smt run: main.py <parameter file>
-    values = dict(line.split("=", 1) for line in open(sys.argv[1]) if "=" in line)
+    values = {k.strip(): v for k, v in (line.split("=", 1) for line in open(sys.argv[1]) if "=" in line)}
     simulate(int(values["job"]), int(values["rec"]))
 '''
 
@@ -69,8 +72,9 @@ def store_uri_for(store: str, project_dir: Path) -> Optional[str]:
     return store
 
 
-def make_project(project_dir: Path, store: str = "sqlite") -> Path:
-    """A fresh git repository with a main.py, committed, and ``smt init`` done by plain Sumatra."""
+def make_project(project_dir: Path, store: str = "sqlite", plugin: bool = False) -> Path:
+    """A fresh git repository with a main.py, committed, and ``smt init`` done by plain Sumatra;
+    with ``plugin``, ``smt configure --add-plugin smtlock.plugin`` too."""
     project_dir.mkdir(parents=True)
     (project_dir / "main.py").write_text(MAIN_PY)
     (project_dir / "params.txt").write_text("job = 0\nrec = 0\n")
@@ -80,12 +84,14 @@ def make_project(project_dir: Path, store: str = "sqlite") -> Path:
     uri = store_uri_for(store, project_dir)
     _smt(["init", "-e", sys.executable, "-m", "main.py", *(["-s", uri] if uri else []), PROJECT_NAME],
          project_dir)
+    if plugin:
+        _smt(["configure", "--add-plugin", "smtlock.plugin"], project_dir)
     return project_dir
 
 
 def start_together(commands: List[List[str]], logs: List[Path],
                    progress: Optional[Callable[[int, int, int], None]] = None,
-                   cwd: Optional[Path] = None) -> Dict[str, Any]:
+                   cwd: Optional[Path] = None, env: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
     """Run each command as its own process and release them together; return exit codes and wall.
 
     In each command the arguments ``{ready}`` and ``{go}`` become file descriptors: the process
@@ -99,7 +105,7 @@ def start_together(commands: List[List[str]], logs: List[Path],
         fds = {"{ready}": str(ready_w), "{go}": str(go_r)}
         argv = [fds.get(arg, arg) for arg in command]
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen(argv, pass_fds=(ready_w, go_r), stdout=log, cwd=cwd,
+            proc = subprocess.Popen(argv, pass_fds=(ready_w, go_r), stdout=log, cwd=cwd, env=env,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         procs[proc.pid] = (index, proc)
     os.close(ready_w)
@@ -131,7 +137,8 @@ def run_burst(project_dir: Path, mode: str, jobs: int, records: int, work_dir: P
     work_dir.mkdir(parents=True, exist_ok=True)
     commands = [[sys.executable, JOB_SCRIPT, mode, str(project_dir), str(job), str(records),
                  "{ready}", "{go}", str(work_dir / f"job-{job}.json")] for job in range(jobs)]
-    burst = start_together(commands, [work_dir / f"job-{job}.log" for job in range(jobs)], progress)
+    burst = start_together(commands, [work_dir / f"job-{job}.log" for job in range(jobs)], progress,
+                           env={**os.environ, "SMTLOCK_STATS": "1"})
     reports = []
     for job in range(jobs):
         path = work_dir / f"job-{job}.json"
@@ -196,7 +203,7 @@ def run_mode(mode: str, store: str, jobs: int, records: int, base_dir: Path,
     run_dir = base_dir / mode
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    project_dir = make_project(run_dir / f"project-{mode}", store)
+    project_dir = make_project(run_dir / f"project-{mode}", store, plugin=mode == "smt-run")
     burst = run_burst(project_dir, mode, jobs, records, run_dir / "jobs", progress)
     counted = _census_in_subprocess(store, project_dir)
     result: Dict[str, Any] = {"mode": mode, "store": mask_uri(store), "jobs": jobs,
@@ -236,8 +243,8 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--store", type=_store_argument, default="sqlite",
                         help="sqlite (default), shelve, or postgres://user:pass@host:port/db")
     parser.add_argument("--mode", action="append", choices=MODES, dest="modes",
-                        help="raw, locked, decorator or smt-run; repeat for side-by-side runs "
-                             "(default: raw and locked)")
+                        help="raw, locked, decorator, smt-run or smt-run-raw; repeat for side-by-side "
+                             "runs (default: raw and locked)")
     parser.add_argument("--project-dir", type=Path, metavar="DIR",
                         help="keep each run's project under DIR/<mode>/ (default: a temporary folder)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the figures as JSON")
@@ -335,6 +342,6 @@ def main(args: Any) -> int:
         args.json.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
     if args.plot:
         plot(runs, args.plot)
-    unsafe = [run for run in runs if run["mode"] != "raw"
+    unsafe = [run for run in runs if run["mode"] not in BASELINES
               and (run["lost"] or run["duplicates"] or run["failed_jobs"])]
     return 1 if unsafe else 0

@@ -1,0 +1,76 @@
+"""The Sumatra plugin: ``smtlock enable`` (or ``smt configure --add-plugin smtlock.plugin``) lists it
+in ``.smt/project``, and Sumatra imports it in every ``load_project()``; importing it applies
+smtlock's patches, so every ``smt`` command of the project (run, tag, comment, delete, repeat,
+configure, sync...) writes safely with no change to anyone's scripts.
+
+What a plugin cannot reach: it is imported after ``.smt/project`` has been read (the atomic writes
+of every protected process keep that read whole), ``smt init`` loads no plugin, and it adds no CLI
+options.
+"""
+
+from . import patches
+
+__all__ = ["PLUGIN"]
+
+#: the module name Sumatra stores in the project's "plugins" list
+PLUGIN = __name__
+
+patches.apply()
+
+
+def enable(path: str = ".") -> str:
+    """List the plugin in the project's ``.smt/project``; returns what was done, in one line."""
+    from .project import load
+    project = load(path)
+    if PLUGIN in project.plugins:
+        return f"smtlock is already enabled in {project.path} (nothing to do)"
+    project.load_plugins(PLUGIN)
+    project.save()
+    return f"smtlock enabled in {project.path}: every smt command there now writes safely"
+
+
+def disable(path: str = ".") -> str:
+    """Remove the plugin from the project's ``.smt/project``."""
+    from .project import load
+    project = load(path)
+    if PLUGIN not in project.plugins:
+        return f"smtlock is not enabled in {project.path} (nothing to do)"
+    project.remove_plugins(PLUGIN)
+    project.save()
+    return f"smtlock disabled in {project.path}: plain smt commands are unprotected again"
+
+
+def status(path: str = ".") -> str:
+    """What is protected in the project, in a few lines."""
+    from .lock import SMTLock
+    from .project import load
+    from .stress import mask_uri
+    project = load(path)
+    lock = SMTLock(project)
+    store = project.record_store
+    if PLUGIN in project.plugins:
+        plugin = "enabled: smt commands write safely"
+    else:
+        plugin = "not enabled: only code that imports smtlock is protected (run `smtlock enable`)"
+    label = (f"{project.label_generator} ({project.timestamp_format}); a label taken already gets "
+             "_1, _2...")
+    return "\n".join([
+        f"project    {project.name} at {project.path}",
+        f"plugin     {plugin}",
+        f"store      {mask_uri(str(store))}{_journal(store)}",
+        f"lock file  {lock.lock_file} ({'held by ' + lock.holder() if lock.holder() else 'free'})",
+        f"labels     {label}",
+    ])
+
+
+def _journal(store: object) -> str:
+    """The SQLite journal mode of a Django/SQLite store, read without changing it."""
+    import sqlite3
+    path = getattr(store, "_db_file", None)
+    if not path or not str(path).startswith("/") or not __import__("os").path.exists(path):
+        return ""
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            return f", journal {db.execute('PRAGMA journal_mode').fetchone()[0]}"
+    except sqlite3.Error:
+        return ""

@@ -1,0 +1,92 @@
+"""The Sumatra plugin: unmodified `smt` commands in a project after `smtlock enable`."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from smtlock.stress import census, start_together
+
+BIN = os.path.dirname(sys.executable)
+ENV = {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"]}
+SHELL_LOOP = """
+pids=()
+for i in $(seq 0 39); do
+  smt run params.txt job=$i rec=0 > run-$i.log 2>&1 &
+  pids+=($!)
+done
+failed=0
+for pid in "${pids[@]}"; do wait "$pid" || failed=$((failed + 1)); done
+echo "failed jobs: $failed"
+"""
+
+
+def smtlock_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([os.path.join(BIN, "smtlock"), *args], cwd=cwd, capture_output=True, text=True)
+
+
+def test_forty_smt_runs_from_a_shell_loop(project: Path) -> None:
+    assert smtlock_cli("enable", cwd=project).returncode == 0
+    done = subprocess.run(["bash", "-c", SHELL_LOOP], cwd=project, env=ENV, capture_output=True, text=True)
+    assert done.stdout.strip() == "failed jobs: 0", [p.read_text()[-500:] for p in project.glob("run-*.log")]
+    os.chdir(project)
+    rows = census("sqlite", str(project))["records"]
+    assert sorted(row["job"] for row in rows) == list(range(40))
+    assert len({row["label"] for row in rows}) == 40
+    assert all("_finished_" in row["tags"] for row in rows)
+    assert not list(project.glob("*.param"))  # each job removed its own parameter file only
+
+
+def test_enable_twice_disable_and_status(project: Path) -> None:
+    first, second = smtlock_cli("enable", cwd=project), smtlock_cli("enable", cwd=project)
+    assert first.returncode == second.returncode == 0
+    assert "already enabled" in second.stdout
+    plugins = json.loads((project / ".smt" / "project").read_text())["plugins"]
+    assert plugins == ["smtlock.plugin"]
+    status = smtlock_cli("status", cwd=project).stdout
+    assert "plugin     enabled" in status and "journal" in status and "smtlock.lock (free)" in status
+    assert smtlock_cli("disable", cwd=project).returncode == 0
+    assert json.loads((project / ".smt" / "project").read_text())["plugins"] == []
+
+
+def test_enable_outside_a_project(tmp_path: Path) -> None:
+    done = smtlock_cli("enable", cwd=tmp_path)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip() == f"smtlock: error: no Sumatra project at {tmp_path} (run `smt init`)"
+
+
+WEB_READER = """
+import os, sys
+from sumatra.projects import load_project
+from sumatra.recordstore.django_store import db_config
+import sumatra.web
+load_project()
+web = os.path.dirname(sumatra.web.__file__)
+db_config.update_settings(  # what smtweb sets
+    INSTALLED_APPS=db_config._settings["INSTALLED_APPS"] + ["sumatra.web"], ROOT_URLCONF="sumatra.web.urls",
+    STATIC_URL="/static/", ALLOWED_HOSTS=["testserver"],
+    TEMPLATES=[{"BACKEND": "django.template.backends.django.DjangoTemplates", "APP_DIRS": False,
+                "DIRS": [os.path.join(web, "templates")]}])
+db_config.configure()
+from django.test import Client
+client = Client()
+client.get("/stress/")
+os.write(int(sys.argv[1]), b"r"); os.read(int(sys.argv[2]), 1)
+codes = [client.get("/stress/").status_code for _ in range(60)]
+print(sorted(set(codes)), len(codes))
+"""
+
+
+def test_web_interface_lists_records_while_a_burst_writes(project: Path, tmp_path: Path) -> None:
+    assert smtlock_cli("enable", cwd=project).returncode == 0
+    first = subprocess.run(["smt", "run", "params.txt", "job=99"], cwd=project, env=ENV, capture_output=True)
+    assert first.returncode == 0  # the web view needs the project to have a record
+    job = str(Path(sys.modules["smtlock.stress"].__file__).with_name("_job.py"))
+    commands = [[sys.executable, job, "smt-run", str(project), str(i), "2", "{ready}", "{go}",
+                 str(tmp_path / f"j{i}.json")] for i in range(16)]
+    commands.append([sys.executable, "-c", WEB_READER, "{ready}", "{go}"])
+    logs = [tmp_path / f"log{i}" for i in range(len(commands))]
+    burst = start_together(commands, logs, cwd=project)
+    assert burst["codes"] == {i: 0 for i in range(len(commands))}, logs[-1].read_text()[-2000:]
+    assert logs[-1].read_text().strip().splitlines()[-1] == "[200] 60"
