@@ -34,6 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=text, description=text)
         command.add_argument("path", nargs="?", default=".", help="a path inside the project")
         command.set_defaults(handler=lambda args, func=func: print(func(args.path)))
+    from . import postgres
+    command = sub.add_parser("postgres", help="move this project's records to a PostgreSQL store",
+                             description="Create the database if needed, copy and verify the records, "
+                                         "switch the project to it; the old store is kept as it was.")
+    command.add_argument("url", help="postgres://user:password@host:port/dbname")
+    command.add_argument("--dry-run", action="store_true", help="say what would be done, change nothing")
+    command.add_argument("--path", default=".", help="a path inside the project (default: here)")
+    command.set_defaults(handler=lambda args: print("\n".join(
+        postgres.move_project(args.path, args.url, dry_run=args.dry_run))))
     return parser
 
 

@@ -8,6 +8,7 @@ reaches across machines.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import threading
@@ -75,6 +76,18 @@ def collected_stats() -> List[Tuple[str, float, float]]:
     return list(_stats or [])
 
 
+def _store_uri(project: Any, root: Path) -> Optional[str]:
+    """The project's record store URI when it is PostgreSQL (read from .smt/project for a path)."""
+    store = getattr(project, "record_store", None)
+    uri = getattr(store, "_db_file", None)
+    if store is None:
+        try:
+            uri = json.loads((root / ".smt" / "project").read_text())["record_store"].get("db_file")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            uri = None
+    return uri if isinstance(uri, str) and uri.startswith(("postgres://", "postgresql://")) else None
+
+
 def _default_timeout() -> float:
     value = os.environ.get("SMTLOCK_TIMEOUT")
     return float(value) if value else _FOREVER
@@ -107,7 +120,14 @@ class SMTLock:
         self._shared: _Shared = shared
 
     def _make_backends(self, project: Any) -> List[LockBackend]:
-        return [FileBackend(self.lock_file)]
+        """The file lock; and for a PostgreSQL store, after it, the store's advisory lock (so at most
+        one process per host waits on the server)."""
+        backends: List[LockBackend] = [FileBackend(self.lock_file)]
+        uri = _store_uri(project, self.root)
+        if uri:
+            from .postgres import PostgresBackend
+            backends.append(PostgresBackend(uri))
+        return backends
 
     @property
     def is_locked(self) -> bool:

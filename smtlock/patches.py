@@ -19,8 +19,10 @@ import builtins
 import functools
 import json
 import os
+import random
 import shelve
 import tempfile
+import time
 
 import filelock
 from typing import Any, Callable, Set
@@ -30,6 +32,7 @@ import sumatra.projects
 from sumatra.projects import Project
 from sumatra.recordstore.shelve_store import ShelveRecordStore
 
+from . import postgres
 from .errors import NoProjectError
 from .lock import SMTLock, project_root
 
@@ -41,6 +44,7 @@ except ImportError:  # Django is optional for Sumatra and for us
 __all__ = ["apply", "is_applied", "add_record", "claim_label", "atomic_open", "SQLITE_BUSY_TIMEOUT_S"]
 
 SQLITE_BUSY_TIMEOUT_S = 60.0  # how long an SQLite connection waits for another writer, not fail
+CONNECT_RETRY_S = 300.0  # how long a PostgreSQL connection is retried ($SMTLOCK_TIMEOUT overrides)
 _CLAIM = "_smtlock_claimed_label"  # set on a Record once its label is claimed in its store
 _ORIGINAL: dict = {}
 
@@ -166,23 +170,72 @@ def _django_save(self: Any, project_name: str, record: Any) -> None:
 
 
 def _django_uri_to_db(self: Any, uri: str) -> dict:
-    """SQLite connections that wait for a busy database instead of failing.
+    """Upstream's database settings, tuned by :func:`_tune_database`."""
+    return _tune_database(_ORIGINAL["DjangoConfiguration.uri_to_db"](self, uri))
 
-    Upstream sets no SQLite timeout, so a second writer fails at once with "database is locked".
+
+def _tune_database(db: dict) -> dict:
+    """Fix and tune one entry of Django's DATABASES as Sumatra builds it.
+
+    * SQLite: upstream sets no timeout, so a second writer fails at once with "database is locked".
+    * PostgreSQL: upstream sets no connect timeout or keepalives, so an unreachable server or a dead
+      host hangs a job.
     """
-    db = _ORIGINAL["DjangoConfiguration.uri_to_db"](self, uri)
     if "sqlite3" in db["ENGINE"]:
         db.setdefault("OPTIONS", {})["timeout"] = SQLITE_BUSY_TIMEOUT_S
+    elif "postgresql" in db["ENGINE"]:
+        db.setdefault("OPTIONS", {}).update(connect_timeout=postgres.CONNECT_TIMEOUT_S,
+                                            **postgres.KEEPALIVES)
     return db
 
 
 def _tune_registered_databases() -> None:
-    """Give SQLite stores created before smtlock was imported (a plugin is imported after the
-    project's store is built) the same busy timeout."""
+    """Tune the stores created before smtlock was imported (a plugin is imported after the
+    project's store is built)."""
     from sumatra.recordstore import django_store
     for db in django_store.db_config._settings["DATABASES"].values():
-        if "sqlite3" in db["ENGINE"]:
-            db.setdefault("OPTIONS", {})["timeout"] = SQLITE_BUSY_TIMEOUT_S
+        _tune_database(db)
+
+
+def _retry_window() -> float:
+    value = os.environ.get("SMTLOCK_TIMEOUT")
+    return float(value) if value and float(value) >= 0 else CONNECT_RETRY_S
+
+
+def _connecting(call: Callable[[], Any], label: str) -> Any:
+    """Run ``call``; while the database connection cannot be made (too many clients, a server
+    restarting) retry with backoff within the timeout. Errors on an open connection raise at once."""
+    from django.db import InterfaceError, OperationalError, connections
+    deadline = time.monotonic() + _retry_window()
+    delay = 0.05
+    while True:
+        try:
+            return call()
+        except (OperationalError, InterfaceError):
+            if connections[label].connection is not None or time.monotonic() > deadline:
+                raise
+            time.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, 2.0)
+
+
+def _django_hygiene(method: Callable) -> Callable:
+    """PostgreSQL stores: retry calls whose connection could not be made, and close the connection
+    after each call. Upstream keeps one connection open for each process's whole life, so a few
+    hundred jobs exhaust the server's max_connections ("sorry, too many clients already")."""
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not postgres.is_postgres(getattr(self, "_db_file", None)):
+            return method(self, *args, **kwargs)
+        from django.db import connections
+        _connecting(self._get_models, self._db_label)
+        connection = connections[self._db_label]
+        if connection.in_atomic_block:  # inside another call's transaction: it closes
+            return method(self, *args, **kwargs)
+        try:
+            return _connecting(lambda: method(self, *args, **kwargs), self._db_label)
+        finally:
+            connection.close()
+    return wrapper
 
 
 def _sqlite_pragmas(sender: Any, connection: Any, **kwargs: Any) -> None:
@@ -210,11 +263,11 @@ def _django_create_databases(self: Any) -> None:
                 return True
         return False
 
-    if not pending():
+    if not _connecting(pending, "default"):
         return
     db = self._settings["DATABASES"]["default"]
     with _path_lock(db["NAME"] if "sqlite3" in db["ENGINE"] else os.getcwd(), "migrate"):
-        if pending():
+        if _connecting(pending, "default"):
             _ORIGINAL["DjangoConfiguration._create_databases"](self)
 
 
@@ -298,7 +351,10 @@ def apply() -> None:
 
     if DjangoRecordStore is not None:
         _tune_registered_databases()
-        _patch(DjangoRecordStore, "save", lambda orig: _django_save)
+        _patch(DjangoRecordStore, "save", lambda orig: _django_hygiene(_django_save))
+        for name in ("get", "list", "labels", "delete", "delete_by_tag", "most_recent", "has_project",
+                     "list_projects"):
+            _patch(DjangoRecordStore, name, _django_hygiene)
         _patch(DjangoConfiguration, "uri_to_db", lambda orig: _django_uri_to_db)
         _patch(DjangoConfiguration, "_create_databases", lambda orig: _django_create_databases)
         from django.db.backends.signals import connection_created

@@ -44,7 +44,7 @@ def status(path: str = ".") -> str:
     """What is protected in the project, in a few lines."""
     from .lock import SMTLock
     from .project import load
-    from .stress import mask_uri
+    from .postgres import describe_store
     project = load(path)
     lock = SMTLock(project)
     store = project.record_store
@@ -57,7 +57,7 @@ def status(path: str = ".") -> str:
     return "\n".join([
         f"project    {project.name} at {project.path}",
         f"plugin     {plugin}",
-        f"store      {mask_uri(str(store))}{_journal(store)}",
+        f"store      {describe_store(store)}{_journal(store)}",
         f"lock file  {lock.lock_file} ({'held by ' + lock.holder() if lock.holder() else 'free'})",
         f"labels     {label}",
     ])

@@ -18,8 +18,11 @@ import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
+from urllib.parse import urlsplit
 
-__all__ = ["MODES", "make_project", "start_together", "run_burst", "census", "verify", "run_mode", "mask_uri",
+from .postgres import create_database, drop_database, is_postgres, mask_uri
+
+__all__ = ["MODES", "make_project", "start_together", "run_burst", "census", "verify", "run_mode",
            "store_uri_for"]
 
 #: raw: plain Sumatra, the user's pattern; locked: the same in SMTLock; decorator: @smt_logged;
@@ -43,16 +46,6 @@ if __name__ == "__main__":  # smt run: main.py <parameter file>
     values = {k.strip(): v for k, v in (line.split("=", 1) for line in open(sys.argv[1]) if "=" in line)}
     simulate(int(values["job"]), int(values["rec"]))
 '''
-
-
-def mask_uri(uri: str) -> str:
-    """The URI with any password replaced by ``***`` (safe to print)."""
-    from urllib.parse import urlsplit, urlunsplit
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _smt(args: List[str], cwd: Path) -> None:
@@ -197,15 +190,31 @@ def _percentiles_ms(values: List[float]) -> Dict[str, Optional[float]]:
     return {"p50": round(statistics.median(values) * 1000, 3), "p99": round(p99 * 1000, 3)}
 
 
+def fresh_database(uri: str, mode: str) -> str:
+    """A new, empty database beside the URI's one for one run (a raw run may poison its store)."""
+    parts = urlsplit(uri)
+    run_uri = parts._replace(path=f"{parts.path.lstrip('/')}_{mode.replace('-', '_')}_{os.getpid()}").geturl()
+    drop_database(run_uri)
+    create_database(run_uri)
+    return run_uri
+
+
 def run_mode(mode: str, store: str, jobs: int, records: int, base_dir: Path,
-             progress: Optional[Callable[[int, int, int], None]] = None) -> Dict[str, Any]:
-    """One run: a fresh project under ``base_dir/<mode>``, the burst, the recount, the figures."""
+             progress: Optional[Callable[[int, int, int], None]] = None,
+             keep: bool = False) -> Dict[str, Any]:
+    """One run: a fresh project under ``base_dir/<mode>`` (and a fresh database for PostgreSQL, dropped
+    afterwards unless ``keep``), the burst, the recount, the figures."""
     run_dir = base_dir / mode
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    project_dir = make_project(run_dir / f"project-{mode}", store, plugin=mode == "smt-run")
-    burst = run_burst(project_dir, mode, jobs, records, run_dir / "jobs", progress)
-    counted = _census_in_subprocess(store, project_dir)
+    run_store = fresh_database(store, mode) if is_postgres(store) else store
+    try:
+        project_dir = make_project(run_dir / f"project-{mode}", run_store, plugin=mode == "smt-run")
+        burst = run_burst(project_dir, mode, jobs, records, run_dir / "jobs", progress)
+        counted = _census_in_subprocess(run_store, project_dir)
+    finally:
+        if run_store != store and not keep:
+            drop_database(run_store)
     result: Dict[str, Any] = {"mode": mode, "store": mask_uri(store), "jobs": jobs,
                               "records_per_job": records}
     result.update(verify(counted["records"], jobs, records))
@@ -313,9 +322,9 @@ def _progress_line(mode: str) -> Callable[[int, int, int], None]:
 
 def check_store(store: str) -> None:
     """Fail early, in one line, when the store cannot be used."""
-    if store.startswith(("postgres://", "postgresql://")):
+    if is_postgres(store):
         from .postgres import check_server
-        check_server(store)
+        check_server(store, must_exist=False)
 
 
 def main(args: Any) -> int:
@@ -329,7 +338,8 @@ def main(args: Any) -> int:
     runs = []
     try:
         for mode in modes:
-            runs.append(run_mode(mode, args.store, args.jobs, args.records, base, _progress_line(mode)))
+            runs.append(run_mode(mode, args.store, args.jobs, args.records, base, _progress_line(mode),
+                                 keep=args.project_dir is not None))
     finally:
         if args.project_dir is None:
             shutil.rmtree(base, ignore_errors=True)

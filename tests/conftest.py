@@ -39,3 +39,23 @@ def run_python(code: str, cwd: Path, check: bool = True, **kwargs) -> subprocess
     if check and done.returncode:
         pytest.fail(f"exit {done.returncode}\n{done.stdout}\n{done.stderr}")
     return done
+
+
+@pytest.fixture(scope="session")
+def pg():
+    """A real PostgreSQL server for the session, with role smt (password s3cret, CREATEDB).
+    It fails, never skips, when the server binaries are missing."""
+    from pgserver import Cluster
+    cluster = Cluster()
+    cluster.sql("CREATE ROLE smt LOGIN PASSWORD 's3cret' CREATEDB")
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def pg_uri(pg, request) -> str:
+    """A fresh database owned by smt for one test."""
+    name = "t_" + request.node.name.lower().replace("[", "_").replace("]", "").replace("-", "_")[:40]
+    pg.sql(f"DROP DATABASE IF EXISTS {name}")
+    pg.sql(f"CREATE DATABASE {name} OWNER smt")
+    return pg.uri("smt", "s3cret", name)
