@@ -93,7 +93,7 @@ def _labels_like(store: Any, project_name: str, label: str) -> Set[str]:
 def _prepare(store: Any) -> None:
     """First-use set-up of a store (Django configuration, migration check), done outside the lock."""
     if DjangoRecordStore is not None and isinstance(store, DjangoRecordStore):
-        store._get_models()
+        _connecting(store._get_models, store._db_label)
 
 
 def _locked(method: Callable, purpose: str) -> Callable:
@@ -263,12 +263,17 @@ def _django_create_databases(self: Any) -> None:
                 return True
         return False
 
-    if not _connecting(pending, "default"):
-        return
     db = self._settings["DATABASES"]["default"]
-    with _path_lock(db["NAME"] if "sqlite3" in db["ENGINE"] else os.getcwd(), "migrate"):
-        if _connecting(pending, "default"):
-            _ORIGINAL["DjangoConfiguration._create_databases"](self)
+    try:
+        if not _connecting(pending, "default"):
+            return
+        with _path_lock(db["NAME"] if "sqlite3" in db["ENGINE"] else os.getcwd(), "migrate"):
+            if _connecting(pending, "default"):
+                _ORIGINAL["DjangoConfiguration._create_databases"](self)
+    finally:  # a job waiting for the lock must not sit on one of the server's few connections
+        for label, settings in self._settings["DATABASES"].items():
+            if "postgresql" in settings["ENGINE"]:
+                connections[label].close()
 
 
 def _path_lock(path: str, purpose: str) -> Any:

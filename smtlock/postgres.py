@@ -214,16 +214,17 @@ def move_project(path: str, uri: str, dry_run: bool = False) -> List[str]:
     if getattr(old, "_db_file", None) == uri:
         return [f"{project.name} already uses {where} (nothing to do)"]
     check_server(uri, must_exist=False)
-    labels = old.labels(project.name) if old.has_project(project.name) else []
     if dry_run:
+        labels = old.labels(project.name) if old.has_project(project.name) else []
         return [f"would create database {urlsplit(uri).path.lstrip('/')!r} at {where} if missing",
                 f"would copy {len(labels)} records of project {project.name} from {describe_store(old)}",
                 f"would switch the project to {where}, keeping {describe_store(old)} as a backup"]
     lines = []
     if create_database(uri):
         lines.append(f"created database {urlsplit(uri).path.lstrip('/')!r} at {where}")
-    new = DjangoRecordStore(uri)
+    new = DjangoRecordStore(uri)  # before the old store is used: Django is configured only once
     with SMTLock(project):
+        labels = old.labels(project.name) if old.has_project(project.name) else []
         present = set(new.labels(project.name)) if new.has_project(project.name) else set()
         for label in labels:
             if label not in present:

@@ -1,0 +1,144 @@
+"""PostgreSQL stores against a real server started by the tests (see pgserver.py)."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import run_python
+from pgserver import Cluster, free_port
+from smtlock.stress import JOB_SCRIPT, make_project, run_mode, start_together
+
+SMTLOCK = os.path.join(os.path.dirname(sys.executable), "smtlock")
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([SMTLOCK, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def census(uri: str, cwd: Path) -> dict:
+    code = "import json, sys; from smtlock.stress import census; print(json.dumps(census(sys.argv[1], '.')))"
+    done = subprocess.run([sys.executable, "-c", code, uri], cwd=cwd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_locked_burst_keeps_every_record_and_makes_no_duplicate_rows(pg, tmp_path: Path) -> None:
+    result = run_mode("locked", pg.uri("smt", "s3cret", "burst"), 32, 3, tmp_path)
+    assert sorted((r["job"], r["rec"]) for r in result["_rows"]) == [(j, r) for j in range(32) for r in range(3)]
+    assert result["distinct_labels"] == 96 and result["failed_jobs"] == 0
+    assert result["duplicate_rows"] == {}
+
+
+def _jobs(project: Path, first: int, n: int, records: int, tmp: Path) -> list:
+    return [[sys.executable, JOB_SCRIPT, "locked", str(project), str(first + i), str(records), "{ready}", "{go}",
+             str(tmp / f"{first + i}.json")] for i in range(n)]
+
+
+def test_two_project_folders_share_only_the_database(pg_uri: str, tmp_path: Path) -> None:
+    """As two hosts would: no common lock file, the same project name, the same database."""
+    a, b = make_project(tmp_path / "host-a", pg_uri), make_project(tmp_path / "host-b", pg_uri)
+    assert not (a / ".smt").samefile(b / ".smt")
+    commands = _jobs(a, 0, 16, 3, tmp_path) + _jobs(b, 100, 16, 3, tmp_path)
+    burst = start_together(commands, [tmp_path / f"{i}.log" for i in range(32)])
+    assert burst["codes"] == {i: 0 for i in range(32)}
+    counted = census(pg_uri, a)
+    pairs = sorted((r["job"], r["rec"]) for r in counted["records"])
+    assert pairs == [(j, r) for j in [*range(16), *range(100, 116)] for r in range(3)]
+    assert len({r["label"] for r in counted["records"]}) == 96
+    assert counted["duplicate_rows"] == {}
+
+
+def test_many_jobs_on_a_server_with_few_connections(tmp_path: Path) -> None:
+    """A job holds no connection between writes and retries 'too many clients' within its timeout."""
+    small = Cluster(max_connections=10)  # 7 for ordinary roles: superuser_reserved_connections = 3
+    try:
+        small.sql("CREATE ROLE smt LOGIN PASSWORD 's3cret' CREATEDB")
+        result = run_mode("locked", small.uri("smt", "s3cret", "few"), 40, 2, tmp_path)
+    finally:
+        small.stop()
+    assert result["lost"] == 0 and result["failed_jobs"] == 0 and result["found"] == 80
+    assert result["duplicate_rows"] == {}
+
+
+HOLDER = """
+import sys, smtlock
+lock = smtlock.SMTLock(sys.argv[1]); lock.acquire()
+print("held", flush=True); sys.stdin.read()
+"""
+
+
+def test_advisory_lock_excludes_across_folders_and_dies_with_its_holder(pg_uri: str, tmp_path: Path) -> None:
+    a, b = make_project(tmp_path / "a", pg_uri), make_project(tmp_path / "b", pg_uri)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(a)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        waiter = ("import sys, smtlock\ntry:\n    smtlock.SMTLock(sys.argv[1]).acquire(timeout=float(sys.argv[2]))\n"
+                  "    print('acquired')\nexcept smtlock.LockTimeout as err:\n    print(err)\n")
+        blocked = subprocess.run([sys.executable, "-c", waiter, str(b), "0.5"], capture_output=True, text=True)
+        assert "advisory lock" in blocked.stdout and f"pid {holder.pid} on " in blocked.stdout
+        assert "s3cret" not in blocked.stdout
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        freed = subprocess.run([sys.executable, "-c", waiter, str(b), "30"], capture_output=True, text=True)
+        assert freed.stdout.strip() == "acquired", freed.stdout + freed.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+MAKE_RECORDS = """
+import smtlock
+from sumatra.projects import load_project
+from sumatra.parameters import SimpleParameterSet
+p = load_project()
+for i in range(3):
+    p.new_record(parameters=SimpleParameterSet({"i": i}), main_file="main.py", label=f"run{i}")
+"""
+LIST = """
+import json
+from sumatra.projects import load_project
+p = load_project()
+print(json.dumps([p.record_store._db_file.startswith("postgres"),
+                  sorted([r.label, r.parameters.as_dict()["i"]] for r in p.find_records())]))
+"""
+
+
+def test_smtlock_postgres_moves_a_sqlite_project(pg, project: Path) -> None:
+    run_python(MAKE_RECORDS, project)
+    sqlite_file = project / ".smt" / "records"
+    before = hashlib.sha256(sqlite_file.read_bytes()).hexdigest()
+    uri = pg.uri("smt", "s3cret", "moved")
+    dry = cli("postgres", uri, "--dry-run", cwd=project)
+    assert dry.returncode == 0 and "would copy 3 records" in dry.stdout and "s3cret" not in dry.stdout
+    assert '"db_file": "' + str(sqlite_file) in (project / ".smt" / "project").read_text()
+    done = cli("postgres", uri, cwd=project)
+    assert done.returncode == 0, done.stderr
+    assert "created database 'moved'" in done.stdout and "all 3 in" in done.stdout and "s3cret" not in done.stdout
+    on_pg, records = json.loads(run_python(LIST, project).stdout)
+    assert on_pg and records == [["run0", 0], ["run1", 1], ["run2", 2]]
+    assert hashlib.sha256(sqlite_file.read_bytes()).hexdigest() == before  # the old store is the backup
+    again = cli("postgres", uri, cwd=project)
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+
+
+@pytest.mark.parametrize("case", ["unreachable", "wrong password", "may not create"])
+def test_bad_postgres_input_is_one_line_exit_2_and_masked(pg, project: Path, case: str) -> None:
+    if case == "unreachable":
+        uri, expect = f"postgres://smt:s3cret@127.0.0.1:{free_port()}/x", "cannot reach PostgreSQL"
+    elif case == "wrong password":
+        uri, expect = pg.uri("smt", "wrong-s3cret", "x"), "refused the login"
+    else:
+        pg.sql("DO $$ BEGIN CREATE ROLE weak LOGIN PASSWORD 's3cret'; EXCEPTION WHEN duplicate_object THEN END $$")
+        uri, expect = pg.uri("weak", "s3cret", "not_there"), "may not create database"
+    for args in (["postgres", uri], ["stress", "--jobs", "1", "--records", "1", "--store", uri]):
+        done = cli(*args, cwd=project)
+        assert done.returncode == 2, done.stderr
+        assert done.stdout == "" and len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert expect in done.stderr and "s3cret" not in done.stderr and ":***@" in done.stderr
