@@ -34,6 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=text, description=text)
         command.add_argument("path", nargs="?", default=".", help="a path inside the project")
         command.set_defaults(handler=lambda args, func=func: print(func(args.path)))
+    from . import doctor
+    command = sub.add_parser("doctor", help="check (and --repair) a project damaged by concurrency",
+                             description=doctor.__doc__.splitlines()[0])
+    command.add_argument("--repair", action="store_true", help="fix what can be fixed (under the lock)")
+    command.add_argument("--json", action="store_true", help="print the findings as JSON")
+    command.add_argument("path", nargs="?", default=".", help="a path inside the project")
+    command.set_defaults(handler=doctor.main)
+
     from . import postgres
     command = sub.add_parser("postgres", help="move this project's records to a PostgreSQL store",
                              description="Create the database if needed, copy and verify the records, "

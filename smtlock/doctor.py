@@ -1,16 +1,55 @@
-"""Checks of a Sumatra store that concurrency may have damaged (the harness uses them too)."""
+"""``smtlock doctor``: check a project that concurrency may have damaged, and repair it.
+
+Each check gives one line with counts. Without ``repair`` nothing is changed; with it every repair
+runs under the project's SMTLock, and the database ones in one transaction. No record is deleted.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Dict
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional
 
-__all__ = ["DEDUPLICATED_MODELS", "duplicate_rows", "shared_labels"]
+from .lock import LOCK_FILE_NAME, SMTLock, project_root
+from .patches import LAST_GOOD_SUFFIX, RUNNING_DIR, RUNNING_TAGS
+
+__all__ = ["DEDUPLICATED_MODELS", "Finding", "diagnose", "duplicate_rows", "shared_labels",
+           "merge_duplicate_rows", "exit_status", "NETWORK_FILESYSTEMS"]
 
 #: Sumatra's Django models written with a plain get_or_create on tables without unique constraints:
 #: two racing processes create two identical rows, and every later get() raises MultipleObjectsReturned.
 DEDUPLICATED_MODELS = ("Executable", "Repository", "LaunchMode", "Datastore", "ParameterSet",
                        "DataKey", "Dependency", "PlatformInformation")
+NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "9p", "lustre", "gpfs",
+                       "ceph", "glusterfs", "fuse.glusterfs", "beegfs", "afs"}
 
+OK, WARN, PROBLEM, REPAIRED = "ok", "warning", "problem", "repaired"
+
+
+@dataclass
+class Finding:
+    """The outcome of one check."""
+    check: str
+    status: str  # ok, warning, problem, repaired
+    detail: str
+    count: int = 0
+
+    def line(self) -> str:
+        return f"{self.status:9} {self.check:18} {self.detail}"
+
+
+def exit_status(findings: List[Finding]) -> int:
+    """0 when nothing is left to fix (warnings allowed), 1 otherwise."""
+    return 1 if any(f.status == PROBLEM for f in findings) else 0
+
+
+# --- store queries (the stress harness uses these too) --------------------------------------------
 
 def _identity_fields(model: Any) -> list:
     """The columns get_or_create matches on: every concrete column but the key and record links."""
@@ -18,19 +57,22 @@ def _identity_fields(model: Any) -> list:
             if not f.primary_key and f.name != "output_from_record"]
 
 
+def _duplicate_groups(store: Any, model: Any) -> List[List[int]]:
+    """Ids of rows identical but for their id, a list per group, lowest id first."""
+    from django.db.models import Count
+    fields = _identity_fields(model)
+    rows = model.objects.using(store._db_label)
+    groups = rows.values(*fields).annotate(n=Count("id")).filter(n__gt=1)
+    return [sorted(rows.filter(**group_fields).values_list("id", flat=True))
+            for group_fields in ({k: v for k, v in g.items() if k != "n"} for g in groups)]
+
+
 def duplicate_rows(store: Any) -> Dict[str, int]:
     """Extra rows per Sumatra table (rows identical to another but for their id); Django stores only."""
-    from django.db.models import Count
     models = store._get_models()
-    extra: Dict[str, int] = {}
-    for name in DEDUPLICATED_MODELS:
-        model = getattr(models, name)
-        groups = (model.objects.using(store._db_label).values(*_identity_fields(model))
-                  .annotate(n=Count("id")).filter(n__gt=1).values_list("n", flat=True))
-        count = sum(n - 1 for n in groups)
-        if count:
-            extra[name] = count
-    return extra
+    extra = {name: sum(len(g) - 1 for g in _duplicate_groups(store, getattr(models, name)))
+             for name in DEDUPLICATED_MODELS}
+    return {name: n for name, n in extra.items() if n}
 
 
 def shared_labels(store: Any, project_name: str) -> Dict[str, int]:
@@ -39,3 +81,238 @@ def shared_labels(store: Any, project_name: str) -> Dict[str, int]:
     rows = (store._manager.filter(project__id=project_name).values("label")
             .annotate(n=Count("db_id")).filter(n__gt=1))
     return {row["label"]: row["n"] for row in rows}
+
+
+def merge_duplicate_rows(store: Any) -> Dict[str, int]:
+    """Merge each group of identical rows into its lowest id: repoint every foreign key and
+    many-to-many row, then delete the extra rows. Call inside a transaction."""
+    models = store._get_models()
+    merged: Dict[str, int] = {}
+    for name in DEDUPLICATED_MODELS:
+        model = getattr(models, name)
+        for keep, *extras in _duplicate_groups(store, model):
+            _repoint(store._db_label, model, keep, extras)
+            model.objects.using(store._db_label).filter(id__in=extras).delete()
+            merged[name] = merged.get(name, 0) + len(extras)
+    return merged
+
+
+def _repoint(using: str, model: Any, keep: int, extras: List[int]) -> None:
+    for rel in model._meta.related_objects:
+        if rel.many_to_many:
+            through = rel.through.objects.using(using)
+            ours, other = rel.field.m2m_reverse_field_name(), rel.field.m2m_field_name()
+            linked = set(through.filter(**{ours: keep}).values_list(f"{other}_id", flat=True))
+            for row in through.filter(**{f"{ours}__in": extras}):
+                if getattr(row, f"{other}_id") in linked:
+                    row.delete()  # the record already links to the row we keep
+                else:
+                    linked.add(getattr(row, f"{other}_id"))
+                    through.filter(pk=row.pk).update(**{ours: keep})
+        else:
+            rel.related_model.objects.using(using).filter(**{f"{rel.field.name}__in": extras}) \
+                .update(**{rel.field.name: keep})
+
+
+# --- the checks -----------------------------------------------------------------------------------
+
+def _check_project_file(smt: Path, repair: bool) -> Finding:
+    file, copy = smt / "project", smt / ("project" + LAST_GOOD_SUFFIX)
+    try:
+        json.loads(file.read_text())
+        return Finding("project file", OK, f"{file} parses")
+    except (OSError, ValueError) as err:
+        problem = f"{file} is unreadable ({type(err).__name__})"
+    try:
+        json.loads(copy.read_text())
+    except (OSError, ValueError):
+        return Finding("project file", PROBLEM, f"{problem} and there is no good copy to restore: "
+                       "its settings are lost (run `smt init` again with the same name and store)", 1)
+    if not repair:
+        return Finding("project file", PROBLEM, f"{problem}; `--repair` restores {copy.name}", 1)
+    tmp = smt / "project.restoring"
+    shutil.copyfile(copy, tmp)
+    os.replace(tmp, file)
+    return Finding("project file", REPAIRED, f"{problem}: restored from {copy.name}", 1)
+
+
+def _check_duplicates(store: Any, repair: bool) -> Finding:
+    found = duplicate_rows(store)
+    if not found:
+        return Finding("duplicate rows", OK, "no duplicate rows in Sumatra's tables")
+    total, names = sum(found.values()), ", ".join(f"{k} {v}" for k, v in sorted(found.items()))
+    if not repair:
+        return Finding("duplicate rows", PROBLEM, f"{total} extra rows ({names}): every write that uses "
+                       "them fails with MultipleObjectsReturned; `--repair` merges them", total)
+    merge_duplicate_rows(store)
+    return Finding("duplicate rows", REPAIRED, f"merged {total} extra rows ({names}); no record deleted",
+                   total)
+
+
+def _check_labels(store: Any, project_name: str, repair: bool) -> Finding:
+    shared = shared_labels(store, project_name)
+    if not shared:
+        return Finding("shared labels", OK, "every record has its own label")
+    extra = sum(n - 1 for n in shared.values())
+    if not repair:
+        return Finding("shared labels", PROBLEM, f"{extra} records share a label with another "
+                       f"({', '.join(sorted(shared)[:3])}...); `--repair` gives each its own", extra)
+    taken = set(store._manager.filter(project__id=project_name).values_list("label", flat=True))
+    for label in shared:
+        for db_id in list(store._manager.filter(project__id=project_name, label=label)
+                          .order_by("db_id").values_list("db_id", flat=True))[1:]:
+            n = 1
+            while f"{label}_{n}" in taken:
+                n += 1
+            taken.add(f"{label}_{n}")
+            store._manager.filter(db_id=db_id).update(label=f"{label}_{n}")
+    return Finding("shared labels", REPAIRED, f"gave {extra} records their own label (suffix _N)", extra)
+
+
+def _check_running(project: Any, repair: bool) -> Finding:
+    store, notes = project.record_store, Path(project.path) / ".smt" / RUNNING_DIR
+    running = {}
+    for tag in RUNNING_TAGS:
+        for record in store.list(project.name, tags=[tag]):
+            running[record.label] = record
+    if not running:
+        return Finding("running records", OK, "no record is stuck as running")
+    gone, unknown, host = [], [], socket.gethostname()
+    for label, record in running.items():
+        note = notes / label.replace("/", "_")
+        pid, _, where = note.read_text().strip().partition(" ") if note.exists() else ("", "", "")
+        if where == host and pid.isdigit() and not _alive(int(pid)):
+            gone.append(label)
+        elif where != host:
+            unknown.append(record)
+    if unknown and not gone:
+        oldest = max(time.time() - r.timestamp.timestamp() for r in unknown) / 3600
+        return Finding("running records", WARN, f"{len(unknown)} records tagged running with no process "
+                       f"known on this host (oldest started {oldest:.1f} h ago); left as they are",
+                       len(unknown))
+    if not gone:
+        return Finding("running records", OK, f"{len(running)} records running, their processes alive")
+    if not repair:
+        return Finding("running records", PROBLEM, f"{len(gone)} records tagged running whose process "
+                       "is gone; `--repair` tags them _killed_", len(gone))
+    for label in gone:
+        project.add_tag(label, "_killed_")  # a status tag: replaces _running_
+        (notes / label.replace("/", "_")).unlink(missing_ok=True)
+    return Finding("running records", REPAIRED, f"tagged {len(gone)} records _killed_", len(gone))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _check_sqlite(path: str) -> Finding:
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            result = db.execute("PRAGMA integrity_check").fetchone()[0]
+    except sqlite3.Error as err:
+        return Finding("sqlite integrity", PROBLEM, f"{path} cannot be checked: {err}", 1)
+    if result == "ok":
+        return Finding("sqlite integrity", OK, f"{path}: integrity_check ok")
+    return Finding("sqlite integrity", PROBLEM, f"{path}: {result} (not repairable here; restore a backup)", 1)
+
+
+def _check_shelve(store: Any, project_name: str) -> Finding:
+    try:
+        n = len(store.list(project_name))
+    except Exception as err:  # a truncated pickle raises anything from EOFError to UnpicklingError
+        return Finding("shelve store", PROBLEM, f"{store._shelf_name} unreadable: {type(err).__name__} "
+                       "(not repairable here; restore a backup)", 1)
+    return Finding("shelve store", OK, f"{store._shelf_name}: {n} records readable")
+
+
+def _check_holder(smt: Path, repair: bool) -> Finding:
+    holder = smt / (LOCK_FILE_NAME + ".holder")
+    text = holder.read_text().strip() if holder.exists() else ""
+    if not text:
+        return Finding("lock holder", OK, "the lock is free")
+    words = text.split()  # "pid N on HOST since T"
+    if len(words) >= 4 and words[2] == socket.gethostname() and not _alive(int(words[1])):
+        if repair:
+            holder.write_text("")
+            return Finding("lock holder", REPAIRED, f"cleared a stale holder record ({text})", 1)
+        return Finding("lock holder", WARN, f"the holder recorded ({text}) is gone; the lock itself is "
+                       "free (the kernel released it); `--repair` clears the record", 1)
+    return Finding("lock holder", OK, f"held by {text}")
+
+
+def _check_filesystem(smt: Path) -> Finding:
+    fstype, mount = _filesystem(smt)
+    if fstype in NETWORK_FILESYSTEMS:
+        return Finding("filesystem", WARN, f"{smt} is on {fstype} ({mount}): file locks may not exclude "
+                       "across nodes and SQLite must not live there; use `smtlock postgres URL`", 1)
+    return Finding("filesystem", OK, f"{smt} is on a local filesystem ({fstype})")
+
+
+def _filesystem(path: Path) -> tuple:
+    real, best = str(path.resolve()), ("unknown", "/")
+    try:
+        with open("/proc/mounts") as mounts:
+            for line in mounts:
+                _, mount, fstype = line.split()[:3]
+                mount = mount.replace("\\040", " ")
+                if (real == mount or real.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best[1]):
+                    best = (fstype, mount)
+    except OSError:
+        pass
+    return best
+
+
+def diagnose(path: str = ".", repair: bool = False) -> List[Finding]:
+    """Run every check on the project at or above ``path``; with ``repair``, fix what can be fixed."""
+    from .project import load
+    root = project_root(path)
+    smt = root / ".smt"
+    findings = [_check_project_file(smt, repair)]
+    if findings[0].status != PROBLEM:
+        project = load(root)
+        store = project.record_store
+        with SMTLock(project) if repair else _nothing():
+            findings += _store_checks(project, store, repair)
+    findings += [_check_holder(smt, repair), _check_filesystem(smt)]
+    return findings
+
+
+def _store_checks(project: Any, store: Any, repair: bool) -> List[Finding]:
+    findings = []
+    if hasattr(store, "_db_file"):  # Django
+        from django.db import transaction
+        store._get_models()
+        if not str(store._db_file).startswith(("postgres", "mysql", "mariadb")):
+            findings.append(_check_sqlite(store._db_file))
+        with transaction.atomic(using=store._db_label):
+            findings.append(_check_duplicates(store, repair))
+            findings.append(_check_labels(store, project.name, repair))
+    elif hasattr(store, "_shelf_name"):
+        findings.append(_check_shelve(store, project.name))
+    findings.append(_check_running(project, repair))
+    return findings
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def main(args: Any) -> int:
+    """``smtlock doctor``: print a line per check (or JSON); exit 0 healthy, 1 problems left."""
+    findings = diagnose(args.path, repair=args.repair)
+    if args.json:
+        print(json.dumps({"findings": [asdict(f) for f in findings], "exit": exit_status(findings)},
+                         indent=2))
+    else:
+        print("\n".join(f.line() for f in findings))
+    return exit_status(findings)

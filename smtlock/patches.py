@@ -21,6 +21,8 @@ import json
 import os
 import random
 import shelve
+import shutil
+import socket
 import tempfile
 import time
 
@@ -29,6 +31,7 @@ from typing import Any, Callable, Set
 
 import sumatra.commands
 import sumatra.projects
+from sumatra.core import STATUS_FORMAT
 from sumatra.projects import Project
 from sumatra.recordstore.shelve_store import ShelveRecordStore
 
@@ -41,12 +44,17 @@ try:
 except ImportError:  # Django is optional for Sumatra and for us
     DjangoConfiguration = DjangoRecordStore = None  # type: ignore[assignment,misc]
 
-__all__ = ["apply", "is_applied", "add_record", "claim_label", "atomic_open", "SQLITE_BUSY_TIMEOUT_S"]
+__all__ = ["apply", "is_applied", "add_record", "save_record", "claim_label", "atomic_open",
+           "SQLITE_BUSY_TIMEOUT_S", "LAST_GOOD_SUFFIX", "RUNNING_DIR", "RUNNING_TAGS"]
 
 SQLITE_BUSY_TIMEOUT_S = 60.0  # how long an SQLite connection waits for another writer, not fail
 CONNECT_RETRY_S = 300.0  # how long a PostgreSQL connection is retried ($SMTLOCK_TIMEOUT overrides)
+LAST_GOOD_SUFFIX = ".last-good"  # .smt/project.last-good: the last project file smtlock wrote
+RUNNING_DIR = "smtlock-running"  # .smt/smtlock-running/<label>: "pid host" of a running record
 _CLAIM = "_smtlock_claimed_label"  # set on a Record once its label is claimed in its store
 _ORIGINAL: dict = {}
+#: Sumatra's status tags of a record whose process has started and not ended
+RUNNING_TAGS = {STATUS_FORMAT % s for s in ("pre_run", "running", "finished...", "failed...", "killed...")}
 
 
 # --- the write path -------------------------------------------------------------------------------
@@ -88,6 +96,25 @@ def _labels_like(store: Any, project_name: str, label: str) -> Set[str]:
         return set(store._manager.filter(project__id=project_name, label__startswith=label)
                    .values_list("label", flat=True))
     return {x for x in store.labels(project_name) if x.startswith(label)}
+
+
+def save_record(self: Project, record: Any) -> None:
+    """``Project.save_record`` under the lock; notes which process runs a record.
+
+    Upstream writes with no lock (``smt run`` saves a record 4 times). Sumatra stores no process id,
+    so while a record's status is running, ``.smt/smtlock-running/<label>`` holds "pid host":
+    ``smtlock doctor`` tells a live run from one whose process was killed.
+    """
+    _prepare(self.record_store)
+    with SMTLock(self, purpose="save_record"):
+        _ORIGINAL["Project.save_record"](self, record)
+    note = os.path.join(self.path, ".smt", RUNNING_DIR, record.label.replace("/", "_"))
+    if any(tag in RUNNING_TAGS for tag in record.tags):
+        os.makedirs(os.path.dirname(note), exist_ok=True)
+        with open(note, "w") as f:
+            f.write(f"{os.getpid()} {socket.gethostname()}\n")
+    elif os.path.exists(note):
+        os.unlink(note)
 
 
 def _prepare(store: Any) -> None:
@@ -139,6 +166,10 @@ class _AtomicFile:
         os.fsync(self.file.fileno())
         os.chmod(self.tmp, 0o644)
         self.file.close()
+        if os.path.basename(self.path) == "project":  # the copy `smtlock doctor --repair` restores
+            copy = self.tmp + ".copy"
+            shutil.copyfile(self.tmp, copy)
+            os.replace(copy, self.path + LAST_GOOD_SUFFIX)
         os.replace(self.tmp, self.path)
 
 
@@ -336,8 +367,7 @@ def apply() -> None:
     if is_applied():
         return
     _patch(Project, "add_record", lambda orig: add_record)
-    # Upstream: save_record writes with no lock; smt run calls it 4 times per run.
-    _patch(Project, "save_record", lambda orig: _locked(orig, "save_record"))
+    _patch(Project, "save_record", lambda orig: save_record)
     # Upstream: save dumps JSON straight into .smt/project (atomic_open below makes it atomic).
     _patch(Project, "save", lambda orig: _locked(orig, "save"))
     # Upstream: get -> modify -> save_record with no lock loses concurrent tags and comments.

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional
 from urllib.parse import urlsplit
 
 from .postgres import create_database, drop_database, is_postgres, mask_uri
@@ -84,7 +87,8 @@ def make_project(project_dir: Path, store: str = "sqlite", plugin: bool = False)
 
 def start_together(commands: List[List[str]], logs: List[Path],
                    progress: Optional[Callable[[int, int, int], None]] = None,
-                   cwd: Optional[Path] = None, env: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+                   cwd: Optional[Path] = None, env: Optional[Dict[str, str]] = None,
+                   on_start: Optional[Callable[[List[int]], Any]] = None) -> Dict[str, Any]:
     """Run each command as its own process and release them together; return exit codes and wall.
 
     In each command the arguments ``{ready}`` and ``{go}`` become file descriptors: the process
@@ -112,6 +116,8 @@ def start_together(commands: List[List[str]], logs: List[Path],
             count += len(got)
     start = time.perf_counter()
     os.close(go_w)  # the barrier opens
+    if on_start:
+        on_start(list(procs))
     codes: Dict[int, int] = {}
     while len(codes) < len(commands):
         pid, status = os.wait()
@@ -121,17 +127,65 @@ def start_together(commands: List[List[str]], logs: List[Path],
             if progress:
                 failed = sum(1 for c in codes.values() if c)
                 progress(len(codes) - failed, len(commands) - len(codes), failed)
-    return {"codes": codes, "wall_s": time.perf_counter() - start}
+    return {"codes": codes, "wall_s": time.perf_counter() - start,
+            "pids": {index: proc.pid for index, proc in procs.values()}}
+
+
+class Killer(threading.Thread):
+    """Fault injection: SIGKILL ``count`` jobs during the burst, every other one the process that holds
+    the project's lock at that moment (so some die inside a store transaction)."""
+
+    def __init__(self, pids: List[int], count: int, holder_file: Path, seed: int = 0) -> None:
+        super().__init__(daemon=True)
+        self.pids, self.count, self.holder_file = pids, count, holder_file
+        self.rng = random.Random(seed)
+        self.killed: List[int] = []
+        self.holding = 0  # how many were killed while they held the lock
+
+    def _holder(self) -> Optional[int]:
+        try:
+            words = self.holder_file.read_text().split()
+        except OSError:
+            return None
+        pid = int(words[1]) if len(words) > 1 and words[1].isdigit() else None
+        return pid if pid in self.pids and pid not in self.killed else None
+
+    def run(self) -> None:
+        for n in range(self.count):
+            time.sleep(self.rng.uniform(0.05, 0.4))  # spread the kills over the burst
+            pid = self._holder() if n % 2 == 0 else None
+            self.holding += pid is not None
+            if pid is None:
+                pid = self.rng.choice([p for p in self.pids if p not in self.killed])
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.killed.append(pid)
 
 
 def run_burst(project_dir: Path, mode: str, jobs: int, records: int, work_dir: Path,
-              progress: Optional[Callable[[int, int, int], None]] = None) -> Dict[str, Any]:
-    """``jobs`` stress jobs on one project, released together; exit codes, reports and wall time."""
+              progress: Optional[Callable[[int, int, int], None]] = None, kill: int = 0) -> Dict[str, Any]:
+    """``jobs`` stress jobs on one project, released together (``kill`` of them SIGKILLed during the
+    burst); exit codes, reports, killed job numbers and wall time."""
     work_dir.mkdir(parents=True, exist_ok=True)
     commands = [[sys.executable, JOB_SCRIPT, mode, str(project_dir), str(job), str(records),
                  "{ready}", "{go}", str(work_dir / f"job-{job}.json")] for job in range(jobs)]
+    killers: List[Killer] = []
+
+    def start_killer(pids: List[int]) -> None:
+        if kill:
+            killers.append(Killer(pids, min(kill, jobs), project_dir / ".smt" / "smtlock.lock.holder"))
+            killers[0].start()
+
     burst = start_together(commands, [work_dir / f"job-{job}.log" for job in range(jobs)], progress,
-                           env={**os.environ, "SMTLOCK_STATS": "1"})
+                           env={**os.environ, "SMTLOCK_STATS": "1"}, on_start=start_killer)
+    for killer in killers:
+        killer.join()
+    killed_pids = set(killers[0].killed) if killers else set()
+    burst["killed"] = sorted(job for job, code in burst["codes"].items()
+                             if code == -signal.SIGKILL and burst["pids"][job] in killed_pids)
+    burst["killed_holding_lock"] = killers[0].holding if killers else 0
     reports = []
     for job in range(jobs):
         path = work_dir / f"job-{job}.json"
@@ -168,17 +222,23 @@ def _census_in_subprocess(store: str, project_dir: Path) -> Dict[str, Any]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def verify(found_rows: List[Dict[str, Any]], jobs: int, records: int) -> Dict[str, Any]:
-    """Compare the records found with the (job, rec) pairs the burst should have left."""
-    expected = {(j, r) for j in range(jobs) for r in range(records)}
+def verify(found_rows: List[Dict[str, Any]], jobs: int, records: int,
+           killed: Iterable[int] = ()) -> Dict[str, Any]:
+    """Compare the records found with the (job, rec) pairs the burst should have left; the jobs in
+    ``killed`` owe nothing (what they wrote before dying is counted apart)."""
+    killed = set(killed)
+    expected = {(j, r) for j in range(jobs) if j not in killed for r in range(records)}
     found = Counter((row["job"], row["rec"]) for row in found_rows)
     return {
         "expected": len(expected),
-        "found": len(found_rows),
+        "found": sum(n for (job, _), n in found.items() if job not in killed),
         "lost": len(expected - set(found)),
         "duplicates": sum(n - 1 for n in found.values() if n > 1),
-        "unexpected": sum(n for pair, n in found.items() if pair not in expected),
+        "unexpected": sum(n for (job, rec), n in found.items()
+                          if job not in killed and (job, rec) not in expected),
         "distinct_labels": len({row["label"] for row in found_rows}),
+        "killed_jobs": len(killed),
+        "records_of_killed_jobs": sum(n for (job, _), n in found.items() if job in killed),
     }
 
 
@@ -201,7 +261,7 @@ def fresh_database(uri: str, mode: str) -> str:
 
 def run_mode(mode: str, store: str, jobs: int, records: int, base_dir: Path,
              progress: Optional[Callable[[int, int, int], None]] = None,
-             keep: bool = False) -> Dict[str, Any]:
+             keep: bool = False, kill: int = 0) -> Dict[str, Any]:
     """One run: a fresh project under ``base_dir/<mode>`` (and a fresh database for PostgreSQL, dropped
     afterwards unless ``keep``), the burst, the recount, the figures."""
     run_dir = base_dir / mode
@@ -210,25 +270,27 @@ def run_mode(mode: str, store: str, jobs: int, records: int, base_dir: Path,
     run_store = fresh_database(store, mode) if is_postgres(store) else store
     try:
         project_dir = make_project(run_dir / f"project-{mode}", run_store, plugin=mode == "smt-run")
-        burst = run_burst(project_dir, mode, jobs, records, run_dir / "jobs", progress)
+        burst = run_burst(project_dir, mode, jobs, records, run_dir / "jobs", progress, kill)
         counted = _census_in_subprocess(run_store, project_dir)
     finally:
         if run_store != store and not keep:
             drop_database(run_store)
     result: Dict[str, Any] = {"mode": mode, "store": mask_uri(store), "jobs": jobs,
                               "records_per_job": records}
-    result.update(verify(counted["records"], jobs, records))
+    result.update(verify(counted["records"], jobs, records, burst["killed"]))
     errors = Counter(r["error"] for r in burst["reports"] if r.get("error"))
-    errors.update("killed by signal" for code in burst["codes"].values() if code < 0)
+    errors.update("killed by signal" for job, code in burst["codes"].items()
+                  if code < 0 and job not in burst["killed"])
     stats = [s for r in burst["reports"] for s in r.get("lock") or []]
     result.update({
-        "failed_jobs": sum(1 for code in burst["codes"].values() if code),
+        "failed_jobs": sum(1 for job, code in burst["codes"].items() if code and job not in burst["killed"]),
         "errors": dict(errors),
         "wall_s": round(burst["wall_s"], 3),
         "records_per_s": round(result["found"] / burst["wall_s"], 1) if burst["wall_s"] else None,
         "lock_held_ms": _percentiles_ms([held for _, _, held in stats]),
         "lock_wait_ms": _percentiles_ms([wait for _, wait, _ in stats]),
         "duplicate_rows": counted["duplicate_rows"],
+        "killed_holding_lock": burst["killed_holding_lock"],
         "project_dir": str(project_dir),
     })
     result["_rows"] = counted["records"]
@@ -256,12 +318,16 @@ def add_arguments(parser: Any) -> None:
                              "runs (default: raw and locked)")
     parser.add_argument("--project-dir", type=Path, metavar="DIR",
                         help="keep each run's project under DIR/<mode>/ (default: a temporary folder)")
+    parser.add_argument("--kill", type=int, default=0, metavar="K",
+                        help="SIGKILL K jobs during each burst, some while they hold the lock")
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the figures as JSON")
     parser.add_argument("--plot", type=Path, metavar="PATH.png", help="plot the figures (needs matplotlib)")
     parser.set_defaults(handler=main)
 
 
-ROWS = [("expected", "expected"), ("found", "found"), ("lost", "lost"), ("duplicates", "duplicates"),
+ROWS = [("killed jobs", "killed_jobs"), ("  of them holding the lock", "killed_holding_lock"),
+        ("  their records found", "records_of_killed_jobs"), ("expected", "expected"), ("found", "found"), ("lost", "lost"),
+        ("duplicates", "duplicates"),
         ("distinct labels", "distinct_labels"), ("failed jobs", "failed_jobs"), ("wall time (s)", "wall_s"),
         ("records/s", "records_per_s"), ("lock held p50/p99 (ms)", "lock_held_ms"),
         ("lock wait p50/p99 (ms)", "lock_wait_ms"), ("duplicate table rows", "duplicate_rows")]
@@ -339,7 +405,7 @@ def main(args: Any) -> int:
     try:
         for mode in modes:
             runs.append(run_mode(mode, args.store, args.jobs, args.records, base, _progress_line(mode),
-                                 keep=args.project_dir is not None))
+                                 keep=args.project_dir is not None, kill=args.kill))
     finally:
         if args.project_dir is None:
             shutil.rmtree(base, ignore_errors=True)
