@@ -8,6 +8,7 @@ from typing import List, NoReturn, Optional
 
 from . import __version__
 from .errors import SMTLockError
+from .postgres import mask_uri
 
 __all__ = ["main"]
 
@@ -54,6 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _database_errors() -> type:
+    try:
+        from django.db import DatabaseError
+    except ImportError:
+        return OSError
+    return DatabaseError
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the console script; returns the exit status."""
     parser = build_parser()
@@ -62,6 +71,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return int(args.handler(args) or 0)
     except SMTLockError as err:
         print(f"smtlock: error: {err}", file=sys.stderr)
+        return 2
+    except (OSError, _database_errors()) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        print(f"smtlock: error: {type(err).__name__}: {mask_uri(first)} (check that the project's .smt "
+              "folder and its record store are readable and writable)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("smtlock: interrupted", file=sys.stderr)

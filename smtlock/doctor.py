@@ -6,6 +6,7 @@ runs under the project's SMTLock, and the database ones in one transaction. No r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -237,7 +238,7 @@ def _check_holder(smt: Path, repair: bool) -> Finding:
     if not text:
         return Finding("lock holder", OK, "the lock is free")
     words = text.split()  # "pid N on HOST since T"
-    if len(words) >= 4 and words[2] == socket.gethostname() and not _alive(int(words[1])):
+    if len(words) >= 4 and words[3] == socket.gethostname() and not _alive(int(words[1])):
         if repair:
             holder.write_text("")
             return Finding("lock holder", REPAIRED, f"cleared a stale holder record ({text})", 1)
@@ -273,13 +274,13 @@ def diagnose(path: str = ".", repair: bool = False) -> List[Finding]:
     from .project import load
     root = project_root(path)
     smt = root / ".smt"
-    findings = [_check_project_file(smt, repair)]
+    # the holder record first: taking the lock to repair rewrites it
+    findings = [_check_project_file(smt, repair), _check_holder(smt, repair)]
     if findings[0].status != PROBLEM:
         project = load(root)
-        store = project.record_store
-        with SMTLock(project) if repair else _nothing():
-            findings += _store_checks(project, store, repair)
-    findings += [_check_holder(smt, repair), _check_filesystem(smt)]
+        with SMTLock(project) if repair else contextlib.nullcontext():
+            findings += _store_checks(project, project.record_store, repair)
+    findings.append(_check_filesystem(smt))
     return findings
 
 
@@ -297,14 +298,6 @@ def _store_checks(project: Any, store: Any, repair: bool) -> List[Finding]:
         findings.append(_check_shelve(store, project.name))
     findings.append(_check_running(project, repair))
     return findings
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 def main(args: Any) -> int:

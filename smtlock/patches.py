@@ -127,7 +127,8 @@ def _locked(method: Callable, purpose: str) -> Callable:
     """Run a Project method with the project's lock held (get-modify-save sequences, file writes)."""
     @functools.wraps(method)
     def wrapper(self: Project, *args: Any, **kwargs: Any) -> Any:
-        _prepare(getattr(self, "record_store", None))
+        if purpose != "save":  # the project file needs no store
+            _prepare(getattr(self, "record_store", None))
         with SMTLock(self, purpose=purpose):
             return method(self, *args, **kwargs)
     return wrapper

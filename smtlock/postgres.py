@@ -8,8 +8,9 @@ anything smtlock prints (:func:`mask_uri`).
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any, Dict, List, Optional
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from .backends import LockBackend, holder_description
 from .errors import StoreError
@@ -27,13 +28,12 @@ def is_postgres(uri: Any) -> bool:
     return isinstance(uri, str) and uri.startswith(("postgres://", "postgresql://"))
 
 
-def mask_uri(uri: str) -> str:
-    """The URI with its password replaced by ``***``."""
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+def mask_uri(text: str) -> str:
+    """A URI, or any text with URIs in it, with every password replaced by ``***``."""
+    return _PASSWORD.sub(r"\1***@", text)
+
+
+_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^\s/]*@")
 
 
 def connect_kwargs(uri: str, dbname: Optional[str] = None) -> Dict[str, Any]:

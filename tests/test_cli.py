@@ -1,0 +1,72 @@
+"""Every error a user can meet at the command line: one line on stderr, exit 2, no traceback.
+The same table is in README.rst ("When something is wrong")."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SMTLOCK = os.path.join(os.path.dirname(sys.executable), "smtlock")
+DROP_ROOT = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner", "--"]
+
+
+def smtlock(*args: str, cwd: Path, env: dict = None, as_user: bool = False) -> subprocess.CompletedProcess:
+    prefix = DROP_ROOT if as_user and os.geteuid() == 0 else []
+    return subprocess.run([*prefix, SMTLOCK, *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=120)
+
+
+def assert_one_line(done: subprocess.CompletedProcess, *expected: str) -> None:
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    for text in expected:
+        assert text in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("command", [["status"], ["enable"], ["disable"], ["doctor"],
+                                     ["postgres", "postgres://u:p@127.0.0.1:1/db"]])
+def test_outside_a_project(tmp_path: Path, command: list) -> None:
+    assert_one_line(smtlock(*command, cwd=tmp_path), "no Sumatra project at", "(run `smt init`)")
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ([], "the following arguments are required: COMMAND"),
+    (["stress", "--jobs", "many"], "argument --jobs: invalid int value: 'many'"),
+    (["stress", "--jobs", "0"], "--jobs and --records must be at least 1"),
+    (["stress", "--store", "mysql://u:hunter2@h/db"], "unknown store"),
+    (["postgres", "sqlite:///tmp/x"], "not a PostgreSQL URI"),
+])
+def test_nonsense_arguments(project: Path, args: list, expected: str) -> None:
+    done = smtlock(*args, cwd=project)
+    assert_one_line(done, expected)
+    assert "hunter2" not in done.stderr
+
+
+def test_torn_project_file(project: Path) -> None:
+    (project / ".smt" / "project").write_text('{"name": ')
+    assert_one_line(smtlock("status", cwd=project), "is not valid JSON", "smtlock doctor --repair")
+
+
+def test_unwritable_smt(project: Path) -> None:
+    os.chmod(project / ".smt", 0o555)
+    try:
+        assert_one_line(smtlock("enable", cwd=project, as_user=True), "cannot open lock file", "writable")
+    finally:
+        os.chmod(project / ".smt", 0o755)
+
+
+def test_lock_timeout(project: Path) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", "import smtlock, sys; smtlock.SMTLock('.').acquire();"
+                               "print('held', flush=True); sys.stdin.read()"], cwd=project,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        done = smtlock("doctor", "--repair", cwd=project, env={"SMTLOCK_TIMEOUT": "0.3"})
+        assert_one_line(done, "timed out after 0.3 s", f"held by pid {holder.pid} on")
+    finally:
+        holder.kill()
+        holder.wait()
