@@ -60,7 +60,9 @@ def main(argv):
             result["done"] += 1
     except BaseException as err:  # the harness counts error kinds; the job still fails
         result["error"] = type(err).__name__
-        result["traceback"] = traceback.format_exc()[-2000:]
+        result["where"] = [f"{f.filename.split('site-packages/')[-1]}:{f.lineno} {f.name}"
+                           for f in traceback.extract_tb(err.__traceback__)]
+        result["message"] = str(err)[:500]
     if "smtlock.lock" in sys.modules:
         result["lock"] = sys.modules["smtlock.lock"].collected_stats()
     with open(result_file, "w") as f:

@@ -93,8 +93,8 @@ def claim_label(project: Project, record: Any) -> None:
 def _labels_like(store: Any, project_name: str, label: str) -> Set[str]:
     """Labels in the store equal to ``label`` or starting with it, with one query where possible."""
     if DjangoRecordStore is not None and isinstance(store, DjangoRecordStore):
-        return set(store._manager.filter(project__id=project_name, label__startswith=label)
-                   .values_list("label", flat=True))
+        query = store._manager.filter(project__id=project_name, label__startswith=label)
+        return _connecting(lambda: set(query.values_list("label", flat=True)), store._db_label)
     return {x for x in store.labels(project_name) if x.startswith(label)}
 
 
