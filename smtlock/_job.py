@@ -11,7 +11,6 @@ and error kinds.
 import json
 import os
 import sys
-import time
 import traceback
 
 

@@ -15,7 +15,7 @@ import sqlite3
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 from .lock import LOCK_FILE_NAME, SMTLock, project_root
 from .patches import LAST_GOOD_SUFFIX, RUNNING_DIR, RUNNING_TAGS

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import builtins
 import functools
-import json
 import os
 import random
 import shelve
@@ -37,7 +36,7 @@ from sumatra.recordstore.shelve_store import ShelveRecordStore
 
 from . import postgres
 from .errors import NoProjectError
-from .lock import SMTLock, project_root
+from .lock import SMTLock
 
 try:
     from sumatra.recordstore.django_store import DjangoConfiguration, DjangoRecordStore

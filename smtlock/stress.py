@@ -326,11 +326,11 @@ def add_arguments(parser: Any) -> None:
 
 
 ROWS = [("killed jobs", "killed_jobs"), ("  of them holding the lock", "killed_holding_lock"),
-        ("  their records found", "records_of_killed_jobs"), ("expected", "expected"), ("found", "found"), ("lost", "lost"),
-        ("duplicates", "duplicates"),
-        ("distinct labels", "distinct_labels"), ("failed jobs", "failed_jobs"), ("wall time (s)", "wall_s"),
-        ("records/s", "records_per_s"), ("lock held p50/p99 (ms)", "lock_held_ms"),
-        ("lock wait p50/p99 (ms)", "lock_wait_ms"), ("duplicate table rows", "duplicate_rows")]
+        ("  their records found", "records_of_killed_jobs"), ("expected", "expected"), ("found", "found"),
+        ("lost", "lost"), ("duplicates", "duplicates"), ("distinct labels", "distinct_labels"),
+        ("failed jobs", "failed_jobs"), ("wall time (s)", "wall_s"), ("records/s", "records_per_s"),
+        ("lock held p50/p99 (ms)", "lock_held_ms"), ("lock wait p50/p99 (ms)", "lock_wait_ms"),
+        ("duplicate table rows", "duplicate_rows")]
 
 
 def _cell(value: Any) -> str:

@@ -90,3 +90,11 @@ def test_example_burst_keeps_all_sixteen(project: Path) -> None:
     found = records(project)
     assert sorted(r["params"]["x"] for r in found) == [float(i) for i in range(1, 17)]
     assert len({r["label"] for r in found}) == 16
+
+
+def test_readme_renders_without_warnings() -> None:
+    import docutils.core
+    import docutils.utils
+    source = (ROOT / "README.rst").read_text()
+    docutils.core.publish_string(source, writer_name="null",
+                                 settings_overrides={"report_level": 2, "halt_level": 2})
