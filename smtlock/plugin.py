@@ -20,23 +20,26 @@ patches.apply()
 
 def enable(path: str = ".") -> str:
     """List the plugin in the project's ``.smt/project``; returns what was done, in one line."""
-    from .project import load
-    project = load(path)
-    if PLUGIN in project.plugins:
-        return f"smtlock is already enabled in {project.path} (nothing to do)"
-    project.load_plugins(PLUGIN)
-    project.save()
-    return f"smtlock enabled in {project.path}: every smt command there now writes safely"
+    return _switch(path, True)
 
 
 def disable(path: str = ".") -> str:
     """Remove the plugin from the project's ``.smt/project``."""
+    return _switch(path, False)
+
+
+def _switch(path: str, on: bool) -> str:
     from .project import load
     project = load(path)
-    if PLUGIN not in project.plugins:
-        return f"smtlock is not enabled in {project.path} (nothing to do)"
-    project.remove_plugins(PLUGIN)
+    if (PLUGIN in project.plugins) == on:
+        return f"smtlock is {'already' if on else 'not'} enabled in {project.path} (nothing to do)"
+    if on:
+        project.load_plugins(PLUGIN)
+    else:
+        project.remove_plugins(PLUGIN)
     project.save()
+    if on:
+        return f"smtlock enabled in {project.path}: every smt command there now writes safely"
     return f"smtlock disabled in {project.path}: plain smt commands are unprotected again"
 
 
