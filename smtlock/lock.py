@@ -105,7 +105,7 @@ class SMTLock:
         self,
         project: Union[Any, str, "os.PathLike[str]"],
         timeout: Optional[float] = None,
-        poll_interval: float = 0.025,
+        poll_interval: float = 0.05,
         purpose: str = "user",
     ) -> None:
         self.root = project_root(project)
@@ -158,6 +158,13 @@ class SMTLock:
         taken: List[LockBackend] = []
         try:
             for backend in self._shared.backends:
+                if deadline is None:
+                    try:
+                        backend.acquire_blocking()
+                        taken.append(backend)
+                        continue
+                    except NotImplementedError:
+                        pass
                 delay = _MIN_POLL
                 while not backend.try_acquire():
                     if deadline is not None and time.monotonic() >= deadline:

@@ -18,15 +18,17 @@ from __future__ import annotations
 import builtins
 import functools
 import os
+import pickle
 import random
 import shelve
 import shutil
 import socket
 import tempfile
 import time
+import weakref
+from typing import Any, Callable, Dict, Optional, Set, Tuple
 
 import filelock
-from typing import Any, Callable, Set
 
 import sumatra.commands
 import sumatra.projects
@@ -52,6 +54,7 @@ LAST_GOOD_SUFFIX = ".last-good"  # .smt/project.last-good: the last project file
 RUNNING_DIR = "smtlock-running"  # .smt/smtlock-running/<label>: "pid host" of a running record
 _CLAIM = "_smtlock_claimed_label"  # set on a Record once its label is claimed in its store
 _ORIGINAL: dict = {}
+_saved: Dict[int, Tuple[Any, bytes]] = {}  # id(record) -> (weak reference, state last written)
 #: Sumatra's status tags of a record whose process has started and not ended
 RUNNING_TAGS = {STATUS_FORMAT % s for s in ("pre_run", "running", "finished...", "failed...", "killed...")}
 
@@ -65,10 +68,14 @@ def add_record(self: Project, record: Any) -> None:
     number of attempts" and drops the record. Here the write is serialized, so it does not race, and
     a write that fails raises. Adding the same Record object again updates it.
     """
+    if getattr(record, _CLAIM, None) == record.label and _unchanged(record, _state(record)):
+        self._most_recent = record.label  # already stored exactly so by this process: no write
+        return
     _prepare(self.record_store)
     with SMTLock(self, purpose="add_record"):
         claim_label(self, record)
         _ORIGINAL["Project.save_record"](self, record)
+    _remember(record, _state(record))
     self._most_recent = record.label
 
 
@@ -104,9 +111,13 @@ def save_record(self: Project, record: Any) -> None:
     so while a record's status is running, ``.smt/smtlock-running/<label>`` holds "pid host":
     ``smtlock doctor`` tells a live run from one whose process was killed.
     """
+    state = _state(record)
+    if _unchanged(record, state):
+        return
     _prepare(self.record_store)
     with SMTLock(self, purpose="save_record"):
         _ORIGINAL["Project.save_record"](self, record)
+    _remember(record, state)
     note = os.path.join(self.path, ".smt", RUNNING_DIR, record.label.replace("/", "_"))
     if any(tag in RUNNING_TAGS for tag in record.tags):
         os.makedirs(os.path.dirname(note), exist_ok=True)
@@ -114,6 +125,42 @@ def save_record(self: Project, record: Any) -> None:
             f.write(f"{os.getpid()} {socket.gethostname()}\n")
     elif os.path.exists(note):
         os.unlink(note)
+
+
+def _state(record: Any) -> Optional[bytes]:
+    """Everything a store write would take from the record, as bytes (None if it cannot pickle)."""
+    try:
+        return pickle.dumps({k: v for k, v in vars(record).items() if k != _CLAIM}, protocol=4)
+    except Exception:
+        return None
+
+
+def _unchanged(record: Any, state: Optional[bytes]) -> bool:
+    """Whether this process already wrote the record exactly as it is now.
+
+    Upstream writes it again regardless: ``new_record`` writes it, then the usual
+    ``with lock: add_record(record)`` and ``@capture`` write the same record a second time.
+    """
+    saved = _saved.get(id(record))
+    return state is not None and saved is not None and saved[0]() is record and saved[1] == state
+
+
+def _remember(record: Any, state: Optional[bytes]) -> None:
+    key = id(record)
+    if state is not None:
+        _saved[key] = (weakref.ref(record, lambda _, key=key: _saved.pop(key, None)), state)
+
+
+def _mark_stored(method: Callable) -> Callable:
+    """Records read from the store are stored records: adding one again updates it (no new label)."""
+    @functools.wraps(method)
+    def wrapper(self: Project, *args: Any, **kwargs: Any) -> Any:
+        found = method(self, *args, **kwargs)
+        for record in found if isinstance(found, list) else [found]:
+            if hasattr(record, "label"):
+                setattr(record, _CLAIM, record.label)
+        return found
+    return wrapper
 
 
 def _prepare(store: Any) -> None:
@@ -370,6 +417,8 @@ def apply() -> None:
     _patch(Project, "save_record", lambda orig: save_record)
     # Upstream: save dumps JSON straight into .smt/project (atomic_open below makes it atomic).
     _patch(Project, "save", lambda orig: _locked(orig, "save"))
+    for name in ("get_record", "find_records"):
+        _patch(Project, name, _mark_stored)
     # Upstream: get -> modify -> save_record with no lock loses concurrent tags and comments.
     for name in ("add_tag", "remove_tag", "add_comment", "delete_record", "delete_by_tag",
                  "change_record_store", "backup"):

@@ -107,3 +107,29 @@ print(json.dumps([sorted(r.tags), r.outcome.split()]))
     tags, comments = json.loads(done.stdout)
     assert {f"tag-{i}" for i in range(n)} <= set(tags)
     assert sorted(comments) == sorted(f"comment-{i}" for i in range(n))
+
+
+def test_a_record_read_back_and_added_again_is_updated_not_copied(project: Path) -> None:
+    done = run_python(NEW_RECORD + """
+label = new(x=1).label
+again = project.get_record(label)   # a different object, read from the store
+again.outcome = "second look"
+project.add_record(again)
+print(json.dumps([project.get_labels(), project.get_record(label).outcome]))
+""", project)
+    labels, outcome = json.loads(done.stdout)
+    assert len(labels) == 1 and outcome == "second look"
+
+
+def test_unchanged_record_is_not_written_twice(project: Path) -> None:
+    done = run_python(NEW_RECORD + """
+from smtlock import lock
+lock.enable_stats()
+record = new(x=1)
+with smtlock.SMTLock(project):
+    project.add_record(record)   # unchanged since new_record wrote it
+record.outcome = "changed"
+project.add_record(record)       # changed: written
+print(json.dumps([p for p, _, _ in lock.collected_stats()]))
+""", project)
+    assert json.loads(done.stdout) == ["add_record", "user", "add_record"]
