@@ -76,7 +76,7 @@ def main() -> None:
                                                           "wall_s", "lock_held_ms")}), flush=True)
                 shutil.rmtree(base / f"{store}-{jobs}", ignore_errors=True)
                 shutil.rmtree(base / f"floor-{store}-{jobs}", ignore_errors=True)
-    result = {"command": "python benchmarks/run.py " + " ".join(sys.argv[1:]),
+    result = {"command": " ".join(["python benchmarks/run.py", *sys.argv[1:]]), "records_per_job": args.records,
               "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
               "uncontended_acquire_release_us": round(acquire_us, 1), "runs": runs}
     (HERE / "results.json").write_text(json.dumps(result, indent=2) + "\n")

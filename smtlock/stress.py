@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 from .postgres import create_database, drop_database, is_postgres, mask_uri
 
 __all__ = ["MODES", "make_project", "start_together", "run_burst", "census", "verify", "run_mode",
-           "store_uri_for"]
+           "store_uri_for", "exit_status", "format_table"]
 
 #: raw: plain Sumatra, the user's pattern; locked: the same in SMTLock; decorator: @smt_logged;
 #: smt-run: unmodified `smt run` in a project with the plugin enabled; smt-run-raw: without it
@@ -418,6 +418,12 @@ def main(args: Any) -> int:
         args.json.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
     if args.plot:
         plot(runs, args.plot)
+    return exit_status(runs)
+
+
+def exit_status(runs: List[Dict[str, Any]]) -> int:
+    """0 when every safe mode kept every record; 1 when one lost, duplicated or failed (the
+    baselines, plain Sumatra, are reported, not judged)."""
     unsafe = [run for run in runs if run["mode"] not in BASELINES
               and (run["lost"] or run["duplicates"] or run["failed_jobs"])]
     return 1 if unsafe else 0

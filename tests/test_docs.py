@@ -96,5 +96,5 @@ def test_readme_renders_without_warnings() -> None:
     import docutils.core
     import docutils.utils
     source = (ROOT / "README.rst").read_text()
-    docutils.core.publish_string(source, writer_name="null",
+    docutils.core.publish_string(source, writer="null",
                                  settings_overrides={"report_level": 2, "halt_level": 2})
