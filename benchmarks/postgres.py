@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from pgserver import Cluster  # noqa: E402
-from smtlock.stress import (JOB_SCRIPT, _census_in_subprocess, make_project, run_mode,  # noqa: E402
+from smtlock.stress import (JOB_SCRIPT, recount, make_project, run_mode,  # noqa: E402
                             start_together, verify)
 
 
@@ -26,7 +26,7 @@ def two_folders(uri: str, base: Path, jobs: int, records: int) -> dict:
                  "{ready}", "{go}", str(base / f"{offset + j}.json")]
                 for folder, offset in zip(folders, (0, jobs)) for j in range(jobs)]
     burst = start_together(commands, [base / f"{i}.log" for i in range(len(commands))])
-    counted = _census_in_subprocess(uri, folders[0])
+    counted = recount(uri, folders[0])
     result = verify(counted["records"], 2 * jobs, records)
     result.update({"mode": "locked, 2 folders", "jobs": 2 * jobs, "records_per_job": records,
                    "failed_jobs": sum(1 for c in burst["codes"].values() if c), "wall_s": round(burst["wall_s"], 2),

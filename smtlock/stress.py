@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from .postgres import create_database, drop_database, is_postgres, mask_uri
 
-__all__ = ["MODES", "make_project", "start_together", "run_burst", "census", "verify", "run_mode",
+__all__ = ["MODES", "make_project", "start_together", "run_burst", "census", "recount", "verify", "run_mode",
            "store_uri_for", "exit_status", "format_table"]
 
 #: raw: plain Sumatra, the user's pattern; locked: the same in SMTLock; decorator: @smt_logged;
@@ -212,7 +212,8 @@ def census(store: str, project_dir: str, project_name: str = PROJECT_NAME) -> Di
     return {"records": rows, "duplicate_rows": dup}
 
 
-def _census_in_subprocess(store: str, project_dir: Path) -> Dict[str, Any]:
+def recount(store: str, project_dir: Path) -> Dict[str, Any]:
+    """:func:`census` in a fresh process (Django is configured once per process)."""
     code = ("import json, sys; from smtlock.stress import census; "
             "print(json.dumps(census(sys.argv[1], sys.argv[2])))")
     done = subprocess.run([sys.executable, "-c", code, store, str(project_dir)], cwd=project_dir,
@@ -271,7 +272,7 @@ def run_mode(mode: str, store: str, jobs: int, records: int, base_dir: Path,
     try:
         project_dir = make_project(run_dir / f"project-{mode}", run_store, plugin=mode == "smt-run")
         burst = run_burst(project_dir, mode, jobs, records, run_dir / "jobs", progress, kill)
-        counted = _census_in_subprocess(run_store, project_dir)
+        counted = recount(run_store, project_dir)
     finally:
         if run_store != store and not keep:
             drop_database(run_store)

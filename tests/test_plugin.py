@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from smtlock.stress import census, start_together
+from smtlock.stress import recount, start_together
 
 BIN = os.path.dirname(sys.executable)
 ENV = {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"]}
@@ -30,8 +30,7 @@ def test_forty_smt_runs_from_a_shell_loop(project: Path) -> None:
     assert smtlock_cli("enable", cwd=project).returncode == 0
     done = subprocess.run(["bash", "-c", SHELL_LOOP], cwd=project, env=ENV, capture_output=True, text=True)
     assert done.stdout.strip() == "failed jobs: 0", [p.read_text()[-500:] for p in project.glob("run-*.log")]
-    os.chdir(project)
-    rows = census("sqlite", str(project))["records"]
+    rows = recount("sqlite", project)["records"]
     assert sorted(row["job"] for row in rows) == list(range(40))
     assert len({row["label"] for row in rows}) == 40
     assert all("_finished_" in row["tags"] for row in rows)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from smtlock.stress import _census_in_subprocess, exit_status, run_mode, verify
+from smtlock.stress import recount, exit_status, run_mode, verify
 
 SMTLOCK = os.path.join(os.path.dirname(sys.executable), "smtlock")
 
@@ -49,7 +49,7 @@ def test_recount_reads_the_store_not_the_jobs(tmp_path: Path) -> None:
     listed = ", ".join(f'"{c}"' for c in columns)
     db.execute(f"INSERT INTO django_store_record ({listed}) SELECT {listed} FROM django_store_record LIMIT 1")
     db.commit()
-    found = verify(_census_in_subprocess("sqlite", project)["records"], 4, 2)
+    found = verify(recount("sqlite", project)["records"], 4, 2)
     assert found["lost"] == 1 and found["duplicates"] == 1 and found["found"] == 8
 
 
