@@ -344,9 +344,11 @@ def _cell(value: Any) -> str:
 
 def format_table(runs: List[Dict[str, Any]]) -> str:
     """The runs side by side, one column per mode."""
-    lines = [f"{'':24}" + "".join(f"{run['mode']:>14}" for run in runs)]
+    lines = [f"{'':26}" + "".join(f"{run['mode']:>18}" for run in runs)]
+    killing = any(run.get("killed_jobs") for run in runs)
     for title, key in ROWS:
-        lines.append(f"{title:24}" + "".join(f"{_cell(run[key]):>14}" for run in runs))
+        if killing or "kill" not in key:
+            lines.append(f"{title:26}" + "".join(f"{_cell(run[key]):>18}" for run in runs))
     for run in runs:
         if run["errors"]:
             kinds = ", ".join(f"{kind} x{n}" for kind, n in sorted(run["errors"].items()))
