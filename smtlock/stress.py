@@ -150,10 +150,20 @@ class Killer(threading.Thread):
         pid = int(words[1]) if len(words) > 1 and words[1].isdigit() else None
         return pid if pid in self.pids and pid not in self.killed else None
 
+    def _wait_for_holder(self, limit: float = 5.0) -> Optional[int]:
+        """A job that holds the lock now (early in a burst nobody holds it yet)."""
+        end = time.monotonic() + limit
+        while time.monotonic() < end:
+            pid = self._holder()
+            if pid is not None:
+                return pid
+            time.sleep(0.002)
+        return None
+
     def run(self) -> None:
         for n in range(self.count):
             time.sleep(self.rng.uniform(0.05, 0.4))  # spread the kills over the burst
-            pid = self._holder() if n % 2 == 0 else None
+            pid = self._wait_for_holder() if n % 2 == 0 else None
             self.holding += pid is not None
             if pid is None:
                 pid = self.rng.choice([p for p in self.pids if p not in self.killed])
