@@ -98,7 +98,8 @@ class SMTLock:
 
     ``project`` is a Sumatra ``Project`` or a path inside a project. ``timeout`` is in seconds; None
     takes ``$SMTLOCK_TIMEOUT`` or waits as long as it takes, a negative value waits forever, 0 tries
-    once. On timeout :class:`~smtlock.errors.LockTimeout` names the lock file and the holder.
+    once. On timeout :class:`~smtlock.errors.LockTimeout` names the lock file and the holder. Without a
+    deadline a waiter sleeps in the kernel; with one it polls, backing off up to ``poll_interval``.
     """
 
     def __init__(
