@@ -16,7 +16,7 @@ from smtlock.stress import (JOB_SCRIPT, recount, make_project, run_mode,  # noqa
 
 
 def keep(run: dict) -> dict:
-    return {k: v for k, v in run.items() if k not in ("_rows", "project_dir")}
+    return {k: v for k, v in run.items() if k not in ("_rows", "_labels_reported", "project_dir")}
 
 
 def two_folders(uri: str, base: Path, jobs: int, records: int) -> dict:

@@ -67,7 +67,7 @@ def main() -> None:
             for jobs in args.jobs:
                 for mode in ("raw", "locked"):
                     run = run_mode(mode, store, jobs, args.records, base / f"{store}-{jobs}")
-                    run.pop("_rows"), run.pop("project_dir")
+                    run.pop("_rows"), run.pop("_labels_reported"), run.pop("project_dir")
                     if mode == "locked":
                         run["floor_wall_s"] = round(floor(store, jobs, args.records, base / f"floor-{store}-{jobs}"), 3)
                         run["cost_of_safety"] = round(run["wall_s"] / run["floor_wall_s"], 2)

@@ -34,7 +34,7 @@ def main(argv):
     os.read(go_fd, 1)  # returns when the harness closes the other end: everyone starts together
     os.close(go_fd)
 
-    result = {"job": job, "done": 0, "error": None}
+    result = {"job": job, "done": 0, "error": None, "labels": []}
     try:
         for rec in range(records):
             if mode == "decorator":
@@ -56,6 +56,7 @@ def main(argv):
                     with smtlock.SMTLock(project):
                         project.add_record(record)
                         project.save()
+                result["labels"].append(record.label)
             result["done"] += 1
     except BaseException as err:  # the harness counts error kinds; the job still fails
         result["error"] = type(err).__name__

@@ -305,6 +305,7 @@ def run_mode(mode: str, store: str, jobs: int, records: int, base_dir: Path,
         "project_dir": str(project_dir),
     })
     result["_rows"] = counted["records"]
+    result["_labels_reported"] = sorted(label for r in burst["reports"] for label in r.get("labels") or [])
     return result
 
 
@@ -424,6 +425,7 @@ def main(args: Any) -> int:
             shutil.rmtree(base, ignore_errors=True)
     for run in runs:
         run.pop("_rows", None)
+        run.pop("_labels_reported", None)
         if args.project_dir is None:
             run.pop("project_dir", None)
     print(format_table(runs))

@@ -20,6 +20,7 @@ def test_locked_pattern_keeps_every_record(tmp_path: Path, store: str) -> None:
     assert sorted((row["job"], row["rec"]) for row in rows) == [
         (job, rec) for job in range(JOBS) for rec in range(RECORDS)]
     labels = [row["label"] for row in rows]
+    assert sorted(labels) == result["_labels_reported"]  # exactly the labels the jobs were given
     assert len(set(labels)) == JOBS * RECORDS
     assert all(TIMESTAMP_LABEL.match(label) for label in labels), labels
     assert result["failed_jobs"] == 0 and result["errors"] == {}

@@ -31,6 +31,7 @@ def census(uri: str, cwd: Path) -> dict:
 def test_locked_burst_keeps_every_record_and_makes_no_duplicate_rows(pg, tmp_path: Path) -> None:
     result = run_mode("locked", pg.uri("smt", "s3cret", "burst"), 32, 3, tmp_path)
     assert sorted((r["job"], r["rec"]) for r in result["_rows"]) == [(j, r) for j in range(32) for r in range(3)]
+    assert sorted(r["label"] for r in result["_rows"]) == result["_labels_reported"]
     assert result["distinct_labels"] == 96 and result["failed_jobs"] == 0
     assert result["duplicate_rows"] == {}
 
@@ -50,7 +51,8 @@ def test_two_project_folders_share_only_the_database(pg_uri: str, tmp_path: Path
     counted = census(pg_uri, a)
     pairs = sorted((r["job"], r["rec"]) for r in counted["records"])
     assert pairs == [(j, r) for j in [*range(16), *range(100, 116)] for r in range(3)]
-    assert len({r["label"] for r in counted["records"]}) == 96
+    reported = sorted(label for path in tmp_path.glob("*.json") for label in json.loads(path.read_text())["labels"])
+    assert sorted(r["label"] for r in counted["records"]) == reported and len(set(reported)) == 96
     assert counted["duplicate_rows"] == {}
 
 
