@@ -85,7 +85,8 @@ def _store_uri(project: Any, root: Path) -> Optional[str]:
             uri = json.loads((root / ".smt" / "project").read_text())["record_store"].get("db_file")
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             uri = None
-    return uri if isinstance(uri, str) and uri.startswith(("postgres://", "postgresql://")) else None
+    from .postgres import is_postgres
+    return uri if is_postgres(uri) else None
 
 
 def _default_timeout() -> float:

@@ -187,8 +187,9 @@ class _AtomicFile:
     close (after fsync), so a reader sees the old content or the new, never a torn file. On an error
     the target is left as it was."""
 
-    def __init__(self, path: str, mode: str, **kwargs: Any) -> None:
+    def __init__(self, path: str, mode: str, keep_copy: bool = False, **kwargs: Any) -> None:
         self.path = os.path.abspath(path)
+        self.keep_copy = keep_copy
         fd, self.tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
                                         dir=os.path.dirname(self.path))
         self.file = os.fdopen(fd, mode.replace("x", "w"), **kwargs)
@@ -213,7 +214,7 @@ class _AtomicFile:
         os.fsync(self.file.fileno())
         os.chmod(self.tmp, 0o644)
         self.file.close()
-        if os.path.basename(self.path) == "project":  # the copy `smtlock doctor --repair` restores
+        if self.keep_copy:  # <path>.last-good: what `smtlock doctor --repair` restores
             copy = self.tmp + ".copy"
             shutil.copyfile(self.tmp, copy)
             os.replace(copy, self.path + LAST_GOOD_SUFFIX)
@@ -229,7 +230,8 @@ def atomic_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
     """
     if ("w" in mode and "b" not in mode and not args and isinstance(file, (str, os.PathLike))
             and os.path.basename(os.path.dirname(os.path.abspath(file))) == ".smt"):
-        return _AtomicFile(os.fspath(file), mode, **kwargs)
+        path = os.fspath(file)
+        return _AtomicFile(path, mode, keep_copy=os.path.basename(path) == "project", **kwargs)
     return builtins.open(file, mode, *args, **kwargs)
 
 

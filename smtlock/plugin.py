@@ -68,9 +68,10 @@ def status(path: str = ".") -> str:
 
 def _journal(store: object) -> str:
     """The SQLite journal mode of a Django/SQLite store, read without changing it."""
+    import os
     import sqlite3
     path = getattr(store, "_db_file", None)
-    if not path or not str(path).startswith("/") or not __import__("os").path.exists(path):
+    if not path or not os.path.isabs(str(path)) or not os.path.exists(path):
         return ""
     try:
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:

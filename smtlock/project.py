@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any, Union
 
 from .errors import ProjectFileError
 from .lock import project_root
 
-__all__ = ["load", "project_file"]
-
-
-def project_file(path: Union[str, "os.PathLike[str]"] = ".") -> Path:
-    """``.smt/project`` of the project at or above ``path``."""
-    return project_root(path) / ".smt" / "project"
+__all__ = ["load"]
 
 
 def load(path: Union[str, "os.PathLike[str]"] = ".") -> Any:
