@@ -3,13 +3,20 @@
 Importing smtlock makes every write a Sumatra project does safe (see :mod:`smtlock.patches`).
 """
 
-from . import patches
+import os
+
+if os.name != "posix":  # flock(2) is the lock; there is no Windows backend
+    raise ImportError("smtlock needs Linux or macOS (POSIX file locks); on Windows, run your jobs under "
+                      "WSL or on a Linux machine")
+
+from . import patches  # noqa: E402
 from .decorator import current_label, smt_logged
 from .errors import (
     LockFileError,
     LockTimeout,
     NoProjectError,
     ProjectFileError,
+    SettingError,
     SMTLockError,
     StoreError,
 )
@@ -27,6 +34,7 @@ __all__ = [
     "ProjectFileError",
     "LockFileError",
     "StoreError",
+    "SettingError",
     "__version__",
 ]
 

@@ -1,24 +1,28 @@
 """Lock backends: each knows one way to exclude other processes, and only that.
 
-:class:`smtlock.lock.SMTLock` owns the protocol (waiting, timeout, re-entrancy, statistics); a backend
-only tries once and releases. Adding a backend (the PostgreSQL advisory lock, say) touches one class.
+:class:`smtlock.lock.SMTLock` owns the protocol (waiting, timeout, re-entrancy, fork, statistics); a
+backend only tries once, waits in the kernel if it can, and releases. Adding a backend (the
+PostgreSQL advisory lock, say) touches one class.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import socket
 import time
 from abc import ABC, abstractmethod
 
-import filelock
-
 from .errors import LockFileError
 
-__all__ = ["LockBackend", "FileBackend", "holder_description"]
+__all__ = ["LockBackend", "FileBackend", "holder_description", "FILE_MODE", "replacement_mode"]
 
 _HOLDER_SIZE = 256  # fixed-size slot, rewritten in place with one pwrite: no truncation, no torn reads
+#: mode for files smtlock creates; the umask applies, so a group-writable project stays usable by the group
+FILE_MODE = 0o666
+#: errors of a filesystem that has no working flock (NFS without a lock daemon, some FUSE mounts)
+_NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 
 
 def holder_description() -> str:
@@ -28,7 +32,12 @@ def holder_description() -> str:
 
 
 class LockBackend(ABC):
-    """One way of excluding other processes. It tries once and never waits: SMTLock does the waiting."""
+    """One way of excluding other processes. It tries once and never waits: SMTLock does the waiting.
+
+    A backend belongs to the process that made it: :class:`~smtlock.lock.SMTLock` makes new ones in a
+    forked child and calls :meth:`abandon` on the inherited ones, which must then give up their
+    descriptors and connections without releasing anything the parent holds.
+    """
 
     #: what the lock is, for messages (a file path, a database key)
     name: str
@@ -50,58 +59,69 @@ class LockBackend(ABC):
         sleep in the kernel instead overrides this."""
         raise NotImplementedError
 
+    def abandon(self) -> None:
+        """In a forked child: drop what was inherited from the parent without releasing it."""
+
 
 class FileBackend(LockBackend):
-    """An exclusive ``flock`` on a lock file, through filelock; the kernel drops it when the holder dies.
+    """An exclusive ``flock`` on a lock file; the kernel drops it when the holder dies.
 
-    The lock file is never deleted (deleting it would let two processes lock two inodes of "the same"
-    file). Who holds it is written to a holder file beside it, because filelock versions before 3.16
-    truncate the lock file whenever a waiter opens it.
+    The descriptor is this process's own: a forked child opens another (a flock belongs to the open
+    file description, so a child using its parent's descriptor would "hold" the parent's lock at once
+    and its unlock would free it). The lock file is never deleted: deleting it lets two processes lock
+    two inodes of "the same" file (filelock issues #27, #31, and its 3.20.4-3.29.4 releases). Who holds
+    it is written to a holder file beside it.
     """
 
     def __init__(self, lock_file: str) -> None:
         self.name = lock_file
         self.holder_file = lock_file + ".holder"
-        self._lock = filelock.FileLock(lock_file, thread_local=False)
+        self._fd: int | None = None
         self._holder_fd: int | None = None
-        self._fd: int | None = None  # for acquire_blocking
-        self._blocking_hold = False
+
+    def _descriptor(self) -> int:
+        if self._fd is None:
+            self._fd = _open(self.name, "lock file")
+        return self._fd
 
     def try_acquire(self) -> bool:
         try:
-            self._lock.acquire(timeout=0)
-        except filelock.Timeout:
+            fcntl.flock(self._descriptor(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
             return False
         except OSError as err:
-            raise self._unusable(err) from None
+            raise self._no_flock(err) from None
         self._write_holder(holder_description())
         return True
 
-    def _unusable(self, err: OSError) -> LockFileError:
-        folder = os.path.dirname(self.name)
-        return LockFileError(f"cannot open lock file {self.name}: {err.strerror or err} (make {folder} writable)")
+    def acquire_blocking(self) -> None:
+        """Sleep in the kernel until the lock is free. The kernel wakes one waiter per release;
+        dozens of polling waiters instead wake thousands of times a second and preempt the holder (on
+        2 cores that doubled its held time and the burst's wall time)."""
+        try:
+            fcntl.flock(self._descriptor(), fcntl.LOCK_EX)
+        except OSError as err:
+            raise self._no_flock(err) from None
+        self._write_holder(holder_description())
 
     def release(self) -> None:
         self._write_holder("")
-        if self._blocking_hold:
-            self._blocking_hold = False
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-        else:
-            self._lock.release()
+        fcntl.flock(self._descriptor(), fcntl.LOCK_UN)
 
-    def acquire_blocking(self) -> None:
-        """Sleep in the kernel until the lock is free: a blocking ``flock`` on the lock file through a
-        descriptor of our own (filelock only polls). The kernel wakes one waiter per release; dozens
-        of polling waiters instead wake thousands of times a second and preempt the holder (on 2
-        cores that doubled its held time and the burst's wall time)."""
-        if self._fd is None:
-            try:
-                self._fd = os.open(self.name, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as err:
-                raise self._unusable(err) from None
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-        self._blocking_hold = True
-        self._write_holder(holder_description())
+    def abandon(self) -> None:
+        # Closing our copy of an inherited descriptor leaves the parent's flock alone (it is released
+        # only by LOCK_UN or when the last descriptor of the open file description closes).
+        for fd in (self._fd, self._holder_fd):
+            if fd is not None:
+                os.close(fd)
+        self._fd = self._holder_fd = None
+
+    def _no_flock(self, err: OSError) -> LockFileError:
+        if err.errno in _NO_FLOCK:
+            return LockFileError(
+                f"file locks do not work on the filesystem of {self.name} ({err.strerror}): keep the "
+                "records in PostgreSQL and the lock with them (`smtlock postgres URL`)")
+        return LockFileError(f"cannot lock {self.name}: {err.strerror or err}")
 
     def holder(self) -> str | None:
         try:
@@ -113,5 +133,56 @@ class FileBackend(LockBackend):
 
     def _write_holder(self, text: str) -> None:
         if self._holder_fd is None:
-            self._holder_fd = os.open(self.holder_file, os.O_RDWR | os.O_CREAT, 0o644)
+            self._holder_fd = _open(self.holder_file, "lock holder file")
         os.pwrite(self._holder_fd, text.encode()[:_HOLDER_SIZE].ljust(_HOLDER_SIZE), 0)
+
+
+def _open(path: str, what: str) -> int:
+    """Open (or create, mode 0o666 less the umask) a file smtlock writes, or say in one line why not."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
+    except OSError as err:
+        raise LockFileError(_cannot_open(path, what, err)) from None
+    return fd
+
+
+def _cannot_open(path: str, what: str, err: OSError) -> str:
+    folder = os.path.dirname(path)
+    try:
+        st = os.stat(path)
+    except OSError:  # the file does not exist and cannot be created here
+        return f"cannot open {what} {path}: {err.strerror or err} (make {folder} writable)"
+    owner = _user_name(st.st_uid)
+    return (f"cannot open {what} {path}: {err.strerror or err}; it belongs to {owner} with mode "
+            f"{st.st_mode & 0o777:o} (a project shared by a group needs `chmod -R g+w {folder}`, "
+            "and `umask 002` for everyone who runs jobs in it)")
+
+
+def replacement_mode(path: str) -> int:
+    """The mode for a new file that replaces ``path``: the old file's mode, or 0o666 less the umask
+    for a new one (what ``open(path, 'w')`` would give), so a group-writable project stays so."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        return FILE_MODE & ~_umask()
+
+
+def _umask() -> int:
+    try:  # Linux >= 4.7 shows it without changing it (os.umask would, racing other threads)
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _user_name(uid: int) -> str:
+    try:
+        import pwd
+        return pwd.getpwuid(uid).pw_name
+    except (ImportError, KeyError):
+        return f"uid {uid}"

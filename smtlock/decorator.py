@@ -18,6 +18,8 @@ from sumatra.parameters import JSONParameterSet, ParameterSet
 from sumatra.programs import PythonExecutable
 from sumatra.projects import Project, load_project
 
+from .lock import SMTLock
+
 __all__ = ["smt_logged", "current_label"]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -44,50 +46,73 @@ def smt_logged(func: Optional[F] = None, *, project: Union[Project, str, None] =
     as it is), its stdout and stderr (still shown), duration, Sumatra's status tag (``_finished_``, or
     ``_failed_`` with the exception in the outcome, re-raised) and the output data found in the
     datastore. ``project`` is a Project or a path (default: the project of the working directory).
+    The decorated function pickles, so process pools (multiprocessing, concurrent.futures, joblib)
+    can run it.
     """
     if func is None:
-        return lambda f: smt_logged(f, project=project, tags=tags, reason=reason)
-    signature = inspect.signature(func)
-    extra_tags = tuple(tags)
+        return functools.partial(smt_logged, project=project, tags=tags, reason=reason)
+    options = _Options(project, tuple(tags), reason)
 
+    # The wrapper's code names only module-level functions, which pickle by reference: cloudpickle
+    # (joblib/loky, dask) pickles a function defined in __main__ by value, with the globals its code
+    # names, and a ContextVar among them cannot be pickled.
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        prj = project if isinstance(project, Project) else load_project(project)
-        record = prj.new_record(parameters=_parameters(signature, args, kwargs),
-                                main_file=_main_file(func, prj),
-                                executable=PythonExecutable(path=sys.executable),
-                                reason=reason)  # writes the record, with a unique label
-        record.launch_mode.working_directory = os.getcwd()
-        for tag in extra_tags:
-            record.add_tag(tag)
-        record.add_tag(STATUS_FORMAT % "running")
-        record.stdout_stderr = "Not yet captured."
-        prj.save_record(record)
-        token = _label.set(record.label)
-        start = time.time()
-        status = "failed"
-        output = _Captured()
-        try:
-            with output:
-                result = func(*args, **kwargs)
-            status = "finished"
-            return result
-        except KeyboardInterrupt:
-            status = "killed"
-            raise
-        except BaseException as err:
-            record.outcome = "".join(traceback.format_exception_only(type(err), err)).strip()
-            raise
-        finally:
-            _label.reset(token)
-            record.duration = time.time() - start
-            record.stdout_stderr = output.getvalue()
-            record.output_data = record.datastore.find_new_data(record.timestamp)
-            record.add_tag(STATUS_FORMAT % status)
-            prj.save_record(record)
-            prj.save()
+        return _record_call(func, options, args, kwargs)
 
     return wrapper
+
+
+class _Options:
+    """What ``@smt_logged(...)`` was given; a Project is sent to other processes as its path."""
+
+    def __init__(self, project: Union[Project, str, None], tags: tuple, reason: Optional[str]) -> None:
+        self.project, self.tags, self.reason = project, tags, reason
+
+    def __reduce__(self) -> tuple:
+        project = self.project.path if isinstance(self.project, Project) else self.project
+        return _Options, (project, self.tags, self.reason)
+
+
+def _record_call(func: Callable, options: _Options, args: tuple, kwargs: dict) -> Any:
+    """One call of a decorated function, recorded."""
+    prj = options.project if isinstance(options.project, Project) else load_project(options.project)
+    record = prj.new_record(parameters=_parameters(inspect.signature(func), args, kwargs),
+                            main_file=_main_file(func, prj),
+                            executable=PythonExecutable(path=sys.executable),
+                            reason=options.reason)  # writes the record, with a unique label
+    record.launch_mode.working_directory = os.getcwd()
+    for tag in options.tags:
+        record.add_tag(tag)
+    record.add_tag(STATUS_FORMAT % "running")
+    record.stdout_stderr = "Not yet captured."
+    prj.save_record(record)
+    token = _label.set(record.label)
+    start = time.time()
+    status = "failed"
+    output = _Captured()
+    try:
+        with output:
+            result = func(*args, **kwargs)
+        status = "finished"
+        return result
+    except KeyboardInterrupt:
+        status = "killed"
+        raise
+    except BaseException as err:
+        record.outcome = "".join(traceback.format_exception_only(type(err), err)).strip()
+        raise
+    finally:
+        _label.reset(token)
+        record.duration = time.time() - start
+        record.stdout_stderr = output.getvalue()
+        record.output_data = record.datastore.find_new_data(record.timestamp)
+        record.add_tag(STATUS_FORMAT % status)
+        # The run is over: its record waits for the lock as long as it takes, whatever
+        # $SMTLOCK_TIMEOUT says (a timeout here would throw away a finished run's result).
+        with SMTLock(prj, timeout=-1, purpose="final save"):
+            prj.save_record(record)
+            prj.save()
 
 
 def _parameters(signature: inspect.Signature, args: tuple, kwargs: dict) -> ParameterSet:

@@ -9,11 +9,15 @@ __all__ = [
     "LockFileError",
     "LockTimeout",
     "StoreError",
+    "SettingError",
 ]
 
 
 class SMTLockError(Exception):
-    """Base class of every error smtlock raises; its message is one line that says what to do."""
+    """Base class of every error smtlock raises; its message is one line that says what to do.
+
+    Every subclass pickles (an error in a process-pool worker reaches the parent as itself).
+    """
 
 
 class NoProjectError(SMTLockError):
@@ -32,6 +36,10 @@ class StoreError(SMTLockError):
     """The record store cannot be reached or a write to it could not be done."""
 
 
+class SettingError(SMTLockError):
+    """An environment setting such as ``$SMTLOCK_TIMEOUT`` has a value smtlock cannot use."""
+
+
 class LockTimeout(SMTLockError, TimeoutError):
     """The lock was not acquired within the timeout; ``holder`` says who has it."""
 
@@ -44,3 +52,7 @@ class LockTimeout(SMTLockError, TimeoutError):
             f"timed out after {timeout:g} s waiting for {lock_file}, held by {who} "
             "(wait longer with a larger timeout, or stop that process)"
         )
+
+    def __reduce__(self) -> tuple:
+        # pickle rebuilds an exception from self.args (the message alone), which this __init__ refuses
+        return type(self), (self.lock_file, self.timeout, self.holder)

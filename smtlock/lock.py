@@ -3,12 +3,14 @@
 The lock file is ``.smt/smtlock.lock``. Within a process the lock is re-entrant (a Sumatra call that
 locks inside a user's ``with SMTLock(project):`` does not deadlock) and threads take turns. Across
 processes a :class:`~smtlock.backends.FileBackend` excludes; a PostgreSQL store adds a backend that
-reaches across machines.
+reaches across machines. A forked child (multiprocessing's default on Linux) starts holding nothing,
+with backends of its own, whatever its parent held at the fork.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import threading
@@ -19,13 +21,15 @@ from types import TracebackType
 from typing import Any, List, Optional, Tuple, Union
 
 from .backends import FileBackend, LockBackend
-from .errors import LockTimeout, NoProjectError
+from .errors import LockTimeout, NoProjectError, SettingError
 
-__all__ = ["SMTLock", "LOCK_FILE_NAME", "project_root", "enable_stats", "collected_stats"]
+__all__ = ["SMTLock", "LOCK_FILE_NAME", "TIMEOUT_VARIABLE", "project_root", "timeout_setting",
+           "enable_stats", "collected_stats"]
 
 LOCK_FILE_NAME = "smtlock.lock"
 _MIN_POLL = 0.0005  # seconds; the wait between tries doubles up to poll_interval, with jitter
 _FOREVER = -1.0
+TIMEOUT_VARIABLE = "SMTLOCK_TIMEOUT"
 
 
 def project_root(project: Any) -> Path:
@@ -56,8 +60,12 @@ _stats: Optional[List[Tuple[str, float, float]]] = [] if os.environ.get("SMTLOCK
 
 
 def _forget_after_fork() -> None:
-    # A forked child holds no lock of ours, whatever its parent held.
+    # A forked child holds no lock of ours, whatever its parent held: it gives up the inherited
+    # descriptors and connections without releasing them, and makes its own on first use.
     global _shared_guard
+    for shared in _shared.values():
+        for backend in shared.backends:
+            backend.abandon()
     _shared.clear()
     _shared_guard = threading.Lock()
 
@@ -89,9 +97,20 @@ def _store_uri(project: Any, root: Path) -> Optional[str]:
     return uri if is_postgres(uri) else None
 
 
-def _default_timeout() -> float:
-    value = os.environ.get("SMTLOCK_TIMEOUT")
-    return float(value) if value else _FOREVER
+def timeout_setting(default: float = math.inf) -> float:
+    """``$SMTLOCK_TIMEOUT``: the longest smtlock waits for the lock or for a database connection, in
+    seconds; unset gives ``default``, a negative value waits forever (``math.inf``)."""
+    value = os.environ.get(TIMEOUT_VARIABLE, "").strip()
+    if not value:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise SettingError(f"{TIMEOUT_VARIABLE}={value!r} is not a number of seconds (use e.g. "
+                           f"{TIMEOUT_VARIABLE}=300, 0.5, or -1 to wait forever)") from None
+    if math.isnan(seconds):
+        raise SettingError(f"{TIMEOUT_VARIABLE}={value!r} is not a number of seconds")
+    return math.inf if seconds < 0 else seconds
 
 
 class SMTLock:
@@ -110,25 +129,44 @@ class SMTLock:
         poll_interval: float = 0.05,
         purpose: str = "user",
     ) -> None:
-        self.root = project_root(project)
-        self.lock_file = str(self.root / ".smt" / LOCK_FILE_NAME)
-        self.timeout = _default_timeout() if timeout is None else float(timeout)
+        self.root: Optional[Path] = project_root(project)
+        self._setup(str(self.root / ".smt" / LOCK_FILE_NAME), _store_uri(project, self.root), timeout,
+                    poll_interval, purpose)
+
+    @classmethod
+    def on_file(cls, lock_file: str, purpose: str = "user") -> "SMTLock":
+        """The same lock on any file, for a record store that lives outside a project."""
+        lock = cls.__new__(cls)
+        lock.root = None
+        lock._setup(lock_file, None, None, 0.05, purpose)
+        return lock
+
+    def _setup(self, lock_file: str, store_uri: Optional[str], timeout: Optional[float],
+               poll_interval: float, purpose: str) -> None:
+        self.lock_file = lock_file
+        self._store_uri = store_uri
+        wait = timeout_setting() if timeout is None else float(timeout)
+        self.timeout = _FOREVER if wait < 0 or math.isinf(wait) else wait
         self.poll_interval = poll_interval
         self.purpose = purpose
+
+    @property
+    def _shared(self) -> _Shared:
+        """This process's state of the lock file, made on first use in each process (so a forked
+        child never uses its parent's descriptors or connections)."""
         with _shared_guard:
             shared = _shared.get(self.lock_file)
             if shared is None:
-                shared = _shared[self.lock_file] = _Shared(self._make_backends(project))
-        self._shared: _Shared = shared
+                shared = _shared[self.lock_file] = _Shared(self._make_backends())
+        return shared
 
-    def _make_backends(self, project: Any) -> List[LockBackend]:
+    def _make_backends(self) -> List[LockBackend]:
         """The file lock; and for a PostgreSQL store, after it, the store's advisory lock (so at most
         one process per host waits on the server)."""
         backends: List[LockBackend] = [FileBackend(self.lock_file)]
-        uri = _store_uri(project, self.root)
-        if uri:
+        if self._store_uri:
             from .postgres import PostgresBackend
-            backends.append(PostgresBackend(uri))
+            backends.append(PostgresBackend(self._store_uri))
         return backends
 
     @property
@@ -146,7 +184,7 @@ class SMTLock:
             raise LockTimeout(self.lock_file, wait, f"another thread of this process (pid {os.getpid()})")
         if shared.depth == 0:
             try:
-                self._acquire_backends(deadline, wait)
+                self._acquire_backends(shared, deadline, wait)
             except BaseException:
                 shared.mutex.release()
                 raise
@@ -156,10 +194,10 @@ class SMTLock:
         shared.depth += 1
         return _Acquired(self)
 
-    def _acquire_backends(self, deadline: Optional[float], wait: float) -> None:
+    def _acquire_backends(self, shared: _Shared, deadline: Optional[float], wait: float) -> None:
         taken: List[LockBackend] = []
         try:
-            for backend in self._shared.backends:
+            for backend in shared.backends:
                 if deadline is None:
                     try:
                         backend.acquire_blocking()
@@ -211,7 +249,7 @@ class SMTLock:
         self.release()
 
     def __repr__(self) -> str:
-        return f"SMTLock({str(self.root)!r}, lock_file={self.lock_file!r}, locked={self.is_locked})"
+        return f"SMTLock(lock_file={self.lock_file!r}, locked={self.is_locked})"
 
 
 class _Acquired:

@@ -23,12 +23,12 @@ import random
 import shelve
 import shutil
 import socket
+import sqlite3
+import sys
 import tempfile
 import time
 import weakref
 from typing import Any, Callable, Dict, Optional, Set, Tuple
-
-import filelock
 
 import sumatra.commands
 import sumatra.projects
@@ -37,8 +37,9 @@ from sumatra.projects import Project
 from sumatra.recordstore.shelve_store import ShelveRecordStore
 
 from . import postgres
+from .backends import replacement_mode
 from .errors import NoProjectError
-from .lock import SMTLock
+from .lock import SMTLock, timeout_setting
 
 try:
     from sumatra.recordstore.django_store import DjangoConfiguration, DjangoRecordStore
@@ -212,7 +213,7 @@ class _AtomicFile:
             return
         self.file.flush()
         os.fsync(self.file.fileno())
-        os.chmod(self.tmp, 0o644)
+        os.chmod(self.tmp, replacement_mode(self.path))  # mkstemp made it 0o600
         self.file.close()
         if self.keep_copy:  # <path>.last-good: what `smtlock doctor --repair` restores
             copy = self.tmp + ".copy"
@@ -277,16 +278,11 @@ def _tune_registered_databases() -> None:
         _tune_database(db)
 
 
-def _retry_window() -> float:
-    value = os.environ.get("SMTLOCK_TIMEOUT")
-    return float(value) if value and float(value) >= 0 else CONNECT_RETRY_S
-
-
 def _connecting(call: Callable[[], Any], label: str) -> Any:
     """Run ``call``; while the database connection cannot be made (too many clients, a server
     restarting) retry with backoff within the timeout. Errors on an open connection raise at once."""
     from django.db import InterfaceError, OperationalError, connections
-    deadline = time.monotonic() + _retry_window()
+    deadline = time.monotonic() + timeout_setting(CONNECT_RETRY_S)
     delay = 0.05
     while True:
         try:
@@ -363,7 +359,36 @@ def _path_lock(path: str, purpose: str) -> Any:
     try:
         return SMTLock(path, purpose=purpose)
     except NoProjectError:
-        return filelock.FileLock(path + ".lock", thread_local=False)
+        return SMTLock.on_file(path + ".lock", purpose=purpose)
+
+
+def _shelve_accepts_uri(cls: Any, uri: str) -> bool:
+    """``ShelveRecordStore.accepts_uri`` that does not take a Django SQLite store for a shelf.
+
+    Upstream accepts any existing path and relies on ``shelve.open`` failing on other files. Since
+    Python 3.13 shelve opens SQLite files (``dbm.sqlite3``), so ``get_record_store('.smt/records')``
+    (``smt init --store``, ``smt configure --store``, ``smt sync``) saw the Django store as an empty
+    shelf, and added a ``Dict`` table to it.
+    """
+    if any(_is_other_sqlite(path) for path in (uri, uri + ".db")):
+        return False
+    return bool(_ORIGINAL["ShelveRecordStore.accepts_uri"](uri))
+
+
+def _is_other_sqlite(path: str) -> bool:
+    """Whether ``path`` is an SQLite database that is not a ``dbm.sqlite3`` shelf (table ``Dict``)."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(16) != b"SQLite format 3\x00":
+                return False
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            db.close()
+    except (OSError, sqlite3.Error):
+        return False
+    return "Dict" not in tables
 
 
 def _shelve_init(self: Any, shelf_name: str = ".smt/records") -> None:
@@ -395,6 +420,49 @@ def _shelve_fresh(method: Callable) -> Callable:
                 self.shelf.close()
                 self.shelf = shelve.open(self._shelf_name)
     return wrapper
+
+
+def _django_before_fork() -> None:
+    """Close this thread's idle Django connections before a fork; each process opens its own.
+
+    Upstream keeps a process's connection open for its whole life, so a child forked by a process pool
+    (multiprocessing's default on Linux) would use its parent's SQLite handle, which SQLite forbids
+    across fork, or speak on its parent's PostgreSQL socket at the same time as the parent.
+    """
+    for wrapper in _django_connections():
+        if wrapper.connection is not None and not wrapper.in_atomic_block:
+            wrapper.close()
+
+
+def _django_after_fork_in_child() -> None:
+    """A connection still open at the fork (it was inside a transaction) is never used by the child:
+    a PostgreSQL socket is first pointed at /dev/null, so that closing it cannot end the parent's
+    session; an SQLite handle is kept, unused, so that it is never closed in the child."""
+    for wrapper in _django_connections():
+        raw = wrapper.connection
+        if raw is None:
+            continue
+        if wrapper.vendor == "postgresql":
+            devnull = os.open(os.devnull, os.O_RDWR)
+            os.dup2(devnull, raw.fileno())
+            os.close(devnull)
+        else:
+            _inherited.append(raw)
+        wrapper.connection = None
+
+
+_inherited: list = []  # database handles a forked child inherited and must never use or close
+
+
+def _django_connections() -> list:
+    """This thread's Django connection wrappers that exist already (none before Django is set up)."""
+    db = sys.modules.get("django.db")
+    if db is None:
+        return []
+    try:
+        return list(db.connections.all(initialized_only=True))
+    except Exception:  # Django not configured yet
+        return []
 
 
 # --- applying -------------------------------------------------------------------------------------
@@ -430,6 +498,7 @@ def apply() -> None:
         if getattr(module, "open", None) is not atomic_open:
             module.open = atomic_open  # type: ignore[attr-defined]
 
+    _patch(ShelveRecordStore, "accepts_uri", lambda orig: classmethod(_shelve_accepts_uri))
     _patch(ShelveRecordStore, "__init__", lambda orig: _shelve_init)
     for name in ("list_projects", "has_project", "save", "get", "list", "labels", "delete",
                  "delete_by_tag", "most_recent"):
@@ -443,5 +512,6 @@ def apply() -> None:
             _patch(DjangoRecordStore, name, _django_hygiene)
         _patch(DjangoConfiguration, "uri_to_db", lambda orig: _django_uri_to_db)
         _patch(DjangoConfiguration, "_create_databases", lambda orig: _django_create_databases)
+        os.register_at_fork(before=_django_before_fork, after_in_child=_django_after_fork_in_child)
         from django.db.backends.signals import connection_created
         connection_created.connect(_sqlite_pragmas, dispatch_uid="smtlock-sqlite-pragmas")

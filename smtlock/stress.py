@@ -207,11 +207,13 @@ def run_burst(project_dir: Path, mode: str, jobs: int, records: int, work_dir: P
 def census(store: str, project_dir: str, project_name: str = PROJECT_NAME) -> Dict[str, Any]:
     """Read the store directly (the project file may be torn): every record's label, job, rec and
     tags, and duplicate rows in Sumatra's tables. Run it in a fresh process per store."""
-    from sumatra.recordstore import get_record_store
+    from sumatra.recordstore import ShelveRecordStore
     from sumatra.recordstore.django_store import DjangoRecordStore
     from .doctor import duplicate_rows
+    # the kind of store the project was made with, not a guess from the path (see
+    # patches._shelve_accepts_uri: on Python 3.13 a guess took the SQLite store for a shelf)
     uri = store_uri_for(store, Path(project_dir)) or str(Path(project_dir) / ".smt" / "records")
-    record_store = get_record_store(uri)
+    record_store = ShelveRecordStore(uri) if store == "shelve" else DjangoRecordStore(uri)
     rows = []
     for record in record_store.list(project_name):
         params = record.parameters.as_dict() if hasattr(record.parameters, "as_dict") else {}

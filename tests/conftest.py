@@ -59,3 +59,23 @@ def pg_uri(pg, request) -> str:
     pg.sql(f"DROP DATABASE IF EXISTS {name}")
     pg.sql(f"CREATE DATABASE {name} OWNER smt")
     return pg.uri("smt", "s3cret", name)
+
+
+PROGRAMS = Path(__file__).resolve().parent / "programs"
+
+
+def overlaps(log: Path) -> int:
+    """The overlap verifier: sections logged as "enter ID" / "leave ID" lines (O_APPEND); counts each
+    enter that came while another holder was inside. 0 means the lock excluded."""
+    inside, count, entered = None, 0, 0
+    for line in log.read_text().splitlines():
+        event, who = line.split()
+        if event == "enter":
+            entered += 1
+            if inside is not None:
+                count += 1
+            inside = who
+        elif inside == who:
+            inside = None
+    assert entered, "no section was logged"
+    return count

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 import smtlock
+from conftest import PROGRAMS, overlaps
 from smtlock import LockTimeout, SMTLock, SMTLockError
 from smtlock.errors import LockFileError, NoProjectError
+from smtlock.stress import start_together
 
 HOLDER = """
 import sys, smtlock
@@ -140,3 +142,96 @@ def test_unwritable_smt_names_the_path(tmp_path: Path) -> None:
 def test_public_surface() -> None:
     assert set(smtlock.__all__) >= {"SMTLock", "smt_logged", "SMTLockError", "LockTimeout"}
     assert issubclass(smtlock.LockTimeout, TimeoutError)
+
+
+SECTIONS = str(PROGRAMS / "sections.py")
+
+
+def test_overlap_verifier_over_processes_released_together(bare_project: Path, tmp_path: Path) -> None:
+    log = tmp_path / "sections.log"
+    commands = [[sys.executable, SECTIONS, str(bare_project), str(log), "40", "{ready}", "{go}"]
+                for _ in range(4)]
+    burst = start_together(commands, [tmp_path / f"{i}.out" for i in range(4)])
+    assert burst["codes"] == {i: 0 for i in range(4)}
+    assert len(log.read_text().splitlines()) == 4 * 40 * 2
+    assert overlaps(log) == 0
+
+
+def test_overlap_verifier_catches_an_unlocked_section(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    log.write_text("enter a\nenter b\nleave a\nleave b\nenter a\nleave a\n")
+    assert overlaps(log) == 1
+
+
+def test_children_forked_from_a_parent_that_used_the_lock_exclude(bare_project: Path, tmp_path: Path) -> None:
+    """A flock belongs to the open file description: children that reused the parent's descriptor all
+    "held" the lock at once (hundreds of overlaps before smtlock opened one per process)."""
+    log = tmp_path / "sections.log"
+    commands = [[sys.executable, SECTIONS, str(bare_project), str(log), "30", "{ready}", "{go}", "fork", "6"]]
+    burst = start_together(commands, [tmp_path / "out"])
+    assert burst["codes"] == {0: 0}, (tmp_path / "out").read_text()
+    assert len(log.read_text().splitlines()) == 6 * 30 * 2
+    assert overlaps(log) == 0
+
+
+FORK_WHILE_HOLDING = """
+import os, sys, smtlock
+lock = smtlock.SMTLock(sys.argv[1])
+lock.acquire()
+pid = os.fork()
+if pid == 0:  # the child: its parent holds the lock
+    try:
+        lock.acquire(timeout=0)
+        print("child got the lock", flush=True)
+    except smtlock.LockTimeout:
+        print("child waits", flush=True)
+    os._exit(0) if sys.argv[2] == "_exit" else sys.exit(0)
+os.waitpid(pid, 0)
+print("held", lock.is_locked, flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.parametrize("child_exit", ["_exit", "exit"])
+def test_a_forked_child_neither_holds_nor_frees_its_parents_lock(bare_project: Path, child_exit: str) -> None:
+    parent = subprocess.Popen([sys.executable, "-c", FORK_WHILE_HOLDING, str(bare_project), child_exit],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout.readline().strip() == "child waits"
+        assert parent.stdout.readline().strip() == "held True"
+        with pytest.raises(LockTimeout):  # the child has exited: the parent still holds the lock
+            SMTLock(bare_project).acquire(timeout=0)
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+def test_errors_pickle_as_themselves() -> None:
+    """A pool sends a worker's exception to the parent by pickle."""
+    import pickle
+    errors = [LockTimeout("/p/.smt/smtlock.lock", 5, "pid 1 on node7 since T"), NoProjectError("no project"),
+              LockFileError("cannot open"), smtlock.SettingError("bad"), smtlock.StoreError("down"),
+              smtlock.ProjectFileError("torn")]
+    for err in errors:
+        again = pickle.loads(pickle.dumps(err))
+        assert type(again) is type(err) and str(again) == str(err)
+    again = pickle.loads(pickle.dumps(errors[0]))
+    assert (again.lock_file, again.timeout, again.holder) == ("/p/.smt/smtlock.lock", 5, "pid 1 on node7 since T")
+
+
+def test_bad_timeout_setting_names_the_variable(bare_project: Path) -> None:
+    code = ("import smtlock, sys\ntry:\n    smtlock.SMTLock(sys.argv[1])\n"
+            "except smtlock.SettingError as err:\n    print(err)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(bare_project)], capture_output=True, text=True,
+                          env={**os.environ, "SMTLOCK_TIMEOUT": "5s"})
+    assert done.stdout.strip() == ("SMTLOCK_TIMEOUT='5s' is not a number of seconds "
+                                   "(use e.g. SMTLOCK_TIMEOUT=300, 0.5, or -1 to wait forever)")
+
+
+def test_import_on_windows_says_what_to_do() -> None:
+    done = subprocess.run([sys.executable, "-c", "import os; os.name = 'nt'; import smtlock"],
+                          capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        "ImportError: smtlock needs Linux or macOS (POSIX file locks); on Windows, run your jobs under "
+        "WSL or on a Linux machine")

@@ -133,3 +133,17 @@ project.add_record(record)       # changed: written
 print(json.dumps([p for p, _, _ in lock.collected_stats()]))
 """, project)
     assert json.loads(done.stdout) == ["add_record", "user", "add_record"]
+
+
+def test_the_sqlite_store_is_never_taken_for_a_shelf(project: Path) -> None:
+    """Python 3.13's shelve opens SQLite files: Sumatra's get_record_store took .smt/records for an
+    empty shelf (smt init --store, smt configure --store, smt sync) and added a Dict table to it."""
+    run_python(NEW_RECORD + "new(x=1)", project)
+    done = run_python("""
+import sqlite3, smtlock
+from sumatra.recordstore import get_record_store
+store = get_record_store(".smt/records")
+tables = {row[0] for row in sqlite3.connect(".smt/records").execute("SELECT name FROM sqlite_master")}
+print(type(store).__name__, len(store.list("stress")), "Dict" in tables)
+""", project)
+    assert done.stdout.split() == ["DjangoRecordStore", "1", "False"]
