@@ -1,23 +1,33 @@
-# Two commands do all set-up on a fresh machine: `make test` and `make demo`.
+# `make test` and `make demo` do all set-up on a fresh machine (a venv in .venv, the packages, nox).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+# nox finds each supported Python as python3.X on PATH; pyenv's are added when pyenv has them
+PYTHONS := $(shell ls -d $(HOME)/.pyenv/versions/3.*/bin 2>/dev/null | paste -sd: -)
+NOX     := PATH="$(PYTHONS)$(if $(PYTHONS),:)$$PATH" $(VENV)/bin/nox
 
-.PHONY: test demo bench postgres-server clean
+.PHONY: test test-one demo bench postgres-server clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,plot]'
+	$(PY) -m pip install -q -e '.[test,plot]' 'nox>=2024.10.9' 'uv>=0.5'
 	touch $@
 
 # PostgreSQL server binaries (initdb, pg_ctl) for the real-server tests: Debian's postgresql package.
 postgres-server:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	  if [ "$$(id -u)" = 0 ]; then echo "installing Debian's postgresql for the tests (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
 	  else echo "PostgreSQL server binaries missing: sudo apt-get install postgresql" >&2; exit 1; fi; }
 
+# The matrix (noxfile.py): the whole suite on Python 3.11, the field tests on 3.9, 3.10, 3.12 and 3.13,
+# the lowest declared dependency versions, and the core install without Django.
 test: $(VENV)/.installed postgres-server
+	$(NOX)
+
+# The whole suite on this venv's Python only: the quick loop while developing.
+test-one: $(VENV)/.installed postgres-server
 	$(PY) -m pytest
 
 demo: $(VENV)/.installed
@@ -27,4 +37,4 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) .nox build *.egg-info .pytest_cache

@@ -16,9 +16,10 @@ from typing import Any, Callable, Iterable, Optional, TypeVar, Union, overload
 from sumatra.core import STATUS_FORMAT
 from sumatra.parameters import JSONParameterSet, ParameterSet
 from sumatra.programs import PythonExecutable
-from sumatra.projects import Project, load_project
+from sumatra.projects import Project
 
 from .lock import SMTLock
+from .project import load
 
 __all__ = ["smt_logged", "current_label"]
 
@@ -76,7 +77,8 @@ class _Options:
 
 def _record_call(func: Callable, options: _Options, args: tuple, kwargs: dict) -> Any:
     """One call of a decorated function, recorded."""
-    prj = options.project if isinstance(options.project, Project) else load_project(options.project)
+    # our load: outside a project, or with a torn project file, one SMTLockError that says what to do
+    prj = options.project if isinstance(options.project, Project) else load(options.project or ".")
     record = prj.new_record(parameters=_parameters(inspect.signature(func), args, kwargs),
                             main_file=_main_file(func, prj),
                             executable=PythonExecutable(path=sys.executable),

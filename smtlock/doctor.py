@@ -17,19 +17,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List
 
+from .filesystem import mount_of
 from .lock import LOCK_FILE_NAME, SMTLock, project_root
 from .patches import LAST_GOOD_SUFFIX, RUNNING_DIR, RUNNING_TAGS
 
 __all__ = ["DEDUPLICATED_MODELS", "Finding", "diagnose", "duplicate_rows", "shared_labels",
-           "merge_duplicate_rows", "exit_status", "NETWORK_FILESYSTEMS"]
+           "merge_duplicate_rows", "exit_status"]
 
 #: Sumatra's Django models written with a plain get_or_create on tables without unique constraints:
 #: two racing processes create two identical rows, and every later get() raises MultipleObjectsReturned.
 DEDUPLICATED_MODELS = ("Executable", "Repository", "LaunchMode", "Datastore", "ParameterSet",
                        "DataKey", "Dependency", "PlatformInformation")
-NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "9p", "lustre", "gpfs",
-                       "ceph", "glusterfs", "fuse.glusterfs", "beegfs", "afs"}
-
 OK, WARN, PROBLEM, REPAIRED = "ok", "warning", "problem", "repaired"
 
 
@@ -248,25 +246,12 @@ def _check_holder(smt: Path, repair: bool) -> Finding:
 
 
 def _check_filesystem(smt: Path) -> Finding:
-    fstype, mount = _filesystem(smt)
-    if fstype in NETWORK_FILESYSTEMS:
-        return Finding("filesystem", WARN, f"{smt} is on {fstype} ({mount}): file locks may not exclude "
-                       "across nodes and SQLite must not live there; use `smtlock postgres URL`", 1)
-    return Finding("filesystem", OK, f"{smt} is on a local filesystem ({fstype})")
-
-
-def _filesystem(path: Path) -> tuple:
-    real, best = str(path.resolve()), ("unknown", "/")
-    try:
-        with open("/proc/mounts") as mounts:
-            for line in mounts:
-                _, mount, fstype = line.split()[:3]
-                mount = mount.replace("\\040", " ")
-                if (real == mount or real.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best[1]):
-                    best = (fstype, mount)
-    except OSError:
-        pass
-    return best
+    mount = mount_of(smt)
+    if mount.shared:
+        return Finding("filesystem", WARN, f"{smt} is on {mount.fstype} ({mount.mountpoint}), which other "
+                       "hosts may share: file locks may not exclude across them and SQLite must not be "
+                       "written there by several; use `smtlock postgres URL`", 1)
+    return Finding("filesystem", OK, f"{smt} is on a local filesystem ({mount.fstype})")
 
 
 def diagnose(path: str = ".", repair: bool = False) -> List[Finding]:

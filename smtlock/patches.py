@@ -41,7 +41,8 @@ from .backends import replacement_mode
 from .errors import NoProjectError
 from .lock import SMTLock, timeout_setting
 
-try:
+try:  # Sumatra's django_store module imports without Django; its store needs it
+    import django  # noqa: F401
     from sumatra.recordstore.django_store import DjangoConfiguration, DjangoRecordStore
 except ImportError:  # Django is optional for Sumatra and for us
     DjangoConfiguration = DjangoRecordStore = None  # type: ignore[assignment,misc]

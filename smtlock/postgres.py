@@ -15,7 +15,7 @@ from urllib.parse import unquote, urlsplit
 from .backends import LockBackend, holder_description
 from .errors import StoreError
 
-__all__ = ["is_postgres", "mask_uri", "connect_kwargs", "connect", "check_server", "advisory_key",
+__all__ = ["is_postgres", "mask_uri", "check_uri", "connect_kwargs", "connect", "check_server", "advisory_key",
            "PostgresBackend", "create_database", "drop_database", "move_project", "KEEPALIVES"]
 
 #: TCP keepalives for every connection (client side, and the server's side via SET): a host that
@@ -29,16 +29,40 @@ def is_postgres(uri: Any) -> bool:
 
 
 def mask_uri(text: str) -> str:
-    """A URI, or any text with URIs in it, with every password replaced by ``***``."""
+    """A URI, or any text with URIs in it, with every password replaced by ``***``; also where the
+    scheme is missing (``user:password@host/db``), and up to the last ``@`` of a word."""
     return _PASSWORD.sub(r"\1***@", text)
 
 
-_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^\s/]*@")
+_PASSWORD = re.compile(r"((?:[A-Za-z][A-Za-z0-9+.-]*://)?[^\s:/@'\"]+:)(?!//)\S*@")
+
+
+def check_uri(uri: str) -> str:
+    """The URI if it is a usable PostgreSQL URI; otherwise one line (password masked) saying what is
+    wrong with it."""
+    form = "postgres://user:password@host:port/dbname"
+    if not is_postgres(uri):
+        raise StoreError(f"not a PostgreSQL URI: {mask_uri(uri)} (use {form})")
+    try:
+        parts = urlsplit(uri)
+    except ValueError as err:  # a malformed IPv6 host
+        raise StoreError(f"malformed host in {mask_uri(uri)}: {err} (use {form})") from None
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise StoreError(f"bad port in {mask_uri(uri)}: a port is a number from 1 to 65535 (use {form})")
+    if not parts.hostname:
+        raise StoreError(f"no host in {mask_uri(uri)} (use {form})")
+    if not parts.path.lstrip("/"):
+        raise StoreError(f"no database name in {mask_uri(uri)} (use {form})")
+    return uri
 
 
 def connect_kwargs(uri: str, dbname: Optional[str] = None) -> Dict[str, Any]:
     """psycopg2 keyword arguments for a URI (optionally another database on the same server)."""
-    parts = urlsplit(uri)
+    parts = urlsplit(check_uri(uri))
     kwargs: Dict[str, Any] = {"dbname": dbname or parts.path.lstrip("/"), "host": parts.hostname,
                               "port": parts.port or 5432, "connect_timeout": CONNECT_TIMEOUT_S,
                               **KEEPALIVES}
@@ -206,8 +230,7 @@ def move_project(path: str, uri: str, dry_run: bool = False) -> List[str]:
     from sumatra.recordstore.django_store import DjangoRecordStore
     from .lock import SMTLock
     from .project import load
-    if not is_postgres(uri):
-        raise StoreError(f"not a PostgreSQL URI: {mask_uri(uri)} (use postgres://user:pass@host:port/db)")
+    check_uri(uri)
     project = load(path)
     old = project.record_store
     where = mask_uri(uri)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional
 from urllib.parse import urlsplit
 
+from .errors import SMTLockError
 from .postgres import create_database, drop_database, is_postgres, mask_uri
 
 __all__ = ["MODES", "make_project", "start_together", "run_burst", "census", "recount", "verify", "run_mode",
@@ -315,8 +316,14 @@ def run_mode(mode: str, store: str, jobs: int, records: int, base_dir: Path,
 
 def _store_argument(value: str) -> str:
     import argparse
-    if value in ("sqlite", "shelve") or value.startswith(("postgres://", "postgresql://")):
-        return value
+    if value.lower() in ("sqlite", "shelve"):
+        return value.lower()
+    if is_postgres(value):
+        from .postgres import check_uri
+        try:
+            return check_uri(value)
+        except SMTLockError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
     raise argparse.ArgumentTypeError(
         f"unknown store {mask_uri(value)!r}: use sqlite, shelve or postgres://user:pass@host:port/db")
 
@@ -376,7 +383,6 @@ def plot(runs: List[Dict[str, Any]], path: Path) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        from .errors import SMTLockError
         raise SMTLockError("--plot needs matplotlib (pip install 'smtlock[plot]')") from None
     fig, ax = plt.subplots(figsize=(6, 3.5))
     modes = [run["mode"] for run in runs]
@@ -411,9 +417,9 @@ def check_store(store: str) -> None:
 
 def main(args: Any) -> int:
     """``smtlock stress``: run each mode on a fresh project, print the table; exit 1 if a safe mode lost."""
-    from .errors import SMTLockError
     if args.jobs < 1 or args.records < 1:
         raise SMTLockError("--jobs and --records must be at least 1")
+    _check_outputs(args)
     modes = args.modes or ["raw", "locked"]
     check_store(args.store)
     base = args.project_dir or Path(tempfile.mkdtemp(prefix="smtlock-stress-"))
@@ -436,6 +442,22 @@ def main(args: Any) -> int:
     if args.plot:
         plot(runs, args.plot)
     return exit_status(runs)
+
+
+def _check_outputs(args: Any) -> None:
+    """Before the burst: the harness never writes into an existing project, and its files can be written."""
+    if args.project_dir is not None:
+        folder = args.project_dir.expanduser().absolute()
+        inside = next((f for f in (folder, *folder.parents) if (f / ".smt").is_dir()), None)
+        if inside is not None:
+            raise SMTLockError(f"--project-dir {folder} is inside the Sumatra project at {inside}: give a new "
+                               "or empty folder outside any project (the harness makes its own projects)")
+        if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+            raise SMTLockError(f"--project-dir {folder} is not an empty folder: give a new or empty one")
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        if path is not None and not path.expanduser().absolute().parent.is_dir():
+            raise SMTLockError(f"{option} {path}: the folder {path.expanduser().absolute().parent} does not "
+                               "exist (create it, or give another path)")
 
 
 def exit_status(runs: List[Dict[str, Any]]) -> int:

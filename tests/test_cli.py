@@ -39,6 +39,15 @@ def test_outside_a_project(tmp_path: Path, command: list) -> None:
     (["stress", "--jobs", "0"], "--jobs and --records must be at least 1"),
     (["stress", "--store", "mysql://u:hunter2@h/db"], "unknown store"),
     (["postgres", "sqlite:///tmp/x"], "not a PostgreSQL URI"),
+    (["postgres", "postgres://smt:hunter2@localhost:notaport/db"], "bad port in postgres://smt:***@localhost"),
+    (["postgres", "postgres://smt:hunter2@localhost:99999/db"], "a port is a number from 1 to 65535"),
+    (["postgres", "postgres://smt:hunter2@[::1:5432/db"], "malformed host in postgres://smt:***@[::1"),
+    (["postgres", "smt:hunter2@localhost/db"], "not a PostgreSQL URI: smt:***@localhost/db"),
+    (["postgres", "postgres://smt:hunter2@localhost:5432/"], "no database name"),
+    (["stress", "--store", "postgres://u:hunter2@h:port/db"], "bad port in postgres://u:***@h:port/db"),
+    (["stress", "--store", "SQLite", "--jobs", "0"], "--jobs and --records must be at least 1"),
+    (["stress", "--json", "/no/such/folder/runs.json"], "--json /no/such/folder/runs.json: the folder"),
+    (["stress", "--plot", "/no/such/folder/runs.png"], "does not exist"),
 ])
 def test_nonsense_arguments(project: Path, args: list, expected: str) -> None:
     done = smtlock(*args, cwd=project)
@@ -70,3 +79,32 @@ def test_lock_timeout(project: Path) -> None:
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_stress_never_writes_into_a_project(project: Path) -> None:
+    done = smtlock("stress", "--jobs", "2", "--project-dir", str(project / "runs"), cwd=project)
+    assert_one_line(done, f"is inside the Sumatra project at {project}")
+    assert not (project / "runs").exists() and not (project / "raw").exists()
+
+
+def test_a_timeout_setting_that_is_not_a_number(project: Path) -> None:
+    done = smtlock("status", cwd=project, env={"SMTLOCK_TIMEOUT": "5s"})
+    assert_one_line(done, "SMTLOCK_TIMEOUT='5s' is not a number of seconds", "-1 to wait forever")
+
+
+def test_no_password_in_any_message_about_a_malformed_uri(project: Path) -> None:
+    uris = ["postgres://smt:hunter2@localhost:notaport/db", "smt:hunter2@localhost/db", "postgresql://smt:hunter2@",
+            "postgres://smt:hunter2@[::1/db", "postgres://smt:hunt/er2@h:5/db", "postgres://smt:hunter2@h:0/db",
+            "mysql://smt:hunter2@h/db"]
+    for uri in uris:
+        for args in (["postgres", uri], ["postgres", uri, "--dry-run"], ["stress", "--store", uri]):
+            done = smtlock(*args, cwd=project)
+            assert done.returncode == 2, (args, done.stderr)
+            assert "hunter2" not in done.stdout + done.stderr and "er2" not in done.stderr, done.stderr
+
+
+def test_python_api_outside_a_project_raises_our_error(tmp_path: Path) -> None:
+    code = ("import smtlock\n@smtlock.smt_logged\ndef f(x):\n    return x\n"
+            "try:\n    f(1)\nexcept smtlock.NoProjectError as err:\n    print('NoProjectError', err)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert done.stdout.startswith("NoProjectError no Sumatra project at"), done.stdout + done.stderr

@@ -1,0 +1,71 @@
+"""The test matrix: every Python we support, the newest and the lowest dependency versions we admit.
+
+    nox                 # everything below (what `make test` and CI run)
+    nox -s field-3.13   # one session; `nox -l` lists them
+
+The full suite runs on one Python; the others run the field tests: what must hold wherever users run
+it (bursts, the write path, the lock, fork and process pools, the plugin, the harness).
+"""
+
+import os
+
+import nox
+
+nox.options.default_venv_backend = "uv"
+nox.options.error_on_missing_interpreters = True  # a Python we claim must be here: never skip it
+os.environ.setdefault("UV_PYTHON_DOWNLOADS", "never")  # the machine's Pythons only
+
+PRIMARY = "3.11"
+OTHERS = ["3.9", "3.10", "3.12", "3.13"]
+FIELD = ["tests/test_burst.py", "tests/test_writepath.py", "tests/test_lock.py", "tests/test_pools.py",
+         "tests/test_plugin.py", "tests/test_stress.py", "tests/test_decorator.py", "tests/test_core.py",
+         "tests/test_group_project.py"]
+
+
+def _pytest(session: nox.Session, *paths: str) -> None:
+    """Say which versions are tested, then run pytest on ``paths`` (all tests by default)."""
+    session.run("python", "-c", VERSIONS)
+    session.run("python", "-m", "pytest", "-p", "no:cacheprovider", *paths, *session.posargs)
+
+
+VERSIONS = """
+import importlib.metadata as m, platform
+names = ["sumatra", "Django", "GitPython", "psycopg2-binary", "joblib", "pytest"]
+found = []
+for name in names:
+    try:
+        found.append(f"{name} {m.version(name)}")
+    except m.PackageNotFoundError:
+        found.append(f"{name} -")
+print("versions: Python", platform.python_version() + ";", ", ".join(found))
+"""
+
+
+@nox.session(python=PRIMARY)
+def tests(session: nox.Session) -> None:
+    """The whole suite, newest dependencies."""
+    session.install("-e", ".[test,plot]", "pip")  # pip: Sumatra's own suite is fetched with pip download
+    _pytest(session)
+
+
+@nox.session(python=OTHERS)
+def field(session: nox.Session) -> None:
+    """The field tests on each other supported Python, newest dependencies."""
+    session.install(".[test]")
+    _pytest(session, *FIELD)
+
+
+@nox.session(python="3.9")
+def lowest(session: nox.Session) -> None:
+    """The field tests with the lowest version of each dependency we declare (setup.cfg)."""
+    session.install("--resolution", "lowest-direct", ".[test]")
+    _pytest(session, *FIELD)
+
+
+@nox.session(python=["3.9", "3.13"])
+def core(session: nox.Session) -> None:
+    """`pip install smtlock` alone (no Django: Sumatra's shelve store) imports and protects."""
+    session.install(".", "pytest>=7.2", "pytest-timeout>=2.1")
+    session.run("python", "-c", "import importlib.util, sys; sys.exit(importlib.util.find_spec('django') is not None)")
+    _pytest(session, "tests/test_core.py", "tests/test_lock.py", "tests/test_burst.py", "-k",
+            "not decorator and not sqlite")

@@ -1,0 +1,83 @@
+"""What filesystem a path is on, and whether other hosts may share it (Linux and macOS).
+
+File locks may not reach across the hosts of a network or cluster filesystem, and SQLite must not be
+written there by more than one host. The doctor asks here.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, List, Tuple
+
+__all__ = ["Mount", "mount_of", "SHARED_TYPES"]
+
+#: filesystem types that hosts share: network and cluster filesystems; every FUSE type counts too
+#: (sshfs, glusterfs, s3fs...: their locks rarely reach other hosts)
+SHARED_TYPES = {"nfs", "nfs4", "cifs", "smb", "smb3", "smbfs", "9p", "lustre", "gpfs", "ceph", "glusterfs",
+                "beegfs", "afs", "ocfs2", "gfs2", "panfs", "pvfs2", "orangefs", "wekafs", "webdav", "fuse"}
+
+
+@dataclass(frozen=True)
+class Mount:
+    """The mount a path lives on."""
+
+    fstype: str
+    mountpoint: str
+
+    @property
+    def shared(self) -> bool:
+        """Whether other hosts may see this filesystem (an unknown type is treated as shared)."""
+        kind = self.fstype.lower()
+        return kind == "unknown" or kind in SHARED_TYPES or kind.startswith(("fuse.", "fuse"))
+
+
+def mount_of(path: "str | os.PathLike[str]") -> Mount:
+    """The mount that holds ``path`` (the longest mount point above it)."""
+    real = os.path.realpath(path)
+    best = Mount("unknown", "/")
+    for fstype, mountpoint in _mounts():
+        inside = real == mountpoint or real.startswith(mountpoint.rstrip("/") + "/")
+        if inside and len(mountpoint) >= len(best.mountpoint):
+            best = Mount(fstype, mountpoint)
+    return best
+
+
+def _mounts() -> Iterable[Tuple[str, str]]:
+    """(type, mount point) of every mount this process sees."""
+    if sys.platform.startswith("linux"):
+        return _linux_mounts(Path("/proc/self/mounts"))
+    if sys.platform == "darwin":
+        return _parse_bsd_mount(_run(["/sbin/mount"]))
+    return []
+
+
+def _linux_mounts(table: Path) -> List[Tuple[str, str]]:
+    try:
+        lines = table.read_text().splitlines()
+    except OSError:
+        return []
+    # fields: device, mount point (with octal escapes such as \040 for a space), type, options...
+    return [(fields[2], fields[1].encode().decode("unicode_escape"))
+            for fields in (line.split() for line in lines) if len(fields) >= 3]
+
+
+def _parse_bsd_mount(output: str) -> List[Tuple[str, str]]:
+    """``mount`` on macOS: ``server:/export on /Volumes/data (nfs, nodev, nosuid)``."""
+    found = []
+    for line in output.splitlines():
+        head, sep, options = line.rpartition(" (")
+        device, on, mountpoint = head.partition(" on ")
+        if sep and on:
+            found.append((options.split(",")[0].strip(" )"), mountpoint))
+    return found
+
+
+def _run(command: List[str]) -> str:
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""

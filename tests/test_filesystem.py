@@ -1,0 +1,29 @@
+"""Which filesystem a path is on, from the mount tables of Linux and macOS."""
+
+from pathlib import Path
+
+from smtlock.filesystem import Mount, _linux_mounts, _parse_bsd_mount, mount_of
+
+
+def test_this_test_folder_is_local(tmp_path: Path) -> None:
+    mount = mount_of(tmp_path)
+    assert mount.fstype != "unknown" and not mount.shared
+
+
+def test_linux_mount_table_with_escaped_spaces(tmp_path: Path) -> None:
+    table = tmp_path / "mounts"
+    table.write_text("/dev/sda1 / ext4 rw 0 0\n"
+                     "nas:/export /home/lab\\040data nfs4 rw,relatime 0 0\n"
+                     "lab@login:/scratch /scratch fuse.sshfs rw 0 0\n")
+    assert _linux_mounts(table) == [("ext4", "/"), ("nfs4", "/home/lab data"), ("fuse.sshfs", "/scratch")]
+
+
+def test_macos_mount_output() -> None:
+    output = ("/dev/disk3s1s1 on / (apfs, sealed, local, read-only, journaled)\n"
+              "nas:/export on /Volumes/lab data (nfs, nodev, nosuid, mounted by ann)\n")
+    assert _parse_bsd_mount(output) == [("apfs", "/"), ("nfs", "/Volumes/lab data")]
+
+
+def test_shared_types() -> None:
+    assert all(Mount(kind, "/x").shared for kind in ("nfs", "lustre", "gpfs", "fuse.sshfs", "fuse", "unknown"))
+    assert not any(Mount(kind, "/x").shared for kind in ("ext4", "xfs", "apfs", "btrfs", "tmpfs", "overlay"))
