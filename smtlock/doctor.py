@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List
 
+from .errors import LockTimeout, SMTLockError
 from .filesystem import mount_of
 from .lock import LOCK_FILE_NAME, SMTLock, project_root
 from .patches import LAST_GOOD_SUFFIX, RUNNING_DIR, RUNNING_TAGS
@@ -125,14 +126,57 @@ def _check_project_file(smt: Path, repair: bool) -> Finding:
     try:
         json.loads(copy.read_text())
     except (OSError, ValueError):
-        return Finding("project file", PROBLEM, f"{problem} and there is no good copy to restore: "
-                       "its settings are lost (run `smt init` again with the same name and store)", 1)
+        # smt init refuses while a project file exists, readable or not: it must be moved aside
+        return Finding("project file", PROBLEM, f"{problem} and there is no good copy to restore; the "
+                       f"records are safe in the store. Make a new project file that uses it: `mv {file} "
+                       f"{file}.broken && smt init -s {_store_hint(smt)} {_name_hint(smt)}` (then "
+                       "`smtlock enable` again if you used it)", 1)
     if not repair:
         return Finding("project file", PROBLEM, f"{problem}; `--repair` restores {copy.name}", 1)
     tmp = smt / "project.restoring"
     shutil.copyfile(copy, tmp)
     os.replace(tmp, file)
     return Finding("project file", REPAIRED, f"{problem}: restored from {copy.name}", 1)
+
+
+def _store_hint(smt: Path) -> str:
+    """The store a lost project file most likely named: Sumatra's default SQLite file, if it is there."""
+    return str(smt / "records") if (smt / "records").exists() else "STORE"
+
+
+def _name_hint(smt: Path) -> str:
+    """The project's name, read from the default SQLite store when it can be; else NAME."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{smt / 'records'}?mode=ro", uri=True)) as db:
+            names = [row[0] for row in db.execute("SELECT id FROM django_store_project")]
+    except sqlite3.Error:
+        names = []
+    return names[0] if len(names) == 1 else "NAME"
+
+
+def _check_writable(root: Path) -> Finding:
+    """Every write takes the lock under .smt: a read-only .smt (or mount) makes every smt run fail."""
+    smt = root / ".smt"
+    if not os.access(smt, os.W_OK):
+        return Finding("writable", PROBLEM, f"{smt} is not writable here ({_why_not_writable(smt)}): every "
+                       "smt run and record write fails; make it writable or run from a writable copy", 1)
+    try:
+        with SMTLock(root).acquire(timeout=0):
+            pass
+    except LockTimeout:
+        pass  # held by a running job: the lock works ("lock holder" says who)
+    except SMTLockError as err:
+        return Finding("writable", PROBLEM, str(err), 1)
+    return Finding("writable", OK, f"{smt} is writable and its lock can be taken")
+
+
+def _why_not_writable(folder: Path) -> str:
+    try:
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return "a read-only filesystem"
+    except OSError:
+        pass
+    return f"mode {folder.stat().st_mode & 0o777:o}, owner uid {folder.stat().st_uid}"
 
 
 def _check_duplicates(store: Any, repair: bool) -> Finding:
@@ -260,8 +304,11 @@ def diagnose(path: str = ".", repair: bool = False) -> List[Finding]:
     root = project_root(path)
     smt = root / ".smt"
     # the holder record first: taking the lock to repair rewrites it
-    findings = [_check_project_file(smt, repair), _check_holder(smt, repair)]
-    if findings[0].status != PROBLEM:
+    findings = [_check_project_file(smt, repair), _check_holder(smt, repair), _check_writable(root)]
+    if findings[2].status == PROBLEM:
+        findings.append(Finding("store", WARN, "not checked: the project cannot be written, so nothing "
+                                "can be repaired (see writable)"))
+    elif findings[0].status != PROBLEM:
         project = load(root)
         with SMTLock(project) if repair else contextlib.nullcontext():
             findings += _store_checks(project, project.record_store, repair)

@@ -1,7 +1,10 @@
 """@smt_logged outside a burst: failure path, ParameterSet arguments, output data, the label."""
 
 import json
+import os
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 from conftest import run_python
@@ -58,3 +61,57 @@ print("label", sim.from_set(SimpleParameterSet({"a": 7})))
     assert ok["label"] == label and "_finished_" in ok["tags"]
     assert ok["params"] == {"a": 7}  # the ParameterSet argument, as it is
     assert ok["out"] == [f"out-{label}.txt"]
+
+
+RUN = '''
+import sys
+from smtlock import smt_logged
+
+@smt_logged
+def simulate(x):
+    sys.__stdout__.write("running\\n"); sys.__stdout__.flush()
+    sys.stdin.readline()  # the test lets the run finish once another process holds the lock
+    return x * 2
+
+print("result", simulate(21))
+'''
+HOLD = "import smtlock, sys; smtlock.SMTLock('.').acquire(); print('held', flush=True); sys.stdin.read()"
+
+
+def waits_for_a_lock(pid: int) -> bool:
+    """Whether the kernel lists ``pid`` as blocked on a flock (a "->" line in /proc/locks)."""
+    with open("/proc/locks") as locks:
+        return any(line.split()[1:2] == ["->"] and line.split()[5:6] == [str(pid)] for line in locks)
+
+
+def test_a_finished_run_waits_for_the_lock_whatever_the_timeout(project: Path) -> None:
+    """With SMTLOCK_TIMEOUT=1 and the lock held elsewhere, the run's last write used to raise
+    LockTimeout: the result was lost and the record stayed _running_."""
+    (project / "run.py").write_text(RUN)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
+    subprocess.run(git + ["add", "run.py"], cwd=project, check=True)
+    subprocess.run(git + ["commit", "-qm", "run"], cwd=project, check=True)
+    run = subprocess.Popen([sys.executable, "run.py"], cwd=project, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env={**os.environ, "SMTLOCK_TIMEOUT": "1"})
+    holder = None
+    try:
+        assert run.stdout.readline().strip() == "running", run.stderr.read()
+        holder = subprocess.Popen([sys.executable, "-c", HOLD], cwd=project, stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
+        assert holder.stdout.readline().strip() == "held"
+        run.stdin.write("\n")
+        run.stdin.flush()
+        while run.poll() is None and not waits_for_a_lock(run.pid):
+            time.sleep(0.01)
+        assert run.poll() is None, run.stderr.read()  # still waiting, long past its 1 s timeout
+        holder.stdin.close()
+        out, err = run.communicate(timeout=120)
+        assert run.returncode == 0, err
+        assert out.strip() == "result 42"
+    finally:
+        for proc in (run, holder):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    (record,) = json.loads(run_python(REPORT, project).stdout).values()
+    assert "_finished_" in record["tags"] and "_running_" not in record["tags"]

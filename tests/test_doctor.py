@@ -132,3 +132,33 @@ def test_burst_with_killed_jobs_loses_nothing_of_the_survivors(tmp_path: Path) -
     for row in result["_rows"]:  # whatever a killed job left is whole: a record with its parameters
         assert isinstance(row["job"], int) and isinstance(row["rec"], int)
     assert doctor(Path(result["project_dir"]))[0] == 0
+
+
+def test_lost_project_file_advice_works(project: Path) -> None:
+    """No good copy: the advice must be a command that works (smt init refuses while the file exists)."""
+    run_python(PLAIN_WRITE, project)
+    (project / ".smt" / "project").write_text("{torn")
+    (project / ".smt" / "project.last-good").unlink(missing_ok=True)
+    code, found = doctor(project)
+    detail = found["project file"]["detail"]
+    assert code == 1 and "the records are safe in the store" in detail
+    command = detail.split("`")[1]
+    assert command == (f"mv {project}/.smt/project {project}/.smt/project.broken && "
+                       f"smt init -s {project}/.smt/records stress")
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    subprocess.run(["bash", "-c", command], cwd=project, env=env, check=True, capture_output=True)
+    labels = run_python("from sumatra.projects import load_project; print(load_project().get_labels())", project)
+    assert labels.stdout.strip() == "['after']"
+
+
+def test_read_only_smt_is_a_problem(project: Path) -> None:
+    os.chmod(project / ".smt", 0o555)
+    try:  # root ignores file modes: the doctor runs without that privilege
+        done = subprocess.run(["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner", "--",
+                               SMTLOCK, "doctor", "--json"] if os.geteuid() == 0 else [SMTLOCK, "doctor", "--json"],
+                              cwd=project, capture_output=True, text=True)
+    finally:
+        os.chmod(project / ".smt", 0o755)
+    assert done.returncode == 1, done.stderr
+    found = {f["check"]: f for f in json.loads(done.stdout)["findings"]}
+    assert found["writable"]["status"] == "problem" and "is not writable here" in found["writable"]["detail"]
