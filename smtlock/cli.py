@@ -3,55 +3,104 @@
 from __future__ import annotations
 
 import argparse
+import difflib
+import json
 import sys
-from typing import List, NoReturn, Optional
+import textwrap
+from typing import Dict, List, NoReturn, Optional
 
 from . import __version__
 from .errors import SMTLockError
+from .lock import TIMEOUT_VARIABLE
 from .postgres import mask_uri
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser"]
+
+ENVIRONMENT = f"""environment:
+  {TIMEOUT_VARIABLE}   seconds to wait for the project's lock or a database connection
+                    (a number; -1 waits forever; unset: the lock waits as long as it takes)"""
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports a usage error in one line, exit 2."""
+    """argparse that reports a usage error in one line, exit 2, with a suggestion for a typo."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+        self.exit(2, f"{self.prog}: error: {message}{_suggestion(self, message)} "
+                     f"(see `{self.prog} --help`)\n")
+
+
+def _suggestion(parser: argparse.ArgumentParser, message: str) -> str:
+    """"; did you mean X?" for an unknown subcommand, choice or option close to a known one."""
+    if "invalid choice: '" in message:
+        wrong = message.split("invalid choice: '", 1)[1].split("'", 1)[0]
+        known = [c for action in parser._actions for c in (action.choices or [])]
+    elif "unrecognized arguments: " in message:
+        wrong = message.split("unrecognized arguments: ", 1)[1].split()[0]
+        known = [o for action in parser._actions for o in action.option_strings]
+    else:
+        return ""
+    close = difflib.get_close_matches(wrong, [str(k) for k in known], n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="smtlock", description="Keep every Sumatra record when many jobs start at once.")
+    """The whole command line; ``smtlock help CMD`` and ``smtlock CMD --help`` print the same text."""
+    parser = _Parser(prog="smtlock", description="Keep every Sumatra record when many jobs start at once.",
+                     epilog=ENVIRONMENT, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"smtlock {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    from . import stress
-    stress.add_arguments(sub.add_parser("stress", help="launch N simultaneous jobs and count what survived",
-                                        description=stress.__doc__.splitlines()[0]))
+    commands: Dict[str, argparse.ArgumentParser] = {}
+
+    def add(name: str, text: str, description: str = "") -> argparse.ArgumentParser:
+        commands[name] = sub.add_parser(name, help=text, description=textwrap.fill(description or text, 79),
+                                        epilog=ENVIRONMENT,
+                                        formatter_class=argparse.RawDescriptionHelpFormatter)
+        return commands[name]
+
+    def path_argument(command: argparse.ArgumentParser) -> None:
+        command.add_argument("path", nargs="?", default=".", help="a path inside the project (default: here)")
+
     from . import plugin
     for name, func, text in (("enable", plugin.enable, "protect every smt command of this project"),
                              ("disable", plugin.disable, "remove the protection of smt commands"),
                              ("status", plugin.status, "show what is protected in this project")):
-        command = sub.add_parser(name, help=text, description=text)
-        command.add_argument("path", nargs="?", default=".", help="a path inside the project")
+        command = add(name, text)
+        path_argument(command)
         command.set_defaults(handler=lambda args, func=func: print(func(args.path)))
+
     from . import doctor
-    command = sub.add_parser("doctor", help="check (and --repair) a project damaged by concurrency",
-                             description=doctor.__doc__.splitlines()[0])
+    command = add("doctor", "check (and --repair) a project damaged by concurrency",
+                  "Check a Sumatra project that concurrent jobs may have damaged, one line per check; "
+                  "--repair fixes what can be fixed, under the project's lock. Exit 0: healthy; 1: problems "
+                  "left; 2: bad usage.")
     command.add_argument("--repair", action="store_true", help="fix what can be fixed (under the lock)")
-    command.add_argument("--json", action="store_true", help="print the findings as JSON")
-    command.add_argument("path", nargs="?", default=".", help="a path inside the project")
+    command.add_argument("--json", action="store_true", help="print the findings (or the error) as JSON")
+    path_argument(command)
     command.set_defaults(handler=doctor.main)
 
     from . import postgres
-    command = sub.add_parser("postgres", help="move this project's records to a PostgreSQL store",
-                             description="Create the database if needed, copy and verify the records, "
-                                         "switch the project to it; the old store is kept as it was.")
+    command = add("postgres", "move this project's records to a PostgreSQL store",
+                  "Create the database if needed, copy and verify the records, switch the project to it; "
+                  "the old store is kept as it was.")
     command.add_argument("url", help="postgres://user:password@host:port/dbname")
+    path_argument(command)
     command.add_argument("--dry-run", action="store_true", help="say what would be done, change nothing")
-    command.add_argument("--path", default=".", help="a path inside the project (default: here)")
+    command.add_argument("--path", dest="old_path", help=argparse.SUPPRESS)  # the old spelling, still accepted
     command.set_defaults(handler=lambda args: print("\n".join(
-        postgres.move_project(args.path, args.url, dry_run=args.dry_run))))
+        postgres.move_project(args.old_path or args.path, args.url, dry_run=args.dry_run))))
+
+    from . import stress
+    stress.add_arguments(add("stress", "launch N simultaneous jobs and count what survived",
+                             "Launch N jobs at once against a new demo project, first as plain Sumatra, "
+                             "then with smtlock, and count what each kept."))
+
+    command = add("help", "show the help of a command")
+    command.add_argument("topic", nargs="?", choices=sorted(commands), metavar="COMMAND",
+                         help="the command to explain")
+    command.set_defaults(handler=lambda args: print(
+        (commands[args.topic] if args.topic else parser).format_help().rstrip()))
+    parser.set_defaults(commands=commands)
     return parser
 
 
@@ -63,23 +112,37 @@ def _database_errors() -> type:
     return DatabaseError
 
 
+def _parse(parser: argparse.ArgumentParser, argv: Optional[List[str]]) -> argparse.Namespace:
+    """Parse; an unknown option is reported by its subcommand (``doctor --repiar``), with a suggestion."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        command = args.commands.get(getattr(args, "command", None), parser)
+        command.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the console script; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(build_parser(), argv)
     try:
         return int(args.handler(args) or 0)
     except SMTLockError as err:
-        print(f"smtlock: error: {err}", file=sys.stderr)
-        return 2
+        return _fail(args, str(err))
     except (OSError, _database_errors()) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        print(f"smtlock: error: {type(err).__name__}: {mask_uri(first)} (check that the project's .smt "
-              "folder and its record store are readable and writable)", file=sys.stderr)
-        return 2
+        return _fail(args, f"{type(err).__name__}: {mask_uri(first)} (check that the project's .smt folder "
+                           "and its record store are readable and writable)")
     except KeyboardInterrupt:
         print("smtlock: interrupted", file=sys.stderr)
         return 130
+
+
+def _fail(args: argparse.Namespace, message: str) -> int:
+    """One line on stderr, exit 2; with ``--json``, the same as JSON on stdout too."""
+    if getattr(args, "json", None) is True:
+        print(json.dumps({"error": message, "exit": 2}))
+    print(f"smtlock: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

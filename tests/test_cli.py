@@ -1,6 +1,7 @@
 """Every error a user can meet at the command line: one line on stderr, exit 2, no traceback.
 The same table is in README.rst ("When something is wrong")."""
 
+import json
 import os
 import subprocess
 import sys
@@ -108,3 +109,32 @@ def test_python_api_outside_a_project_raises_our_error(tmp_path: Path) -> None:
             "try:\n    f(1)\nexcept smtlock.NoProjectError as err:\n    print('NoProjectError', err)\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert done.stdout.startswith("NoProjectError no Sumatra project at"), done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["doctr"], "did you mean 'doctor'?"),
+    (["doctor", "--repiar"], "smtlock doctor: error: unrecognized arguments: --repiar; did you mean '--repair'?"),
+    (["help", "nothing"], "invalid choice: 'nothing'"),
+])
+def test_typos_get_a_suggestion_from_the_right_command(tmp_path: Path, args: list, expected: str) -> None:
+    assert_one_line(smtlock(*args, cwd=tmp_path), expected)
+
+
+def test_help_is_plain_text_and_names_the_environment(tmp_path: Path) -> None:
+    for args in (["help", "doctor"], ["doctor", "--help"]):
+        done = smtlock(*args, cwd=tmp_path)
+        assert done.returncode == 0 and done.stdout.startswith("usage: smtlock doctor")
+        assert "``" not in done.stdout and "SMTLOCK_TIMEOUT" in done.stdout
+    assert "SMTLOCK_TIMEOUT" in smtlock("--help", cwd=tmp_path).stdout
+
+
+def test_doctor_json_errors_are_json(tmp_path: Path) -> None:
+    done = smtlock("doctor", "--json", cwd=tmp_path)
+    assert done.returncode == 2
+    assert json.loads(done.stdout) == {"error": f"no Sumatra project at {tmp_path} (run `smt init`)", "exit": 2}
+
+
+def test_postgres_takes_the_path_as_every_command_does(tmp_path: Path) -> None:
+    for args in (["postgres", "postgres://u:p@127.0.0.1:1/db", str(tmp_path)],
+                 ["postgres", "postgres://u:p@127.0.0.1:1/db", "--path", str(tmp_path)]):
+        assert_one_line(smtlock(*args, cwd="/"), f"no Sumatra project at {tmp_path}")
