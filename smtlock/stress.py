@@ -26,13 +26,16 @@ from urllib.parse import urlsplit
 from .errors import SMTLockError
 from .postgres import create_database, drop_database, is_postgres, mask_uri
 
-__all__ = ["MODES", "make_project", "start_together", "run_burst", "census", "recount", "verify", "run_mode",
+__all__ = ["MODES", "TITLES", "verdict", "make_project", "start_together", "run_burst", "census", "recount", "verify", "run_mode",
            "store_uri_for", "exit_status", "format_table"]
 
 #: raw: plain Sumatra, the user's pattern; locked: the same in SMTLock; decorator: @smt_logged;
 #: smt-run: unmodified `smt run` in a project with the plugin enabled; smt-run-raw: without it
 MODES = ("raw", "locked", "decorator", "smt-run", "smt-run-raw")
 BASELINES = ("raw", "smt-run-raw")
+#: the modes in words, for the table, the verdict and the plot
+TITLES = {"raw": "plain Sumatra", "locked": "smtlock", "decorator": "@smt_logged",
+          "smt-run": "smt run + smtlock", "smt-run-raw": "plain smt run"}
 PROJECT_NAME = "stress"
 JOB_SCRIPT = str(Path(__file__).with_name("_job.py"))
 
@@ -87,7 +90,7 @@ def make_project(project_dir: Path, store: str = "sqlite", plugin: bool = False)
 
 
 def start_together(commands: List[List[str]], logs: List[Path],
-                   progress: Optional[Callable[[int, int, int], None]] = None,
+                   progress: Optional[Callable[[int, int, int, int], None]] = None,
                    cwd: Optional[Path] = None, env: Optional[Dict[str, str]] = None,
                    on_start: Optional[Callable[[List[int]], Any]] = None) -> Dict[str, Any]:
     """Run each command as its own process and release them together; return exit codes and wall.
@@ -126,8 +129,9 @@ def start_together(commands: List[List[str]], logs: List[Path],
             index, proc = procs[pid]
             proc.returncode = codes[index] = os.waitstatus_to_exitcode(status)
             if progress:
-                failed = sum(1 for c in codes.values() if c)
-                progress(len(codes) - failed, len(commands) - len(codes), failed)
+                killed = sum(1 for c in codes.values() if c == -signal.SIGKILL)
+                failed = sum(1 for c in codes.values() if c) - killed
+                progress(len(codes) - failed - killed, len(commands) - len(codes), failed, killed)
     return {"codes": codes, "wall_s": time.perf_counter() - start,
             "pids": {index: proc.pid for index, proc in procs.values()}}
 
@@ -176,7 +180,7 @@ class Killer(threading.Thread):
 
 
 def run_burst(project_dir: Path, mode: str, jobs: int, records: int, work_dir: Path,
-              progress: Optional[Callable[[int, int, int], None]] = None, kill: int = 0) -> Dict[str, Any]:
+              progress: Optional[Callable[[int, int, int, int], None]] = None, kill: int = 0) -> Dict[str, Any]:
     """``jobs`` stress jobs on one project, released together (``kill`` of them SIGKILLed during the
     burst); exit codes, reports, killed job numbers and wall time."""
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -250,7 +254,7 @@ def verify(found_rows: List[Dict[str, Any]], jobs: int, records: int,
         "duplicates": sum(n - 1 for n in found.values() if n > 1),
         "unexpected": sum(n for (job, rec), n in found.items()
                           if job not in killed and (job, rec) not in expected),
-        "distinct_labels": len({row["label"] for row in found_rows}),
+        "distinct_labels": len({row["label"] for row in found_rows if row["job"] not in killed}),
         "killed_jobs": len(killed),
         "records_of_killed_jobs": sum(n for (job, _), n in found.items() if job in killed),
     }
@@ -274,7 +278,7 @@ def fresh_database(uri: str, mode: str) -> str:
 
 
 def run_mode(mode: str, store: str, jobs: int, records: int, base_dir: Path,
-             progress: Optional[Callable[[int, int, int], None]] = None,
+             progress: Optional[Callable[[int, int, int, int], None]] = None,
              keep: bool = False, kill: int = 0) -> Dict[str, Any]:
     """One run: a fresh project under ``base_dir/<mode>`` (and a fresh database for PostgreSQL, dropped
     afterwards unless ``keep``), the burst, the recount, the figures."""
@@ -349,7 +353,7 @@ def add_arguments(parser: Any) -> None:
 ROWS = [("killed jobs", "killed_jobs"), ("  of them holding the lock", "killed_holding_lock"),
         ("  their records found", "records_of_killed_jobs"), ("expected", "expected"), ("found", "found"),
         ("lost", "lost"), ("duplicates", "duplicates"), ("distinct labels", "distinct_labels"),
-        ("failed jobs", "failed_jobs"), ("wall time (s)", "wall_s"), ("records/s", "records_per_s"),
+        ("failed jobs", "failed_jobs"), ("wall time (s)", "wall_s"),
         ("lock held p50/p99 (ms)", "lock_held_ms"), ("lock wait p50/p99 (ms)", "lock_wait_ms"),
         ("duplicate table rows", "duplicate_rows")]
 
@@ -364,46 +368,52 @@ def _cell(value: Any) -> str:
 
 def format_table(runs: List[Dict[str, Any]]) -> str:
     """The runs side by side, one column per mode."""
-    lines = [f"{'':26}" + "".join(f"{run['mode']:>18}" for run in runs)]
+    lines = [f"{'':26}" + "".join(f"{TITLES[run['mode']]:>20}" for run in runs)]
     killing = any(run.get("killed_jobs") for run in runs)
     for title, key in ROWS:
         if killing or "kill" not in key:
-            lines.append(f"{title:26}" + "".join(f"{_cell(run[key]):>18}" for run in runs))
+            lines.append(f"{title:26}" + "".join(f"{_cell(run[key]):>20}" for run in runs))
     for run in runs:
         if run["errors"]:
             kinds = ", ".join(f"{kind} x{n}" for kind, n in sorted(run["errors"].items()))
-            lines.append(f"errors in {run['mode']}: {kinds}")
+            lines.append(f"errors in {TITLES[run['mode']]}: {kinds}")
     return "\n".join(lines)
 
 
 def plot(runs: List[Dict[str, Any]], path: Path) -> None:
-    """Bar chart of expected/found/lost per mode."""
+    """One bar per mode: the records kept (green) and lost (red), each with its count."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         raise SMTLockError("--plot needs matplotlib (pip install 'smtlock[plot]')") from None
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    modes = [run["mode"] for run in runs]
-    for i, key in enumerate(("expected", "found", "lost")):
-        ax.bar([m + i * 0.27 for m in range(len(modes))], [run[key] for run in runs], 0.27, label=key)
-    ax.set_xticks([m + 0.27 for m in range(len(modes))], modes)
-    ax.set_ylabel("records")
-    ax.set_title(f"{runs[0]['jobs']} jobs x {runs[0]['records_per_job']} records, {runs[0]['store']} store")
-    ax.legend()
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.6 * len(runs)))
+    names = [TITLES[run["mode"]] for run in runs][::-1]
+    kept = [run["expected"] - run["lost"] for run in runs][::-1]
+    lost = [run["lost"] for run in runs][::-1]
+    ax.barh(names, kept, color="#2e7d32", label="kept")
+    ax.barh(names, lost, left=kept, color="#c62828", label="lost")
+    for y, (k, n) in enumerate(zip(kept, lost)):
+        ax.text(k + n, y, f"  {n} lost" if n else "  none lost", va="center")
+    ax.set_xlim(0, max(run["expected"] for run in runs) * 1.25)
+    ax.set_xlabel("records")
+    ax.set_title(f"{runs[0]['jobs']} jobs x {runs[0]['records_per_job']} records started at once "
+                 f"({runs[0]['store']} store)")
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.12), ncol=2, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
 
-def _progress_line(mode: str) -> Callable[[int, int, int], None]:
+def _progress_line(mode: str) -> Callable[[int, int, int, int], None]:
     live = sys.stderr.isatty()
 
-    def show(finished: int, running: int, failed: int) -> None:
+    def show(finished: int, running: int, failed: int, killed: int) -> None:
         if not live and running:
             return
         end = "\n" if running == 0 else ""
-        print(f"\r{mode:>10}: finished {finished:4d}  running {running:4d}  failed {failed:4d}",
+        died = f"  killed {killed:4d}" if killed else ""
+        print(f"\r{TITLES[mode]:>18}: finished {finished:4d}  running {running:4d}  failed {failed:4d}{died}",
               end=end, file=sys.stderr, flush=True)
     return show
 
@@ -422,6 +432,9 @@ def main(args: Any) -> int:
     _check_outputs(args)
     modes = args.modes or ["raw", "locked"]
     check_store(args.store)
+    print(f"smtlock stress: {args.jobs} jobs x {args.records} records, all started at once, on a new "
+          f"{mask_uri(args.store)} project for each of: {', '.join(TITLES[m] for m in modes)}"
+          + (f"; {args.kill} jobs killed in each" if args.kill else ""), file=sys.stderr, flush=True)
     base = args.project_dir or Path(tempfile.mkdtemp(prefix="smtlock-stress-"))
     runs = []
     try:
@@ -437,11 +450,27 @@ def main(args: Any) -> int:
         if args.project_dir is None:
             run.pop("project_dir", None)
     print(format_table(runs))
+    print(verdict(runs))
     if args.json:
         args.json.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
+        print(f"figures written to {args.json}")
     if args.plot:
         plot(runs, args.plot)
+        print(f"plot written to {args.plot}")
+    if args.project_dir is not None:
+        print(f"projects kept under {args.project_dir}/<mode>/")
     return exit_status(runs)
+
+
+def verdict(runs: List[Dict[str, Any]]) -> str:
+    """One line: what each mode lost, e.g. "plain Sumatra lost 125 of 128 records; smtlock lost 0"."""
+    parts = []
+    for run in runs:
+        lost = f"lost {run['lost']} of {run['expected']} records" if run["lost"] else "lost 0"
+        extra = [f"{run[key]} {word}" for key, word in (("duplicates", "duplicated"),
+                                                        ("failed_jobs", "jobs failed")) if run[key]]
+        parts.append(f"{TITLES[run['mode']]} {lost}" + (f" ({', '.join(extra)})" if extra else ""))
+    return "; ".join(parts)
 
 
 def _check_outputs(args: Any) -> None:

@@ -26,6 +26,7 @@ def test_verify_counts_lost_duplicated_and_unexpected() -> None:
     assert verify(rows(complete + [(7, 0)]), 3, 2)["unexpected"] == 1
     killed = verify(rows([p for p in complete if p[0] != 2] + [(2, 0)]), 3, 2, killed=[2])
     assert (killed["expected"], killed["lost"], killed["records_of_killed_jobs"]) == (4, 0, 1)
+    assert killed["distinct_labels"] == killed["found"] == 4  # counted over the same records
 
 
 def test_exit_status_judges_safe_modes_only() -> None:
@@ -65,4 +66,8 @@ def test_command_line_json_and_exit(tmp_path: Path) -> None:
             "lock_wait_ms"}
     assert keys <= set(runs[1]) and set(runs[1]["lock_held_ms"]) == {"p50", "p99"}
     assert runs[1]["lost"] == 0 and runs[1]["found"] == 12
-    assert "locked" in done.stdout.splitlines()[0]  # the side-by-side table
+    lines = done.stdout.splitlines()
+    assert lines[0].split() == ["plain", "Sumatra", "smtlock"]  # the side-by-side table, modes in words
+    assert lines[-2].endswith("; smtlock lost 0") and lines[-2].startswith("plain Sumatra lost ")
+    assert lines[-1] == f"figures written to {out}"
+    assert done.stderr.startswith("smtlock stress: 6 jobs x 2 records, all started at once")
