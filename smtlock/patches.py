@@ -48,7 +48,7 @@ except ImportError:  # Django is optional for Sumatra and for us
     DjangoConfiguration = DjangoRecordStore = None  # type: ignore[assignment,misc]
 
 __all__ = ["apply", "is_applied", "add_record", "save_record", "claim_label", "atomic_open",
-           "SQLITE_BUSY_TIMEOUT_S", "LAST_GOOD_SUFFIX", "RUNNING_DIR", "RUNNING_TAGS"]
+           "SQLITE_BUSY_TIMEOUT_S", "LAST_GOOD_SUFFIX", "RUNNING_DIR", "RUNNING_TAGS", "ENDED_TAGS"]
 
 SQLITE_BUSY_TIMEOUT_S = 60.0  # how long an SQLite connection waits for another writer, not fail
 CONNECT_RETRY_S = 300.0  # how long a PostgreSQL connection is retried ($SMTLOCK_TIMEOUT overrides)
@@ -59,6 +59,9 @@ _ORIGINAL: dict = {}
 _saved: Dict[int, Tuple[Any, bytes]] = {}  # id(record) -> (weak reference, state last written)
 #: Sumatra's status tags of a record whose process has started and not ended
 RUNNING_TAGS = {STATUS_FORMAT % s for s in ("pre_run", "running", "finished...", "failed...", "killed...")}
+#: Sumatra's status tags once the simulation has ended (with "..." while its outputs are gathered)
+ENDED_TAGS = {STATUS_FORMAT % s for s in ("finished", "failed", "killed", "finished...", "failed...",
+                                          "killed...")}
 
 
 # --- the write path -------------------------------------------------------------------------------
@@ -117,7 +120,10 @@ def save_record(self: Project, record: Any) -> None:
     if _unchanged(record, state):
         return
     _prepare(self.record_store)
-    with SMTLock(self, purpose="save_record"):
+    # A record whose run has ended waits for the lock as long as it takes, whatever $SMTLOCK_TIMEOUT
+    # says: a timeout there would throw away a finished run's result (smt run, @smt_logged, @capture).
+    ended = not ENDED_TAGS.isdisjoint(record.tags)
+    with SMTLock(self, timeout=-1 if ended else None, purpose="save_record"):
         _ORIGINAL["Project.save_record"](self, record)
     _remember(record, state)
     note = os.path.join(self.path, ".smt", RUNNING_DIR, record.label.replace("/", "_"))

@@ -79,3 +79,10 @@ def overlaps(log: Path) -> int:
             inside = None
     assert entered, "no section was logged"
     return count
+
+
+def waits_for_a_lock(pid: int) -> bool:
+    """Whether the kernel lists ``pid`` as blocked on a flock (a "->" line in /proc/locks): how a test
+    knows a process is waiting for the lock, without sleeping."""
+    with open("/proc/locks") as locks:
+        return any(line.split()[1:2] == ["->"] and line.split()[5:6] == [str(pid)] for line in locks)

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import run_python
+from conftest import run_python, waits_for_a_lock
 
 SIM = '''
 import os, sys
@@ -76,12 +76,6 @@ def simulate(x):
 print("result", simulate(21))
 '''
 HOLD = "import smtlock, sys; smtlock.SMTLock('.').acquire(); print('held', flush=True); sys.stdin.read()"
-
-
-def waits_for_a_lock(pid: int) -> bool:
-    """Whether the kernel lists ``pid`` as blocked on a flock (a "->" line in /proc/locks)."""
-    with open("/proc/locks") as locks:
-        return any(line.split()[1:2] == ["->"] and line.split()[5:6] == [str(pid)] for line in locks)
 
 
 def test_a_finished_run_waits_for_the_lock_whatever_the_timeout(project: Path) -> None:

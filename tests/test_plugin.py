@@ -4,8 +4,10 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+from conftest import waits_for_a_lock
 from smtlock.stress import recount, start_together
 
 BIN = os.path.dirname(sys.executable)
@@ -89,3 +91,47 @@ def test_web_interface_lists_records_while_a_burst_writes(project: Path, tmp_pat
     burst = start_together(commands, logs, cwd=project)
     assert burst["codes"] == {i: 0 for i in range(len(commands))}, logs[-1].read_text()[-2000:]
     assert logs[-1].read_text().strip().splitlines()[-1] == "[200] 60"
+
+
+WAIT = """
+open("running", "w").close()
+with open("go") as fifo:  # blocks until the test writes
+    fifo.read()
+print("simulated")
+"""
+HOLD = "import smtlock, sys; smtlock.SMTLock('.').acquire(); print('held', flush=True); sys.stdin.read()"
+
+
+def test_a_finished_smt_run_waits_for_the_lock_whatever_the_timeout(project: Path) -> None:
+    """SMTLOCK_TIMEOUT=1 and the lock held elsewhere when the simulation ends: the run's last writes
+    wait instead of raising LockTimeout (which left the record _running_ and its outputs unrecorded)."""
+    assert smtlock_cli("enable", cwd=project).returncode == 0
+    (project / "wait.py").write_text(WAIT)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
+    subprocess.run(git + ["add", "wait.py"], cwd=project, check=True)
+    subprocess.run(git + ["commit", "-qm", "wait"], cwd=project, check=True)
+    os.mkfifo(project / "go")
+    run = subprocess.Popen(["smt", "run", "-m", "wait.py", "params.txt"], cwd=project, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env={**ENV, "SMTLOCK_TIMEOUT": "1"})
+    holder = None
+    try:
+        while run.poll() is None and not (project / "running").exists():
+            time.sleep(0.01)
+        holder = subprocess.Popen([sys.executable, "-c", HOLD], cwd=project, stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
+        assert holder.stdout.readline().strip() == "held"
+        with open(project / "go", "w") as fifo:
+            fifo.write("go")
+        while run.poll() is None and not waits_for_a_lock(run.pid):
+            time.sleep(0.01)
+        assert run.poll() is None, run.stderr.read()  # still waiting, long past its 1 s timeout
+        holder.stdin.close()
+        out, err = run.communicate(timeout=120)
+        assert run.returncode == 0, err
+    finally:
+        for proc in (run, holder):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    (row,) = recount("sqlite", project)["records"]
+    assert "_finished_" in row["tags"] and "simulated" in row["stdout"]
