@@ -8,6 +8,7 @@ it (bursts, the write path, the lock, fork and process pools, the plugin, the ha
 """
 
 import os
+from pathlib import Path
 
 import nox
 
@@ -69,3 +70,12 @@ def core(session: nox.Session) -> None:
     session.run("python", "-c", "import importlib.util, sys; sys.exit(importlib.util.find_spec('django') is not None)")
     _pytest(session, "tests/test_core.py", "tests/test_lock.py", "tests/test_burst.py", "-k",
             "not decorator and not sqlite")
+
+
+@nox.session(python=PRIMARY)
+def package(session: nox.Session) -> None:
+    """The sdist and the wheel build, and their metadata passes `twine check`."""
+    session.install("build", "twine")
+    out = session.create_tmp()
+    session.run("python", "-m", "build", "--outdir", out, ".")
+    session.run("python", "-m", "twine", "check", "--strict", *[str(p) for p in Path(out).iterdir()])
