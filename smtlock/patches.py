@@ -47,7 +47,7 @@ try:  # Sumatra's django_store module imports without Django; its store needs it
 except ImportError:  # Django is optional for Sumatra and for us
     DjangoConfiguration = DjangoRecordStore = None  # type: ignore[assignment,misc]
 
-__all__ = ["apply", "is_applied", "add_record", "save_record", "claim_label", "atomic_open",
+__all__ = ["apply", "is_applied", "add_record", "save_record", "claim_label", "atomic_open", "prepare_store",
            "SQLITE_BUSY_TIMEOUT_S", "LAST_GOOD_SUFFIX", "RUNNING_DIR", "RUNNING_TAGS", "ENDED_TAGS"]
 
 SQLITE_BUSY_TIMEOUT_S = 60.0  # how long an SQLite connection waits for another writer, not fail
@@ -76,7 +76,7 @@ def add_record(self: Project, record: Any) -> None:
     if getattr(record, _CLAIM, None) == record.label and _unchanged(record, _state(record)):
         self._most_recent = record.label  # already stored exactly so by this process: no write
         return
-    _prepare(self.record_store)
+    prepare_store(self.record_store)
     with SMTLock(self, purpose="add_record"):
         claim_label(self, record)
         _ORIGINAL["Project.save_record"](self, record)
@@ -119,7 +119,7 @@ def save_record(self: Project, record: Any) -> None:
     state = _state(record)
     if _unchanged(record, state):
         return
-    _prepare(self.record_store)
+    prepare_store(self.record_store)
     # A record whose run has ended waits for the lock as long as it takes, whatever $SMTLOCK_TIMEOUT
     # says: a timeout there would throw away a finished run's result (smt run, @smt_logged, @capture).
     ended = not ENDED_TAGS.isdisjoint(record.tags)
@@ -171,8 +171,9 @@ def _mark_stored(method: Callable) -> Callable:
     return wrapper
 
 
-def _prepare(store: Any) -> None:
-    """First-use set-up of a store (Django configuration, migration check), done outside the lock."""
+def prepare_store(store: Any) -> None:
+    """First-use set-up of a store (Django configuration, migration check, SQLite tuning), done
+    outside the lock."""
     if DjangoRecordStore is not None and isinstance(store, DjangoRecordStore):
         _connecting(store._get_models, store._db_label)
 
@@ -182,7 +183,7 @@ def _locked(method: Callable, purpose: str) -> Callable:
     @functools.wraps(method)
     def wrapper(self: Project, *args: Any, **kwargs: Any) -> Any:
         if purpose != "save":  # the project file needs no store
-            _prepare(getattr(self, "record_store", None))
+            prepare_store(getattr(self, "record_store", None))
         with SMTLock(self, purpose=purpose):
             return method(self, *args, **kwargs)
     return wrapper

@@ -38,6 +38,8 @@ def _switch(path: str, on: bool) -> str:
     else:
         project.remove_plugins(PLUGIN)
     project.save()
+    if on:  # tune the store now (an SQLite store gets its WAL journal), not at the first write
+        patches.prepare_store(project.record_store)
     if on:
         return (f"smtlock enabled in {project.path}: every smt command there now writes safely.\n"
                 "Every environment that runs smt in this project now needs smtlock installed (elsewhere smt "

@@ -46,7 +46,9 @@ def test_enable_twice_disable_and_status(project: Path) -> None:
     plugins = json.loads((project / ".smt" / "project").read_text())["plugins"]
     assert plugins == ["smtlock.plugin"]
     status = smtlock_cli("status", cwd=project).stdout
-    assert "plugin     enabled" in status and "journal" in status and "smtlock.lock (free)" in status
+    assert "plugin     enabled" in status and "smtlock.lock (free)" in status
+    assert ", journal wal" in status  # as the README says, from the moment smtlock is enabled
+    assert "needs smtlock installed" in first.stdout and "smtlock disable" in first.stdout
     assert smtlock_cli("disable", cwd=project).returncode == 0
     assert json.loads((project / ".smt" / "project").read_text())["plugins"] == []
 
