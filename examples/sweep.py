@@ -8,7 +8,6 @@ import sys
 from sumatra.parameters import SimpleParameterSet
 from sumatra.projects import load_project
 
-import smtlock
 from smtlock import SMTLock
 
 

@@ -1,5 +1,6 @@
 """README.rst's code blocks and the scripts in examples/ run, and leave the records they promise."""
 
+import ast
 import json
 import os
 import re
@@ -16,6 +17,7 @@ from conftest import run_python
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
 RECORDS = """
+import ast
 import json
 from sumatra.projects import load_project
 records = load_project().find_records()
@@ -46,16 +48,21 @@ def run(project: Path, *command: str) -> str:
     return done.stdout
 
 
-@pytest.mark.parametrize("index", range(2))
+@pytest.mark.parametrize("index", range(3))
 def test_readme_block_runs(index: int, project: Path) -> None:
     blocks = readme_blocks()
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     block = blocks[index]
     name = re.match(r"# (\S+\.py)", block).group(1)
     (project / name).write_text(block)
     commit(project, name)
-    run(project, sys.executable, name)
+    printed = run(project, sys.executable, name)
     found = records(project)
+    if name == "pool.py":  # each call of the pool's sweep is one record, with the label it returned
+        assert sorted(r["params"]["x"] for r in found) == list(range(8))
+        assert sorted(r["label"] for r in found) == sorted(ast.literal_eval(printed))
+        assert len({r["label"] for r in found}) == 8
+        return
     assert len(found) == 1
     if name == "simulate.py":
         assert found[0]["params"] == {"x": 2, "y": 3} and "_finished_" in found[0]["tags"]
