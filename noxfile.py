@@ -45,7 +45,8 @@ print("versions: Python", platform.python_version() + ";", ", ".join(found))
 @nox.session(python=PRIMARY)
 def tests(session: nox.Session) -> None:
     """The whole suite, newest dependencies."""
-    session.install("-e", ".[test,plot]", "pip")  # pip: Sumatra's own suite is fetched with pip download
+    # pip: Sumatra's own suite is fetched with pip download; uv: the first-hour test makes fresh venvs
+    session.install("-e", ".[test,plot]", "pip", "uv")
     _pytest(session)
 
 

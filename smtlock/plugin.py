@@ -43,7 +43,7 @@ def _switch(path: str, on: bool) -> str:
     if on:
         return (f"smtlock enabled in {project.path}: every smt command there now writes safely.\n"
                 "Every environment that runs smt in this project now needs smtlock installed (elsewhere smt "
-                "stops with \"No module named 'smtlock.plugin'\"); `smtlock disable` undoes this.")
+                "stops with \"No module named 'smtlock'\"); `smtlock disable` undoes this.")
     return f"smtlock disabled in {project.path}: plain smt commands are unprotected again"
 
 
