@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PYTHONS := $(shell ls -d $(HOME)/.pyenv/versions/3.*/bin 2>/dev/null | paste -sd: -)
 NOX     := PATH="$(PYTHONS)$(if $(PYTHONS),:)$$PATH" $(VENV)/bin/nox
 
-.PHONY: test test-one demo bench postgres-server clean
+.PHONY: test test-one demo bench test-tools clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,20 +14,23 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e '.[test,plot]' 'nox>=2024.10.9' 'uv>=0.5'
 	touch $@
 
-# PostgreSQL server binaries (initdb, pg_ctl) for the real-server tests: Debian's postgresql package.
-postgres-server:
-	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then echo "installing Debian's postgresql for the tests (apt-get)"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
-	  else echo "PostgreSQL server binaries missing: sudo apt-get install postgresql" >&2; exit 1; fi; }
+# Tools the tests run for real: PostgreSQL's server binaries (initdb, pg_ctl) and bindfs (FUSE) for
+# hosts that share a folder. As root, Debian's packages are installed (it says so); otherwise it asks.
+TOOLS_MISSING = $(shell ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || echo postgresql) \
+                $(shell command -v bindfs >/dev/null 2>&1 || echo bindfs)
+test-tools:
+	@if [ -n "$(strip $(TOOLS_MISSING))" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then echo "installing Debian's $(strip $(TOOLS_MISSING)) for the tests (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TOOLS_MISSING) >/dev/null; \
+	  else echo "the tests need: sudo apt-get install $(strip $(TOOLS_MISSING))" >&2; exit 1; fi; fi
 
 # The matrix (noxfile.py): the whole suite on Python 3.11, the field tests on 3.9, 3.10, 3.12 and 3.13,
 # the lowest declared dependency versions, and the core install without Django.
-test: $(VENV)/.installed postgres-server
+test: $(VENV)/.installed test-tools
 	$(NOX)
 
 # The whole suite on this venv's Python only: the quick loop while developing.
-test-one: $(VENV)/.installed postgres-server
+test-one: $(VENV)/.installed test-tools
 	$(PY) -m pytest
 
 demo: $(VENV)/.installed

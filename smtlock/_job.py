@@ -62,7 +62,7 @@ def main(argv):
         result["error"] = type(err).__name__
         result["where"] = [f"{f.filename.split('site-packages/')[-1]}:{f.lineno} {f.name}"
                            for f in traceback.extract_tb(err.__traceback__)]
-        result["message"] = str(err)[:500]
+        result["message"] = str(err)[:2000]
     if "smtlock.lock" in sys.modules:
         result["lock"] = sys.modules["smtlock.lock"].collected_stats()
     with open(result_file, "w") as f:

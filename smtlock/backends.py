@@ -10,13 +10,16 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import secrets
 import socket
+import threading
 import time
 from abc import ABC, abstractmethod
 
-from .errors import LockFileError
+from .errors import LockFileError, SettingError
 
-__all__ = ["LockBackend", "FileBackend", "holder_description", "FILE_MODE", "replacement_mode"]
+__all__ = ["LockBackend", "FileBackend", "LeaseBackend", "holder_description", "lease_setting", "FILE_MODE",
+           "replacement_mode", "LEASE_VARIABLE", "CLOCK_SLOP_S"]
 
 _HOLDER_SIZE = 256  # fixed-size slot, rewritten in place with one pwrite: no truncation, no torn reads
 #: mode for files smtlock creates; the umask applies, so a group-writable project stays usable by the group
@@ -135,6 +138,135 @@ class FileBackend(LockBackend):
         if self._holder_fd is None:
             self._holder_fd = _open(self.holder_file, "lock holder file")
         os.pwrite(self._holder_fd, text.encode()[:_HOLDER_SIZE].ljust(_HOLDER_SIZE), 0)
+
+
+LEASE_VARIABLE = "SMTLOCK_LEASE"
+DEFAULT_LEASE_S = 30.0
+#: how far the hosts' clocks may disagree: a lease is broken only this long after it expired
+CLOCK_SLOP_S = 10.0
+
+
+def lease_setting() -> float:
+    """``$SMTLOCK_LEASE``: seconds a lease lasts unless renewed (a dead host blocks others that long,
+    plus the clock slop); default 30."""
+    value = os.environ.get(LEASE_VARIABLE, "").strip()
+    try:
+        seconds = float(value) if value else DEFAULT_LEASE_S
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise SettingError(f"{LEASE_VARIABLE}={value!r} is not a positive number of seconds (default "
+                           f"{DEFAULT_LEASE_S:g})")
+    return seconds
+
+
+class LeaseBackend(LockBackend):
+    """A lock that reaches the other hosts of a shared filesystem, where flock may not: ``link(2)`` of
+    a claim file unique to this process onto the lock's name, which is atomic on NFS too (the manner of
+    flufl.lock), with a lease.
+
+    The lease is the lock file's mtime, set in the future and renewed by a thread while the lock is
+    held. A holder that dies leaves a lease that other hosts break once it has expired, plus
+    :data:`CLOCK_SLOP_S`: this assumes the hosts' clocks agree within that. A holder stopped for longer
+    than its lease (suspended, cut off from the filesystem) can lose the lock while it believes it
+    holds it; no lease-based lock can prevent that.
+    """
+
+    def __init__(self, lock_file: str, lease: float | None = None) -> None:
+        self.name = lock_file
+        self.lease = lease if lease is not None else lease_setting()
+        self._claim = ""
+        self._stop: threading.Event | None = None
+
+    def try_acquire(self) -> bool:
+        self._claim = f"{self.name}.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = _open(self._claim, "lease claim file")
+        os.write(fd, f"{holder_description()}\n{self._claim}\n".encode())
+        os.close(fd)
+        self._renew()
+        try:
+            os.link(self._claim, self.name)
+        except FileExistsError:
+            # NFS may report a failure for a link it made: the claim's link count tells
+            if os.stat(self._claim).st_nlink != 2:
+                self._forget_claim()
+                self.break_if_expired()
+                return False
+        except OSError as err:
+            self._forget_claim()
+            raise LockFileError(f"cannot take the lease {self.name}: {err.strerror or err}") from None
+        self._stop = threading.Event()
+        threading.Thread(target=self._keep, args=(self._stop,), daemon=True, name="smtlock-lease").start()
+        return True
+
+    def release(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+            self._stop = None
+        try:
+            if os.stat(self.name).st_ino == os.stat(self._claim).st_ino:
+                os.unlink(self.name)
+        except FileNotFoundError:
+            pass  # broken by another host after our lease expired
+        self._forget_claim()
+
+    def abandon(self) -> None:
+        # a forked child: the parent's claim, lease and renewing thread are the parent's
+        self._claim, self._stop = "", None
+
+    def holder(self) -> str | None:
+        try:
+            with open(self.name) as f:
+                who = f.readline().strip()
+            expires = os.stat(self.name).st_mtime
+        except OSError:
+            return None
+        left = expires - time.time()
+        return f"{who} (lease {'ends in' if left >= 0 else 'ended'} {abs(left):.0f} s{'' if left >= 0 else ' ago'})"
+
+    def _renew(self) -> None:
+        expiry = time.time() + self.lease
+        os.utime(self._claim, (expiry, expiry))
+
+    def _keep(self, stop: threading.Event) -> None:
+        while not stop.wait(self.lease / 4):
+            try:
+                self._renew()
+            except OSError:
+                return
+
+    def _forget_claim(self) -> None:
+        if self._claim:
+            try:
+                os.unlink(self._claim)
+            except FileNotFoundError:
+                pass
+            self._claim = ""
+
+    def break_if_expired(self) -> None:
+        """Break a lease that expired (its holder died or was cut off): rename it away, which only one
+        breaker can do, and put it back if it turns out to be fresh (another breaker won meanwhile)."""
+        try:
+            if os.stat(self.name).st_mtime + CLOCK_SLOP_S >= time.time():
+                return
+            broken = f"{self.name}.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}.broken"
+            os.rename(self.name, broken)
+        except FileNotFoundError:
+            return
+        if os.stat(broken).st_mtime + CLOCK_SLOP_S >= time.time():  # not the expired lease: put it back
+            try:
+                os.link(broken, self.name)
+            except FileExistsError:
+                pass
+        else:
+            with open(broken) as f:
+                lines = f.read().splitlines()
+            if len(lines) > 1 and lines[1].startswith(self.name + "."):
+                try:
+                    os.unlink(lines[1])  # the dead holder's claim file
+                except FileNotFoundError:
+                    pass
+        os.unlink(broken)
 
 
 def _open(path: str, what: str) -> int:

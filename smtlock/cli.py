@@ -11,14 +11,20 @@ from typing import Dict, List, NoReturn, Optional
 
 from . import __version__
 from .errors import SMTLockError
+from .backends import LEASE_VARIABLE
+from .filesystem import FILESYSTEM_VARIABLE
 from .lock import TIMEOUT_VARIABLE
 from .postgres import mask_uri
 
 __all__ = ["main", "build_parser"]
 
 ENVIRONMENT = f"""environment:
-  {TIMEOUT_VARIABLE}   seconds to wait for the project's lock or a database connection
-                    (a number; -1 waits forever; unset: the lock waits as long as it takes)"""
+  {TIMEOUT_VARIABLE}     seconds to wait for the project's lock or a database connection
+                      (a number; -1 waits forever; unset: the lock waits as long as it takes)
+  {FILESYSTEM_VARIABLE}  local or shared: overrides what the mount table says of .smt's
+                      filesystem (an unknown type counts as shared)
+  {LEASE_VARIABLE}       seconds a lease across hosts lasts unless renewed, on a shared
+                      filesystem (default 30): a dead host blocks the others that long"""
 
 
 class _Parser(argparse.ArgumentParser):

@@ -17,9 +17,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List
 
+from .backends import CLOCK_SLOP_S, LeaseBackend
 from .errors import LockTimeout, SMTLockError
 from .filesystem import mount_of
-from .lock import LOCK_FILE_NAME, SMTLock, project_root
+from .lock import LEASE_SUFFIX, LOCK_FILE_NAME, SMTLock, project_root
 from .patches import LAST_GOOD_SUFFIX, RUNNING_DIR, RUNNING_TAGS
 
 __all__ = ["DEDUPLICATED_MODELS", "Finding", "diagnose", "duplicate_rows", "shared_labels",
@@ -289,6 +290,23 @@ def _check_holder(smt: Path, repair: bool) -> Finding:
     return Finding("lock holder", OK, f"held by {text}")
 
 
+def _check_lease(smt: Path, repair: bool) -> Finding:
+    """The lock across hosts on a shared filesystem: a lease left by a holder that died."""
+    lease = smt / (Path(LOCK_FILE_NAME).stem + LEASE_SUFFIX)
+    try:
+        who = lease.read_text().splitlines()[0]
+        expired = time.time() - lease.stat().st_mtime
+    except (OSError, IndexError):
+        return Finding("lease", OK, "no lease is held across hosts")
+    if expired <= 0:
+        return Finding("lease", OK, f"held across hosts by {who} (lease ends in {-expired:.0f} s)")
+    if expired <= CLOCK_SLOP_S or not repair:
+        return Finding("lease", WARN, f"left by {who}, expired {expired:.0f} s ago: its holder is gone; the "
+                       f"next lock breaks it (or `--repair`)", 1)
+    LeaseBackend(str(lease)).break_if_expired()
+    return Finding("lease", REPAIRED, f"broke the lease left by {who} (expired {expired:.0f} s ago)", 1)
+
+
 def _check_filesystem(smt: Path) -> Finding:
     mount = mount_of(smt)
     if mount.shared:
@@ -303,9 +321,12 @@ def diagnose(path: str = ".", repair: bool = False) -> List[Finding]:
     from .project import load
     root = project_root(path)
     smt = root / ".smt"
-    # the holder record first: taking the lock to repair rewrites it
-    findings = [_check_project_file(smt, repair), _check_holder(smt, repair), _check_writable(root)]
-    if findings[2].status == PROBLEM:
+    # the holder record and the lease first: taking the lock (writable, repairs) rewrites the one and
+    # would break an expired other
+    findings = [_check_project_file(smt, repair), _check_holder(smt, repair), _check_lease(smt, repair)]
+    writable = _check_writable(root)
+    findings.append(writable)
+    if writable.status == PROBLEM:
         findings.append(Finding("store", WARN, "not checked: the project cannot be written, so nothing "
                                 "can be repaired (see writable)"))
     elif findings[0].status != PROBLEM:

@@ -13,7 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, List, Tuple
 
-__all__ = ["Mount", "mount_of", "SHARED_TYPES"]
+__all__ = ["Mount", "mount_of", "is_shared", "SHARED_TYPES", "FILESYSTEM_VARIABLE"]
+
+#: ``local`` or ``shared``: overrides what the mount table says (an unknown type counts as shared)
+FILESYSTEM_VARIABLE = "SMTLOCK_FILESYSTEM"
 
 #: filesystem types that hosts share: network and cluster filesystems; every FUSE type counts too
 #: (sshfs, glusterfs, s3fs...: their locks rarely reach other hosts)
@@ -44,6 +47,19 @@ def mount_of(path: "str | os.PathLike[str]") -> Mount:
         if inside and len(mountpoint) >= len(best.mountpoint):
             best = Mount(fstype, mountpoint)
     return best
+
+
+def is_shared(path: "str | os.PathLike[str]") -> bool:
+    """Whether other hosts may write ``path``'s filesystem: ``$SMTLOCK_FILESYSTEM`` if set, else the
+    mount table."""
+    said = os.environ.get(FILESYSTEM_VARIABLE, "").strip().lower()
+    if said in ("local", "shared"):
+        return said == "shared"
+    if said:
+        from .errors import SettingError
+        raise SettingError(f"{FILESYSTEM_VARIABLE}={said!r}: use local (only this host writes the "
+                           "project) or shared")
+    return mount_of(path).shared
 
 
 def _mounts() -> Iterable[Tuple[str, str]]:

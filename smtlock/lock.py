@@ -20,13 +20,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, List, Optional, Tuple, Union
 
-from .backends import FileBackend, LockBackend
+from .backends import FileBackend, LeaseBackend, LockBackend
 from .errors import LockTimeout, NoProjectError, SettingError
+from .filesystem import is_shared
 
-__all__ = ["SMTLock", "LOCK_FILE_NAME", "TIMEOUT_VARIABLE", "project_root", "timeout_setting",
+__all__ = ["SMTLock", "LOCK_FILE_NAME", "LEASE_SUFFIX", "TIMEOUT_VARIABLE", "project_root", "timeout_setting",
            "enable_stats", "collected_stats"]
 
 LOCK_FILE_NAME = "smtlock.lock"
+LEASE_SUFFIX = ".lease"  # .smt/smtlock.lease: the lock across hosts on a shared filesystem
 _MIN_POLL = 0.0005  # seconds; the wait between tries doubles up to poll_interval, with jitter
 _FOREVER = -1.0
 TIMEOUT_VARIABLE = "SMTLOCK_TIMEOUT"
@@ -161,9 +163,12 @@ class SMTLock:
         return shared
 
     def _make_backends(self) -> List[LockBackend]:
-        """The file lock; and for a PostgreSQL store, after it, the store's advisory lock (so at most
-        one process per host waits on the server)."""
+        """In the order they are taken: the file lock (flock excludes the processes of this host, so
+        at most one per host waits for what follows); on a shared filesystem, a lease that reaches
+        the other hosts; for a PostgreSQL store, the store's advisory lock."""
         backends: List[LockBackend] = [FileBackend(self.lock_file)]
+        if is_shared(os.path.dirname(self.lock_file)):
+            backends.append(LeaseBackend(os.path.splitext(self.lock_file)[0] + LEASE_SUFFIX))
         if self._store_uri:
             from .postgres import PostgresBackend
             backends.append(PostgresBackend(self._store_uri))

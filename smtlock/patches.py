@@ -38,7 +38,8 @@ from sumatra.recordstore.shelve_store import ShelveRecordStore
 
 from . import postgres
 from .backends import replacement_mode
-from .errors import NoProjectError
+from .errors import NoProjectError, StoreError
+from .filesystem import is_shared, mount_of
 from .lock import SMTLock, timeout_setting
 
 try:  # Sumatra's django_store module imports without Django; its store needs it
@@ -53,6 +54,8 @@ __all__ = ["apply", "is_applied", "add_record", "save_record", "claim_label", "a
 SQLITE_BUSY_TIMEOUT_S = 60.0  # how long an SQLite connection waits for another writer, not fail
 CONNECT_RETRY_S = 300.0  # how long a PostgreSQL connection is retried ($SMTLOCK_TIMEOUT overrides)
 LAST_GOOD_SUFFIX = ".last-good"  # .smt/project.last-good: the last project file smtlock wrote
+HOST_CLAIM_SUFFIX = ".smtlock-host"  # <store>.smtlock-host: the one host that writes a store on a shared fs
+HOST_IDLE_S = 600.0  # a claim passes to another host after this long with no write and no running record
 RUNNING_DIR = "smtlock-running"  # .smt/smtlock-running/<label>: "pid host" of a running record
 _CLAIM = "_smtlock_claimed_label"  # set on a Record once its label is claimed in its store
 _ORIGINAL: dict = {}
@@ -172,8 +175,9 @@ def _mark_stored(method: Callable) -> Callable:
 
 
 def prepare_store(store: Any) -> None:
-    """First-use set-up of a store (Django configuration, migration check, SQLite tuning), done
-    outside the lock."""
+    """Before each write: one host per SQLite/shelve store on a shared filesystem; first-use set-up
+    of a store (Django configuration, migration check, SQLite tuning), done outside the lock."""
+    _one_host(_store_path(store))
     if DjangoRecordStore is not None and isinstance(store, DjangoRecordStore):
         _connecting(store._get_models, store._db_label)
 
@@ -323,12 +327,78 @@ def _django_hygiene(method: Callable) -> Callable:
 
 
 def _sqlite_pragmas(sender: Any, connection: Any, **kwargs: Any) -> None:
-    """WAL journal on every SQLite store: readers (``smt list``, smtweb) never block the writer,
-    and a commit needs no fsync of a rollback journal (upstream uses SQLite's default journal)."""
-    if connection.vendor == "sqlite":
-        with connection.cursor() as cursor:
+    """WAL journal on every SQLite store on a local filesystem: readers (``smt list``, smtweb) never
+    block the writer, and a commit needs no fsync of a rollback journal (upstream uses SQLite's
+    default journal). On a shared filesystem SQLite's rollback journal, which WAL does not work on."""
+    if connection.vendor != "sqlite":
+        return
+    with connection.cursor() as cursor:
+        if is_shared(os.path.dirname(os.path.abspath(connection.settings_dict["NAME"]))):
+            cursor.execute("PRAGMA journal_mode=DELETE")
+        else:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
+
+
+def _one_host(path: Optional[str]) -> None:
+    """Refuse to touch an SQLite or shelve store on a shared filesystem that another host writes.
+
+    File locks rarely reach across the hosts of a shared filesystem, and SQLite's own locking and
+    rollback journal do not either: a second host's reader can even roll back the first host's
+    transaction in progress. Upstream writes regardless (databases "malformed", records silently
+    missing). So the first host to write claims the store (``<store>.smtlock-host``, touched at each
+    write); another host stops here, before it reads or writes anything, with a line that says what
+    to do. A claim passes to another host once its host has had no running record and no write for
+    :data:`HOST_IDLE_S` (a user whose home is on NFS may move between machines).
+    """
+    if path is None:
+        return
+    path = os.path.abspath(os.path.expanduser(path))
+    folder = os.path.dirname(path)
+    if not is_shared(folder):
+        return
+    me, claim = socket.gethostname(), path + HOST_CLAIM_SUFFIX
+    with _path_lock(path, "host check"):
+        try:
+            owner, idle = open(claim).read().split()[0], time.time() - os.stat(claim).st_mtime
+        except (OSError, IndexError):
+            owner, idle = me, 0.0
+        if owner != me and (idle < HOST_IDLE_S or _runs_on(owner, folder)):
+            mount = mount_of(folder)
+            raise StoreError(
+                f"the records are in {path}, a file on a shared filesystem ({mount.fstype} at "
+                f"{mount.mountpoint}) that host {owner} writes ({idle:.0f} s ago); writing it from {me} too "
+                "would corrupt it: keep the records in PostgreSQL, which every host reaches "
+                "(`smtlock postgres URL`), or run every job on " + owner)
+        if os.path.exists(claim) and owner == me:
+            os.utime(claim)
+        else:
+            with _AtomicFile(claim, "w") as f:
+                f.write(f"{me}\n")
+
+
+def _runs_on(host: str, folder: str) -> bool:
+    """Whether the project whose .smt is ``folder`` has a record running on ``host``."""
+    try:
+        notes = os.scandir(os.path.join(folder, RUNNING_DIR))
+    except OSError:
+        return False
+    with notes:
+        for note in notes:
+            try:
+                if open(note.path).read().split()[1:2] == [host]:
+                    return True
+            except (OSError, IndexError):
+                continue
+    return False
+
+
+def _store_path(store: Any) -> Optional[str]:
+    """The file of an SQLite or shelve store (None for a database server)."""
+    if isinstance(store, ShelveRecordStore):
+        return str(store._shelf_name)
+    db_file = getattr(store, "_db_file", None)
+    return None if db_file is None or postgres.is_postgres(db_file) or "://" in str(db_file) else str(db_file)
 
 
 def _django_create_databases(self: Any) -> None:
@@ -348,6 +418,9 @@ def _django_create_databases(self: Any) -> None:
         return False
 
     db = self._settings["DATABASES"]["default"]
+    for settings in self._settings["DATABASES"].values():  # before this process first opens it
+        if "sqlite3" in settings["ENGINE"]:
+            _one_host(settings["NAME"])
     try:
         if not _connecting(pending, "default"):
             return
@@ -401,6 +474,7 @@ def _is_other_sqlite(path: str) -> bool:
 
 def _shelve_init(self: Any, shelf_name: str = ".smt/records") -> None:
     """Open the shelf under the lock, so that it never reads a half-written index."""
+    _one_host(shelf_name)
     with _path_lock(shelf_name, "shelve"):
         _ORIGINAL["ShelveRecordStore.__init__"](self, shelf_name)
 
@@ -417,6 +491,7 @@ def _shelve_fresh(method: Callable) -> Callable:
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
         if getattr(self, "_smtlock_open", False):  # called from another wrapped method: shelf is open
             return method(self, *args, **kwargs)
+        _one_host(self._shelf_name)
         with _path_lock(self._shelf_name, "shelve"):
             self.shelf.close()
             self.shelf = shelve.open(self._shelf_name)

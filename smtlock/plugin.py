@@ -8,6 +8,8 @@ of every protected process keep that read whole), ``smt init`` loads no plugin, 
 options.
 """
 
+import os
+
 from . import patches
 
 __all__ = ["PLUGIN"]
@@ -65,14 +67,24 @@ def status(path: str = ".") -> str:
         f"project    {project.name} at {project.path}",
         f"plugin     {plugin}",
         f"store      {describe_store(store)}{_journal(store)}",
+        f"filesystem {_filesystem(project.path)}",
         f"lock file  {lock.lock_file} ({'held by ' + lock.holder() if lock.holder() else 'free'})",
         f"labels     {label}",
     ])
 
 
+def _filesystem(path: str) -> str:
+    """The project's filesystem, and what smtlock does because of it."""
+    from .filesystem import is_shared, mount_of
+    mount = mount_of(os.path.join(path, ".smt"))
+    if not is_shared(os.path.join(path, ".smt")):
+        return f"{mount.fstype} at {mount.mountpoint}: local"
+    return (f"{mount.fstype} at {mount.mountpoint}: shared with other hosts, so the lock also takes a lease "
+            "there; an SQLite or shelve store is written by one host only (use PostgreSQL for jobs on many)")
+
+
 def _journal(store: object) -> str:
     """The SQLite journal mode of a Django/SQLite store, read without changing it."""
-    import os
     import sqlite3
     path = getattr(store, "_db_file", None)
     if not path or not os.path.isabs(str(path)) or not os.path.exists(path):

@@ -7,11 +7,13 @@ expected vs found by the jobs' parameters, duplicates, distinct labels and dupli
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import shutil
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -24,6 +26,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 from urllib.parse import urlsplit
 
 from .errors import SMTLockError
+from .hosts import SharedFolderHosts
 from .postgres import create_database, drop_database, is_postgres, mask_uri
 
 __all__ = ["MODES", "TITLES", "verdict", "make_project", "start_together", "run_burst", "census", "recount", "verify", "run_mode",
@@ -180,12 +183,16 @@ class Killer(threading.Thread):
 
 
 def run_burst(project_dir: Path, mode: str, jobs: int, records: int, work_dir: Path,
-              progress: Optional[Callable[[int, int, int, int], None]] = None, kill: int = 0) -> Dict[str, Any]:
+              progress: Optional[Callable[[int, int, int, int], None]] = None, kill: int = 0,
+              hosts: Optional[SharedFolderHosts] = None) -> Dict[str, Any]:
     """``jobs`` stress jobs on one project, released together (``kill`` of them SIGKILLed during the
-    burst); exit codes, reports, killed job numbers and wall time."""
+    burst; with ``hosts``, job ``j`` runs on host ``j % hosts.count``); exit codes, reports, killed
+    job numbers and wall time."""
     work_dir.mkdir(parents=True, exist_ok=True)
     commands = [[sys.executable, JOB_SCRIPT, mode, str(project_dir), str(job), str(records),
                  "{ready}", "{go}", str(work_dir / f"job-{job}.json")] for job in range(jobs)]
+    if hosts is not None:
+        commands = [hosts.command(job % hosts.count, command) for job, command in enumerate(commands)]
     killers: List[Killer] = []
 
     def start_killer(pids: List[int]) -> None:
@@ -226,7 +233,11 @@ def census(store: str, project_dir: str, project_name: str = PROJECT_NAME) -> Di
                      "tags": sorted(record.tags), "duration": record.duration,
                      "stdout": record.stdout_stderr})
     dup = duplicate_rows(record_store) if isinstance(record_store, DjangoRecordStore) else {}
-    return {"records": rows, "duplicate_rows": dup}
+    integrity = None
+    if store == "sqlite":
+        with contextlib.closing(sqlite3.connect(f"file:{uri}?mode=ro", uri=True)) as db:
+            integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
+    return {"records": rows, "duplicate_rows": dup, "integrity": integrity}
 
 
 def recount(store: str, project_dir: Path) -> Dict[str, Any]:
@@ -241,16 +252,19 @@ def recount(store: str, project_dir: Path) -> Dict[str, Any]:
 
 
 def verify(found_rows: List[Dict[str, Any]], jobs: int, records: int,
-           killed: Iterable[int] = ()) -> Dict[str, Any]:
+           killed: Iterable[int] = (), failed: Iterable[int] = ()) -> Dict[str, Any]:
     """Compare the records found with the (job, rec) pairs the burst should have left; the jobs in
-    ``killed`` owe nothing (what they wrote before dying is counted apart)."""
-    killed = set(killed)
+    ``killed`` owe nothing (what they wrote before dying is counted apart). A record missing from a
+    job that did not fail (``failed``: non-zero exit) is lost silently: its write had returned."""
+    killed, failed = set(killed), set(failed)
     expected = {(j, r) for j in range(jobs) if j not in killed for r in range(records)}
     found = Counter((row["job"], row["rec"]) for row in found_rows)
+    missing = expected - set(found)
     return {
         "expected": len(expected),
         "found": sum(n for (job, _), n in found.items() if job not in killed),
-        "lost": len(expected - set(found)),
+        "lost": len(missing),
+        "lost_silently": sum(1 for job, _ in missing if job not in failed),
         "duplicates": sum(n - 1 for n in found.values() if n > 1),
         "unexpected": sum(n for (job, rec), n in found.items()
                           if job not in killed and (job, rec) not in expected),
@@ -277,25 +291,59 @@ def fresh_database(uri: str, mode: str) -> str:
     return run_uri
 
 
+def _journal_mode(db: Path) -> Optional[str]:
+    """The journal mode the jobs left an SQLite store in, read without changing it."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+            return str(conn.execute("PRAGMA journal_mode").fetchone()[0])
+    except sqlite3.Error:
+        return None
+
+
+def _per_host(rows: List[Dict[str, Any]], burst: Dict[str, Any], hosts: int, records: int) -> Dict[str, Any]:
+    """Jobs, failed jobs and records found, for each host (job ``j`` ran on host ``j % hosts``)."""
+    found = Counter(row["job"] % hosts for row in rows if isinstance(row["job"], int))
+    return {f"host-{h + 1}": {"jobs": sum(1 for job in burst["codes"] if job % hosts == h),
+                              "failed_jobs": sum(1 for job, code in burst["codes"].items()
+                                                 if code and job % hosts == h),
+                              "expected": records * sum(1 for job in burst["codes"] if job % hosts == h),
+                              "found": found.get(h, 0)} for h in range(hosts)}
+
+
 def run_mode(mode: str, store: str, jobs: int, records: int, base_dir: Path,
              progress: Optional[Callable[[int, int, int, int], None]] = None,
-             keep: bool = False, kill: int = 0) -> Dict[str, Any]:
+             keep: bool = False, kill: int = 0, hosts: int = 0) -> Dict[str, Any]:
     """One run: a fresh project under ``base_dir/<mode>`` (and a fresh database for PostgreSQL, dropped
-    afterwards unless ``keep``), the burst, the recount, the figures."""
+    afterwards unless ``keep``), the burst, the recount, the figures. With ``hosts``, the project lives
+    in a folder those hosts share (see :mod:`smtlock.hosts`) and the jobs are spread over them."""
     run_dir = base_dir / mode
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_store = fresh_database(store, mode) if is_postgres(store) else store
+    shared = run_dir / "shared" if hosts else run_dir
     try:
-        project_dir = make_project(run_dir / f"project-{mode}", run_store, plugin=mode == "smt-run")
-        burst = run_burst(project_dir, mode, jobs, records, run_dir / "jobs", progress, kill)
-        counted = recount(run_store, project_dir)
+        project_dir = make_project(shared / f"project-{mode}", run_store, plugin=mode == "smt-run")
+        with SharedFolderHosts(shared, hosts) if hosts else contextlib.nullcontext() as on_hosts:
+            burst = run_burst(project_dir, mode, jobs, records, run_dir / "jobs", progress, kill, on_hosts)
+        journal = _journal_mode(project_dir / ".smt" / "records") if store == "sqlite" else None
+        try:
+            counted = recount(run_store, project_dir)
+        except RuntimeError as err:  # a store so damaged that Sumatra cannot read it: every record lost
+            counted = {"records": [], "duplicate_rows": {},
+                       "integrity": "unreadable: " + str(err).strip().splitlines()[-1]}
     finally:
         if run_store != store and not keep:
             drop_database(run_store)
     result: Dict[str, Any] = {"mode": mode, "store": mask_uri(store), "jobs": jobs,
                               "records_per_job": records}
-    result.update(verify(counted["records"], jobs, records, burst["killed"]))
+    failed = [job for job, code in burst["codes"].items() if code and job not in burst["killed"]]
+    result.update(verify(counted["records"], jobs, records, burst["killed"], failed))
+    if hosts:
+        result["hosts"] = _per_host(counted["records"], burst, hosts, records)
+    result["messages"] = sorted({r["message"].splitlines()[0] for r in burst["reports"]
+                                 if r.get("message")})
+    result["integrity"] = counted.get("integrity")
+    result["journal_mode"] = journal
     errors = Counter(r["error"] for r in burst["reports"] if r.get("error"))
     errors.update("killed by signal" for job, code in burst["codes"].items()
                   if code < 0 and job not in burst["killed"])
@@ -345,6 +393,10 @@ def add_arguments(parser: Any) -> None:
                         help="keep each run's project under DIR/<mode>/ (default: a temporary folder)")
     parser.add_argument("--kill", type=int, default=0, metavar="K",
                         help="SIGKILL K jobs during each burst, some while they hold the lock")
+    parser.add_argument("--shared-fs", type=int, default=0, metavar="HOSTS",
+                        help="put the project in a folder shared by HOSTS hosts made here (mount namespaces "
+                             "with their own FUSE mount, as a cluster's nodes on NFS) and spread the jobs "
+                             "over them; needs root and bindfs")
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the figures as JSON")
     parser.add_argument("--plot", type=Path, metavar="PATH.png", help="plot the figures (needs matplotlib)")
     parser.set_defaults(handler=main)
@@ -352,7 +404,7 @@ def add_arguments(parser: Any) -> None:
 
 ROWS = [("killed jobs", "killed_jobs"), ("  of them holding the lock", "killed_holding_lock"),
         ("  their records found", "records_of_killed_jobs"), ("expected", "expected"), ("found", "found"),
-        ("lost", "lost"), ("duplicates", "duplicates"), ("distinct labels", "distinct_labels"),
+        ("lost", "lost"), ("  lost silently", "lost_silently"), ("duplicates", "duplicates"), ("distinct labels", "distinct_labels"),
         ("failed jobs", "failed_jobs"), ("wall time (s)", "wall_s"),
         ("lock held p50/p99 (ms)", "lock_held_ms"), ("lock wait p50/p99 (ms)", "lock_wait_ms"),
         ("duplicate table rows", "duplicate_rows")]
@@ -374,9 +426,16 @@ def format_table(runs: List[Dict[str, Any]]) -> str:
         if killing or "kill" not in key:
             lines.append(f"{title:26}" + "".join(f"{_cell(run[key]):>20}" for run in runs))
     for run in runs:
+        for host, counts in (run.get("hosts") or {}).items():
+            lines.append(f"{TITLES[run['mode']]} on {host}: {counts['found']} of {counts['expected']} records "
+                         f"found, {counts['failed_jobs']} of {counts['jobs']} jobs failed")
         if run["errors"]:
             kinds = ", ".join(f"{kind} x{n}" for kind, n in sorted(run["errors"].items()))
             lines.append(f"errors in {TITLES[run['mode']]}: {kinds}")
+        for message in run.get("messages", [])[:3]:
+            lines.append(f"  {message}")
+        if run.get("integrity") not in (None, "ok"):
+            lines.append(f"the store of {TITLES[run['mode']]} is damaged: {run['integrity']}")
     return "\n".join(lines)
 
 
@@ -429,18 +488,24 @@ def main(args: Any) -> int:
     """``smtlock stress``: run each mode on a fresh project, print the table; exit 1 if a safe mode lost."""
     if args.jobs < 1 or args.records < 1:
         raise SMTLockError("--jobs and --records must be at least 1")
+    if args.shared_fs < 0:
+        raise SMTLockError("--shared-fs takes a number of hosts (at least 1)")
+    if args.shared_fs:
+        SharedFolderHosts.check()
     _check_outputs(args)
     modes = args.modes or ["raw", "locked"]
     check_store(args.store)
     print(f"smtlock stress: {args.jobs} jobs x {args.records} records, all started at once, on a new "
           f"{mask_uri(args.store)} project for each of: {', '.join(TITLES[m] for m in modes)}"
-          + (f"; {args.kill} jobs killed in each" if args.kill else ""), file=sys.stderr, flush=True)
+          + (f"; {args.kill} jobs killed in each" if args.kill else "")
+          + (f"; the project in a folder shared by {args.shared_fs} hosts" if args.shared_fs else ""),
+          file=sys.stderr, flush=True)
     base = args.project_dir or Path(tempfile.mkdtemp(prefix="smtlock-stress-"))
     runs = []
     try:
         for mode in modes:
             runs.append(run_mode(mode, args.store, args.jobs, args.records, base, _progress_line(mode),
-                                 keep=args.project_dir is not None, kill=args.kill))
+                                 keep=args.project_dir is not None, kill=args.kill, hosts=args.shared_fs))
     finally:
         if args.project_dir is None:
             shutil.rmtree(base, ignore_errors=True)
@@ -467,6 +532,8 @@ def verdict(runs: List[Dict[str, Any]]) -> str:
     parts = []
     for run in runs:
         lost = f"lost {run['lost']} of {run['expected']} records" if run["lost"] else "lost 0"
+        if run["lost"]:
+            lost += f", {run['lost_silently']} of them silently" if run["lost_silently"] else ", none silently"
         extra = [f"{run[key]} {word}" for key, word in (("duplicates", "duplicated"),
                                                         ("failed_jobs", "jobs failed")) if run[key]]
         parts.append(f"{TITLES[run['mode']]} {lost}" + (f" ({', '.join(extra)})" if extra else ""))
