@@ -1,6 +1,7 @@
 """A project folder on a shared filesystem, as on a cluster: hosts made of mount and UTS namespaces,
 each with its own FUSE mount of the folder (smtlock.hosts), where file locks do not reach across."""
 
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from conftest import PROGRAMS, overlaps
 from smtlock.hosts import SharedFolderHosts
 from smtlock.stress import run_mode, start_together
 
+SMTLOCK = os.path.join(os.path.dirname(sys.executable), "smtlock")
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="hosts need root (namespaces and FUSE)")
 
 
@@ -72,6 +74,10 @@ def test_a_dead_hosts_lease_expires_and_the_doctor_reports_it(tmp_path: Path) ->
         assert holder.stdout.readline().strip() == "held"
         os.kill(holder.pid, signal.SIGKILL)  # as a host that loses power: its lease stays
         holder.wait()
+        doctor = subprocess.run(hosts.command(1, [SMTLOCK, "doctor", "--json", str(shared)]), env=env,
+                                capture_output=True, text=True)
+        (lease,) = [f for f in json.loads(doctor.stdout)["findings"] if f["check"] == "lease"]
+        assert lease["status"] in ("ok", "warning") and f"pid {holder.pid} on host-1" in lease["detail"]
         waiter = subprocess.run(hosts.command(1, [sys.executable, "-c", (
             "import smtlock, sys\nlock = smtlock.SMTLock(sys.argv[1])\n"
             "try:\n    lock.acquire(timeout=0)\nexcept smtlock.LockTimeout as err:\n    print('busy:', err)\n"
