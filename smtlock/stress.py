@@ -480,8 +480,19 @@ def _progress_line(mode: str) -> Callable[[int, int, int, int], None]:
 def check_store(store: str) -> None:
     """Fail early, in one line, when the store cannot be used."""
     if is_postgres(store):
-        from .postgres import check_server
+        from .postgres import check_server, connect
         check_server(store, must_exist=False)
+        conn = connect(store, dbname="postgres")
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user")
+                allowed = cur.fetchone()[0]
+        finally:
+            conn.close()
+        if not allowed:
+            user = urlsplit(store).username
+            raise SMTLockError(f"role {user!r} may not create database at {mask_uri(store)}, and the harness "
+                               f"makes one for each run (ask an administrator: ALTER ROLE {user} CREATEDB)")
 
 
 def main(args: Any) -> int:
@@ -499,7 +510,7 @@ def main(args: Any) -> int:
           f"{mask_uri(args.store)} project for each of: {', '.join(TITLES[m] for m in modes)}"
           + (f"; {args.kill} jobs killed in each" if args.kill else "")
           + (f"; the project in a folder shared by {args.shared_fs} hosts" if args.shared_fs else ""),
-          file=sys.stderr, flush=True)
+          flush=True)
     base = args.project_dir or Path(tempfile.mkdtemp(prefix="smtlock-stress-"))
     runs = []
     try:

