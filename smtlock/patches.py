@@ -81,10 +81,40 @@ def add_record(self: Project, record: Any) -> None:
         return
     prepare_store(self.record_store)
     with SMTLock(self, purpose="add_record"):
-        claim_label(self, record)
-        _ORIGINAL["Project.save_record"](self, record)
+        _write(self, record, claim=True)
     _remember(record, _state(record))
     self._most_recent = record.label
+
+
+def _write(project: Project, record: Any, claim: bool) -> None:
+    """One record write: the label claim and the store's save in one transaction of a Django store.
+
+    On PostgreSQL that transaction first takes the store's write lock (see :func:`_write_lock`), so
+    the lock and the write commit or die together; a write whose connection broke (a server restart,
+    "too many clients") is rolled back and done again, whole, within ``$SMTLOCK_TIMEOUT``: a retry
+    cannot write twice. Upstream's save is ~16 autocommitted queries and nothing retries them.
+    """
+    store = project.record_store
+    if DjangoRecordStore is None or not isinstance(store, DjangoRecordStore):
+        if claim:
+            claim_label(project, record)
+        _ORIGINAL["Project.save_record"](project, record)
+        return
+    from django.db import transaction
+    label, claimed = record.label, getattr(record, _CLAIM, None)
+
+    def attempt() -> None:
+        with transaction.atomic(using=store._db_label):
+            _write_lock(store)
+            if claim:
+                claim_label(project, record)
+            _ORIGINAL["Project.save_record"](project, record)
+
+    def undo() -> None:  # the transaction rolled back: so does the label it claimed
+        record.label = label
+        setattr(record, _CLAIM, claimed)
+
+    _retrying(attempt, store, undo)
 
 
 def claim_label(project: Project, record: Any) -> None:
@@ -127,7 +157,7 @@ def save_record(self: Project, record: Any) -> None:
     # says: a timeout there would throw away a finished run's result (smt run, @smt_logged, @capture).
     ended = not ENDED_TAGS.isdisjoint(record.tags)
     with SMTLock(self, timeout=-1 if ended else None, purpose="save_record"):
-        _ORIGINAL["Project.save_record"](self, record)
+        _write(self, record, claim=False)
     _remember(record, state)
     note = os.path.join(self.path, ".smt", RUNNING_DIR, record.label.replace("/", "_"))
     if any(tag in RUNNING_TAGS for tag in record.tags):
@@ -259,7 +289,47 @@ def _django_save(self: Any, project_name: str, record: Any) -> None:
     from django.db import transaction
     self._get_models()  # configures Django (and migrates) before a transaction can be opened
     with transaction.atomic(using=self._db_label):
+        _write_lock(self)
         _ORIGINAL["DjangoRecordStore.save"](self, project_name, record)
+
+
+def _write_lock(store: Any) -> None:
+    """PostgreSQL: ``pg_advisory_xact_lock`` on the store's write key, the first statement of the
+    write's transaction (taken again inside it, it stacks). It is held until that transaction ends, so
+    a holder cut off from the server can never commit after another holder began: the write and its
+    lock die together. Upstream races get_or_create on tables without unique constraints, and the
+    duplicate rows it leaves make every later write fail (MultipleObjectsReturned)."""
+    uri = getattr(store, "_db_file", None)
+    if postgres.is_postgres(uri):
+        from django.db import connections
+        with connections[store._db_label].cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [postgres.advisory_key(uri, "write")])
+
+
+def _retrying(attempt: Callable[[], Any], store: Any, undo: Callable[[], None]) -> Any:
+    """Run ``attempt`` (one whole transaction); when the PostgreSQL connection broke or could not be
+    made, ``undo`` what it changed in memory and run it again, with backoff, within the timeout.
+    Any other error raises at once; the connection is closed after (see :func:`_django_hygiene`)."""
+    from django.db import InterfaceError, OperationalError, connections
+    if not postgres.is_postgres(getattr(store, "_db_file", None)):
+        return attempt()
+    connection = connections[store._db_label]
+    deadline = time.monotonic() + timeout_setting(CONNECT_RETRY_S)
+    delay = 0.05
+    try:
+        while True:
+            try:
+                return attempt()
+            except (OperationalError, InterfaceError):
+                broken = connection.connection is None or not connection.is_usable()
+                undo()
+                connection.close()
+                if not broken or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, 2.0)
+    finally:
+        connection.close()  # a job holds no connection between writes
 
 
 def _django_uri_to_db(self: Any, uri: str) -> dict:

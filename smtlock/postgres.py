@@ -110,14 +110,17 @@ def check_server(uri: str, must_exist: bool = True) -> None:
             raise
 
 
-def advisory_key(uri: str) -> int:
-    """The 64-bit advisory lock key of a store: its server and database, hashed with SHA-256.
+def advisory_key(uri: str, purpose: str = "") -> int:
+    """The 64-bit advisory lock key of a store: its server and database (and ``purpose``: the write
+    lock taken inside each write's transaction has a key of its own), hashed with SHA-256.
 
     Every project in one database shares the key: Sumatra's tables of executables, repositories,
     parameter sets... are shared by the projects of a database, and their get_or_create races too.
     """
     parts = urlsplit(uri)
     ident = f"smtlock:{parts.hostname}:{parts.port or 5432}/{parts.path.lstrip('/')}"
+    if purpose:
+        ident += f":{purpose}"
     return int.from_bytes(hashlib.sha256(ident.encode()).digest()[:8], "big", signed=True)
 
 
@@ -155,9 +158,12 @@ class PostgresBackend(LockBackend):
             return False
 
     def release(self) -> None:
+        import psycopg2
         try:
             with self._conn.cursor() as cur:
                 cur.execute("SELECT pg_advisory_unlock(%s)", (self.key,))
+        except psycopg2.Error:
+            pass  # the connection died (a server restart): the server released the lock with it
         finally:
             self._close()
 
