@@ -21,7 +21,7 @@ from typing import List, Optional
 
 from .errors import SMTLockError
 
-__all__ = ["SharedFolderHosts"]
+__all__ = ["SharedFolderHosts", "NetworkHosts"]
 
 # Runs in each host's new namespaces: name the host, mount the folder over itself, report, wait.
 _KEEPER = """
@@ -103,3 +103,77 @@ class SharedFolderHosts:
                             pass
                 keeper.wait()
         self._keepers, self._mounts = [], []
+
+
+class NetworkHosts:
+    """``count`` hosts and a server, each a network namespace of its own: ``host-1``... reach the
+    server over a link of their own (a veth pair, 10.213.N.2 to 10.213.N.1), with no default route, so
+    no traffic leaves them. Commands on a host also get a UTS namespace with its name. :meth:`cut`
+    drops a host's link without a FIN or an RST, as a pulled cable or a power loss does. Needs root
+    and ``ip`` (iproute2); every namespace and link is removed on exit, also after a failure."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.names = [f"host-{i + 1}" for i in range(count)]
+        tag = f"smtlock{os.getpid()}"
+        self.server_ns = f"{tag}-server"
+        self.host_ns = [f"{tag}-h{i + 1}" for i in range(count)]
+        self.server_addresses = [f"10.213.{i + 1}.1" for i in range(count)]
+        self.host_addresses = [f"10.213.{i + 1}.2" for i in range(count)]
+        self._made: List[str] = []
+
+    @staticmethod
+    def check() -> None:
+        """Say in one line what is missing to make hosts here."""
+        if os.geteuid() != 0:
+            raise SMTLockError("hosts with a network of their own need root (network namespaces): run as root")
+        for tool in ("ip", "unshare"):
+            if shutil.which(tool) is None:
+                raise SMTLockError(f"hosts with a network of their own need {tool} (Debian: apt-get install "
+                                   "iproute2 util-linux)")
+
+    def _ip(self, *args: str) -> None:
+        done = subprocess.run(["ip", *args], capture_output=True, text=True)
+        if done.returncode:
+            raise SMTLockError(f"ip {' '.join(args)} failed: {done.stderr.strip()}")
+
+    def __enter__(self) -> "NetworkHosts":
+        self.check()
+        try:
+            for ns in (self.server_ns, *self.host_ns):
+                self._ip("netns", "add", ns)
+                self._made.append(ns)
+                self._ip("-n", ns, "link", "set", "lo", "up")
+            for i, ns in enumerate(self.host_ns):
+                outer, inner = f"s{i + 1}", f"h{i + 1}"
+                self._ip("link", "add", outer, "netns", self.server_ns, "type", "veth", "peer", "name", inner,
+                         "netns", ns)
+                self._ip("-n", self.server_ns, "addr", "add", f"{self.server_addresses[i]}/30", "dev", outer)
+                self._ip("-n", ns, "addr", "add", f"{self.host_addresses[i]}/30", "dev", inner)
+                self._ip("-n", self.server_ns, "link", "set", outer, "up")
+                self._ip("-n", ns, "link", "set", inner, "up")
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def command(self, host: int, argv: List[str]) -> List[str]:
+        """``argv`` run on host number ``host`` (0-based): its network, its hostname."""
+        return ["ip", "netns", "exec", self.host_ns[host], "unshare", "--uts", "--", "sh", "-c",
+                f'hostname {self.names[host]} && exec "$@"', "sh", *argv]
+
+    def server_command(self, argv: List[str]) -> List[str]:
+        """``argv`` run in the server's namespace."""
+        return ["ip", "netns", "exec", self.server_ns, *argv]
+
+    def cut(self, host: int) -> None:
+        """Pull host ``host``'s cable: its packets are dropped from now on, with no FIN and no RST."""
+        self._ip("-n", self.host_ns[host], "link", "set", f"h{host + 1}", "down")
+
+    def __exit__(self, exc_type: Optional[type], exc: Optional[BaseException],
+                 tb: Optional[TracebackType]) -> None:
+        # the processes still in a namespace are the caller's to end; deleting a namespace removes its
+        # links (a veth pair goes with either end)
+        for ns in reversed(self._made):
+            subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
+        self._made = []

@@ -16,11 +16,19 @@ from .backends import LockBackend, holder_description
 from .errors import StoreError
 
 __all__ = ["is_postgres", "mask_uri", "check_uri", "connect_kwargs", "connect", "check_server", "advisory_key",
-           "PostgresBackend", "create_database", "drop_database", "move_project", "KEEPALIVES"]
+           "PostgresBackend", "create_database", "drop_database", "move_project", "KEEPALIVES",
+           "SERVER_KEEPALIVES"]
 
 #: TCP keepalives for every connection (client side, and the server's side via SET): a host that
 #: dies while holding the advisory lock is noticed in about idle + interval * count = 60 s.
-KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+#: TCP keepalives for every connection, on the client's side (a dead server is noticed) and, through
+#: ``options``, on the server's (a client host that vanished, with no FIN or RST, is noticed, and the
+#: locks its sessions held are released): idle 2 s, then 3 probes 1 s apart, and no data left
+#: unacknowledged for more than 5 s (tcp_user_timeout, PostgreSQL >= 12).
+SERVER_KEEPALIVES = {"tcp_keepalives_idle": 2, "tcp_keepalives_interval": 1, "tcp_keepalives_count": 3,
+                     "tcp_user_timeout": 5000}
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 2, "keepalives_interval": 1, "keepalives_count": 3,
+              "options": " ".join(f"-c {name}={value}" for name, value in SERVER_KEEPALIVES.items())}
 CONNECT_TIMEOUT_S = 10
 
 
@@ -111,14 +119,15 @@ def check_server(uri: str, must_exist: bool = True) -> None:
 
 
 def advisory_key(uri: str, purpose: str = "") -> int:
-    """The 64-bit advisory lock key of a store: its server and database (and ``purpose``: the write
-    lock taken inside each write's transaction has a key of its own), hashed with SHA-256.
+    """The 64-bit advisory lock key of a store: its database name (and ``purpose``: the write lock
+    taken inside each write's transaction has a key of its own), hashed with SHA-256.
 
+    Advisory locks belong to one server, so the key names the database only, not the address it is
+    reached by: jobs on different hosts may name one server differently (an IP address, a host name).
     Every project in one database shares the key: Sumatra's tables of executables, repositories,
     parameter sets... are shared by the projects of a database, and their get_or_create races too.
     """
-    parts = urlsplit(uri)
-    ident = f"smtlock:{parts.hostname}:{parts.port or 5432}/{parts.path.lstrip('/')}"
+    ident = f"smtlock:{urlsplit(uri).path.lstrip('/')}"
     if purpose:
         ident += f":{purpose}"
     return int.from_bytes(hashlib.sha256(ident.encode()).digest()[:8], "big", signed=True)
@@ -141,10 +150,6 @@ class PostgresBackend(LockBackend):
         try:
             if self._conn is None:
                 self._conn = connect(self.uri, application_name="smtlock waiting")
-                with self._conn.cursor() as cur:
-                    for name, value in (("tcp_keepalives_idle", 30), ("tcp_keepalives_interval", 10),
-                                        ("tcp_keepalives_count", 3)):
-                        cur.execute(f"SET {name} = {value}")
             with self._conn.cursor() as cur:
                 cur.execute("SELECT pg_try_advisory_lock(%s)", (self.key,))
                 if not cur.fetchone()[0]:

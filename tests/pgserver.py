@@ -27,7 +27,9 @@ def free_port() -> int:
 class Cluster:
     """initdb + pg_ctl start; ``uri(user, password, db)`` for clients; ``stop()`` removes it all."""
 
-    def __init__(self, max_connections: int = 100) -> None:
+    def __init__(self, max_connections: int = 100, listen: str = "127.0.0.1", prefix: List[str] = ()) -> None:
+        """``prefix`` runs the server's tools in another namespace (``ip netns exec NS``); ``listen`` is
+        the addresses it listens on."""
         self.bin = binaries()
         self.dir = Path(tempfile.mkdtemp(prefix="smtlock-pg-"))
         self.data = self.dir / "data"
@@ -36,9 +38,14 @@ class Cluster:
         if os.geteuid() == 0:
             os.chown(self.dir, 65534, 65534)
             self.as_user = NOBODY
+        self.as_user = [*prefix, *self.as_user]
+        self.listen = listen
         self._run("initdb", "-D", str(self.data), "-U", SUPERUSER, "--auth-local=trust",
                   "--auth-host=scram-sha-256", "-E", "UTF8")
-        options = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
+        if listen != "127.0.0.1":  # clients on other hosts: password over TCP
+            with open(self.data / "pg_hba.conf", "a") as hba:
+                hba.write("host all all 0.0.0.0/0 scram-sha-256\n")
+        options = (f"-p {self.port} -k {self.dir} -c listen_addresses='{listen}' "
                    f"-c max_connections={max_connections} -c fsync=off -c full_page_writes=off")
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.dir / "server.log"), "-o", options,
                   "-w", "start")
@@ -58,8 +65,8 @@ class Cluster:
         finally:
             conn.close()
 
-    def uri(self, user: str, password: str, db: str) -> str:
-        return f"postgres://{user}:{password}@127.0.0.1:{self.port}/{db}"
+    def uri(self, user: str, password: str, db: str, host: str = "127.0.0.1") -> str:
+        return f"postgres://{user}:{password}@{host}:{self.port}/{db}"
 
     def restart(self) -> None:
         """Fast shutdown and start, as an upgrade or a failover does: every session is cut."""
