@@ -337,8 +337,18 @@ def diagnose(path: str = ".", repair: bool = False) -> List[Finding]:
     return findings
 
 
+def _check_server_holder(uri: str) -> Finding:
+    """A PostgreSQL store's lock may be held on another host: ask the server, not the local file."""
+    from .postgres import PostgresBackend
+    who = PostgresBackend(uri).holder()
+    return Finding("server lock", OK, f"held by {who}" if who else "the store's lock is free on the server")
+
+
 def _store_checks(project: Any, store: Any, repair: bool) -> List[Finding]:
     findings = []
+    from .postgres import is_postgres
+    if is_postgres(getattr(store, "_db_file", None)):
+        findings.append(_check_server_holder(store._db_file))
     if hasattr(store, "_db_file"):  # Django
         from django.db import transaction
         store._get_models()

@@ -13,6 +13,7 @@ from pgserver import Cluster
 from smtlock.hosts import NetworkHosts
 from smtlock.stress import JOB_SCRIPT, start_together
 
+SMTLOCK = os.path.join(os.path.dirname(sys.executable), "smtlock")
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
 
 
@@ -77,6 +78,10 @@ def test_a_host_cut_off_while_holding_the_lock_releases_it(network, tmp_path: Pa
         assert holder.stdout.readline().startswith("held")
         busy = waiter.stdout.readline()
         assert busy.startswith("busy") and "host-1" in busy and "client 10.213.1.2" in busy, busy
+        doctor = subprocess.run(hosts.command(1, [SMTLOCK, "doctor", "--json", projects[1]]), capture_output=True,
+                                text=True)
+        (server,) = [f for f in json.loads(doctor.stdout)["findings"] if f["check"] == "server lock"]
+        assert "on host-1 since" in server["detail"] and "client 10.213.1.2" in server["detail"], server
         hosts.cut(0)
         waiter.stdin.write("go\n")
         waiter.stdin.flush()
