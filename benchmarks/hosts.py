@@ -4,6 +4,7 @@ restarted in the middle of a 32 x 6 burst.
 
     python benchmarks/hosts.py        (writes benchmarks/hosts.json)
 """
+import contextlib
 import json
 import subprocess
 import sys
@@ -33,54 +34,52 @@ def on_host(hosts, host, code, *args):
     return done.stdout
 
 
-def network(base: Path, jobs: int, records: int, cuts: int) -> dict:
-    result = {}
+@contextlib.contextmanager
+def hosts_with_server(base: Path):
+    """Two hosts and a server in its own namespace, and a project on each host: (hosts, uris, projects)."""
     with NetworkHosts(2) as hosts:
         cluster = Cluster(listen=",".join(hosts.server_addresses), prefix=["ip", "netns", "exec", hosts.server_ns])
         try:
             cluster.sql("CREATE ROLE smt LOGIN PASSWORD 's3cret' CREATEDB")
             cluster.sql("CREATE DATABASE shared OWNER smt")
             uris = [cluster.uri("smt", "s3cret", "shared", host=a) for a in hosts.server_addresses]
-            projects = [on_host(hosts, h, MAKE, str(base / hosts.names[h]), uris[h]).strip() for h in range(2)]
-            commands = [hosts.command(h, [sys.executable, JOB_SCRIPT, "locked", projects[h], str(jobs * h + j),
-                                          str(records), "{ready}", "{go}", str(base / f"{h}-{j}.json")])
-                        for h in range(2) for j in range(jobs)]
-            burst = start_together(commands, [base / f"{i}.log" for i in range(len(commands))])
-            counted = json.loads(on_host(hosts, 0, CENSUS, uris[0], projects[0]))
-            result["two_hosts"] = {**verify(counted["records"], 2 * jobs, records),
-                                   "failed_jobs": sum(1 for c in burst["codes"].values() if c),
-                                   "duplicate_rows": counted["duplicate_rows"], "wall_s": round(burst["wall_s"], 1)}
+            yield hosts, uris, [on_host(hosts, h, MAKE, str(base / hosts.names[h]), uris[h]).strip() for h in range(2)]
         finally:
             cluster.stop()
+
+
+def network(base: Path, jobs: int, records: int, cuts: int) -> dict:
+    result = {}
+    with hosts_with_server(base) as (hosts, uris, projects):
+        commands = [hosts.command(h, [sys.executable, JOB_SCRIPT, "locked", projects[h], str(jobs * h + j),
+                                      str(records), "{ready}", "{go}", str(base / f"{h}-{j}.json")])
+                    for h in range(2) for j in range(jobs)]
+        burst = start_together(commands, [base / f"{i}.log" for i in range(len(commands))])
+        counted = json.loads(on_host(hosts, 0, CENSUS, uris[0], projects[0]))
+        result["two_hosts"] = {**verify(counted["records"], 2 * jobs, records),
+                               "failed_jobs": sum(1 for c in burst["codes"].values() if c),
+                               "duplicate_rows": counted["duplicate_rows"], "wall_s": round(burst["wall_s"], 1)}
     result["dead_host_release_s"] = [cut_once(base / f"cut{i}") for i in range(cuts)]
     return result
 
 
 def cut_once(base: Path) -> float:
     """A host holding the lock is cut off; how long the other host waits for it."""
-    with NetworkHosts(2) as hosts:
-        cluster = Cluster(listen=",".join(hosts.server_addresses), prefix=["ip", "netns", "exec", hosts.server_ns])
+    with hosts_with_server(base) as (hosts, uris, projects):
+        holder = subprocess.Popen(hosts.command(0, [sys.executable, "-c", HOLD, projects[0]]),
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        waiter = subprocess.Popen(hosts.command(1, [sys.executable, "-c", WAIT, projects[1]]),
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:
-            cluster.sql("CREATE ROLE smt LOGIN PASSWORD 's3cret' CREATEDB")
-            cluster.sql("CREATE DATABASE shared OWNER smt")
-            uris = [cluster.uri("smt", "s3cret", "shared", host=a) for a in hosts.server_addresses]
-            projects = [on_host(hosts, h, MAKE, str(base / hosts.names[h]), uris[h]).strip() for h in range(2)]
-            holder = subprocess.Popen(hosts.command(0, [sys.executable, "-c", HOLD, projects[0]]),
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-            waiter = subprocess.Popen(hosts.command(1, [sys.executable, "-c", WAIT, projects[1]]),
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-            try:
-                assert holder.stdout.readline().strip() == "held"
-                hosts.cut(0)
-                waiter.stdin.write("go\n")
-                waiter.stdin.flush()
-                return float(waiter.stdout.readline())
-            finally:
-                for proc in (holder, waiter):
-                    proc.kill()
-                    proc.wait()
+            assert holder.stdout.readline().strip() == "held"
+            hosts.cut(0)
+            waiter.stdin.write("go\n")
+            waiter.stdin.flush()
+            return float(waiter.stdout.readline())
         finally:
-            cluster.stop()
+            for proc in (holder, waiter):
+                proc.kill()
+                proc.wait()
 
 
 def restart(base: Path, jobs: int, records: int) -> dict:

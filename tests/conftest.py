@@ -6,6 +6,7 @@ Django is configured once per process, so anything that opens a Django store run
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -86,3 +87,15 @@ def waits_for_a_lock(pid: int) -> bool:
     knows a process is waiting for the lock, without sleeping."""
     with open("/proc/locks") as locks:
         return any(line.split()[1:2] == ["->"] and line.split()[5:6] == [str(pid)] for line in locks)
+
+
+def outlives_its_timeout(run: subprocess.Popen, holder: subprocess.Popen) -> str:
+    """``run`` (SMTLOCK_TIMEOUT=1) must wait for the lock ``holder`` holds, not give up: once the kernel
+    lists it as a waiter, the holder lets go; ``run`` must then finish. Its stdout."""
+    while run.poll() is None and not waits_for_a_lock(run.pid):
+        time.sleep(0.01)
+    assert run.poll() is None, run.stderr.read()  # still waiting, long past its 1 s timeout
+    holder.stdin.close()
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == 0, err
+    return out

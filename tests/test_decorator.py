@@ -4,10 +4,9 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from conftest import run_python, waits_for_a_lock
+from conftest import outlives_its_timeout, run_python
 
 SIM = '''
 import os, sys
@@ -95,12 +94,7 @@ def test_a_finished_run_waits_for_the_lock_whatever_the_timeout(project: Path) -
         assert holder.stdout.readline().strip() == "held"
         run.stdin.write("\n")
         run.stdin.flush()
-        while run.poll() is None and not waits_for_a_lock(run.pid):
-            time.sleep(0.01)
-        assert run.poll() is None, run.stderr.read()  # still waiting, long past its 1 s timeout
-        holder.stdin.close()
-        out, err = run.communicate(timeout=120)
-        assert run.returncode == 0, err
+        out = outlives_its_timeout(run, holder)
         assert out.strip() == "result 42"
     finally:
         for proc in (run, holder):

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import waits_for_a_lock
+from conftest import outlives_its_timeout
 from smtlock.stress import recount, start_together
 
 BIN = os.path.dirname(sys.executable)
@@ -124,12 +124,7 @@ def test_a_finished_smt_run_waits_for_the_lock_whatever_the_timeout(project: Pat
         assert holder.stdout.readline().strip() == "held"
         with open(project / "go", "w") as fifo:
             fifo.write("go")
-        while run.poll() is None and not waits_for_a_lock(run.pid):
-            time.sleep(0.01)
-        assert run.poll() is None, run.stderr.read()  # still waiting, long past its 1 s timeout
-        holder.stdin.close()
-        out, err = run.communicate(timeout=120)
-        assert run.returncode == 0, err
+        outlives_its_timeout(run, holder)
     finally:
         for proc in (run, holder):
             if proc is not None and proc.poll() is None:
