@@ -16,12 +16,13 @@ import secrets
 import shutil
 import socket
 import subprocess
+import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from .errors import SMTLockError
 
-__all__ = ["ServerError", "binaries", "default_folder", "init", "start", "stop", "status", "url", "USER",
+__all__ = ["ServerError", "ThrowawayServer", "binaries", "default_folder", "init", "start", "stop", "status", "url", "USER",
            "DATABASE"]
 
 USER = "smtlock"  # the role the projects connect as (also the cluster's superuser)
@@ -177,3 +178,81 @@ def _running(folder: Path) -> bool:
 def _last_line(done: subprocess.CompletedProcess) -> str:
     lines = (done.stderr or done.stdout).strip().splitlines()
     return lines[-1] if lines else f"exit status {done.returncode}"
+
+
+_SUPERUSER = "postgres"
+_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=+dac_read_search",
+           "--ambient-caps=+dac_read_search", "--"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ThrowawayServer:
+    """A PostgreSQL server in a temporary folder for the tests and the harness: initdb + pg_ctl start
+    on a free port, the unix socket in that folder, trust for the local superuser and scram-sha-256 over
+    TCP; as root it runs as ``nobody`` (PostgreSQL refuses root), keeping only CAP_DAC_READ_SEARCH to
+    read binaries under /root. ``uri(user, password, db)`` for clients; ``stop()`` removes it all."""
+
+    def __init__(self, max_connections: int = 100, listen: str = "127.0.0.1", prefix: Sequence[str] = ()) -> None:
+        """``prefix`` runs the server's tools in another namespace (``ip netns exec NS``); ``listen`` is
+        the addresses it listens on."""
+        self.bin = binaries()
+        self.dir = Path(tempfile.mkdtemp(prefix="smtlock-pg-"))
+        self.data = self.dir / "data"
+        self.port = _free_port()
+        self.as_user: List[str] = []
+        if os.geteuid() == 0:
+            os.chown(self.dir, 65534, 65534)
+            self.as_user = _NOBODY
+        self.as_user = [*prefix, *self.as_user]
+        self.listen = listen
+        try:
+            self._start(max_connections)
+        except BaseException:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise
+
+    def _start(self, max_connections: int) -> None:
+        listen = self.listen
+        self._run("initdb", "-D", str(self.data), "-U", _SUPERUSER, "--auth-local=trust",
+                  "--auth-host=scram-sha-256", "-E", "UTF8")
+        if listen != "127.0.0.1":  # clients on other hosts: password over TCP
+            with open(self.data / "pg_hba.conf", "a") as hba:
+                hba.write("host all all 0.0.0.0/0 scram-sha-256\n")
+        options = (f"-p {self.port} -k {self.dir} -c listen_addresses='{listen}' "
+                   f"-c max_connections={max_connections} -c fsync=off -c full_page_writes=off")
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.dir / "server.log"), "-o", options,
+                  "-w", "start")
+
+    def _run(self, tool: str, *args: str) -> None:
+        subprocess.run([*self.as_user, str(self.bin / tool), *args], check=True, capture_output=True)
+
+    def sql(self, statement: str, db: str = "postgres") -> list:
+        """Run SQL as the superuser over the unix socket."""
+        import psycopg2
+        conn = psycopg2.connect(host=str(self.dir), port=self.port, user=_SUPERUSER, dbname=db)
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute(statement)
+                return cur.fetchall() if cur.description else []
+        finally:
+            conn.close()
+
+    def uri(self, user: str, password: str, db: str, host: str = "127.0.0.1") -> str:
+        return f"postgres://{user}:{password}@{host}:{self.port}/{db}"
+
+    def restart(self) -> None:
+        """Fast shutdown and start, as an upgrade or a failover does: every session is cut."""
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.dir / "server.log"), "-m", "fast", "-w",
+                  "restart")
+
+    def stop(self) -> None:
+        try:
+            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "stop")
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)

@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 from urllib.parse import urlsplit
 
 from .errors import SMTLockError
-from .hosts import SharedFolderHosts
+from .hosts import NetworkHosts, SharedFolderHosts
 from .postgres import create_database, drop_database, is_postgres, mask_uri
 
 __all__ = ["MODES", "TITLES", "verdict", "make_project", "start_together", "run_burst", "census", "recount", "verify", "run_mode",
@@ -305,7 +305,9 @@ def _per_host(rows: List[Dict[str, Any]], burst: Dict[str, Any], hosts: int, rec
     found = Counter(row["job"] % hosts for row in rows if isinstance(row["job"], int))
     return {f"host-{h + 1}": {"jobs": sum(1 for job in burst["codes"] if job % hosts == h),
                               "failed_jobs": sum(1 for job, code in burst["codes"].items()
-                                                 if code and job % hosts == h),
+                                                 if code and code != -signal.SIGKILL and job % hosts == h),
+                              "killed_jobs": sum(1 for job, code in burst["codes"].items()
+                                                 if code == -signal.SIGKILL and job % hosts == h),
                               "expected": records * sum(1 for job in burst["codes"] if job % hosts == h),
                               "found": found.get(h, 0)} for h in range(hosts)}
 
@@ -364,6 +366,125 @@ def run_mode(mode: str, store: str, jobs: int, records: int, base_dir: Path,
     return result
 
 
+_MAKE = ("import sys; from pathlib import Path; from smtlock.stress import make_project; "
+         "print(make_project(Path(sys.argv[1]), sys.argv[2], plugin=sys.argv[3] == 'smt-run'))")
+_CENSUS = ("import json, sys; from smtlock.stress import census; "
+           "print(json.dumps(census(sys.argv[1], sys.argv[2])))")
+_HOLDERS = ("SELECT host(a.client_addr) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+            "WHERE l.locktype = 'advisory' AND l.granted AND a.client_addr IS NOT NULL")
+
+
+def _on_host(hosts: NetworkHosts, host: int, code: str, *args: str) -> str:
+    done = subprocess.run(hosts.command(host, [sys.executable, "-c", code, *args]), capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"on {hosts.names[host]}: {done.stderr.strip()[-500:]}")
+    return done.stdout
+
+
+class _Cutter(threading.Thread):
+    """``--cut-host``: pull host-1's cable while one of its jobs holds the store's lock; measure how
+    long until a job of another host holds it; once every other job has ended, end host-1's (they
+    wait for a server they cannot reach)."""
+
+    def __init__(self, server: Any, hosts: NetworkHosts, jobs: int) -> None:
+        super().__init__(daemon=True)
+        self.server, self.hosts, self.jobs = server, hosts, jobs
+        self.pids: List[int] = []
+        self.release_s: Optional[float] = None
+        self.killed: List[int] = []
+
+    def start_on(self, pids: List[int]) -> None:
+        self.pids = pids
+        self.start()
+
+    def _alive(self, pids: List[int]) -> bool:
+        for pid in pids:
+            try:
+                os.kill(pid, 0)
+                return True
+            except ProcessLookupError:
+                continue
+        return False
+
+    def run(self) -> None:
+        victim = self.hosts.host_addresses[0]
+        others = [pid for job, pid in enumerate(self.pids) if job % self.hosts.count]
+        while self._alive(others) and victim not in {r[0] for r in self.server.sql(_HOLDERS)}:
+            time.sleep(0.005)
+        if not self._alive(others):
+            return
+        self.hosts.cut(0)
+        cut_at = time.monotonic()
+        while self._alive(others) and not any(r[0] != victim for r in self.server.sql(_HOLDERS)):
+            time.sleep(0.02)
+        self.release_s = round(time.monotonic() - cut_at, 2)
+        while self._alive(others):
+            time.sleep(0.1)
+        for job, pid in enumerate(self.pids):
+            if job % self.hosts.count == 0:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    self.killed.append(job)
+                except ProcessLookupError:
+                    pass
+
+
+def run_network_mode(mode: str, jobs: int, records: int, base_dir: Path, count: int,
+                     progress: Optional[Callable[[int, int, int, int], None]] = None,
+                     cut: bool = False) -> Dict[str, Any]:
+    """One run on ``count`` hosts made of network namespaces (:class:`~smtlock.hosts.NetworkHosts`),
+    each with its own project folder, all on one throwaway PostgreSQL server in a namespace of its own;
+    job ``j`` runs on host ``j % count``. With ``cut``, host-1 is cut off while it holds the lock."""
+    from .server import ThrowawayServer
+    run_dir = base_dir / mode
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    with NetworkHosts(count) as hosts:
+        server = ThrowawayServer(listen=",".join(hosts.server_addresses), prefix=hosts.server_command([]))
+        try:
+            server.sql("CREATE ROLE smtlock LOGIN PASSWORD 'stress' CREATEDB")
+            server.sql("CREATE DATABASE stress OWNER smtlock")
+            uris = [server.uri("smtlock", "stress", "stress", host=a) for a in hosts.server_addresses]
+            projects = [_on_host(hosts, h, _MAKE, str(run_dir / name), uris[h], mode).strip()
+                        for h, name in enumerate(hosts.names)]
+            commands = [hosts.command(job % count, [sys.executable, JOB_SCRIPT, mode, projects[job % count], str(job),
+                                                    str(records), "{ready}", "{go}", str(run_dir / f"job-{job}.json")])
+                        for job in range(jobs)]
+            cutter = _Cutter(server, hosts, jobs) if cut and count > 1 else None
+            burst = start_together(commands, [run_dir / f"job-{job}.log" for job in range(jobs)], progress,
+                                   env={**os.environ, "SMTLOCK_STATS": "1"},
+                                   on_start=cutter.start_on if cutter else None)
+            if cutter:
+                cutter.join()
+            counted = json.loads(_on_host(hosts, count - 1, _CENSUS, uris[-1], projects[-1]))
+        finally:
+            server.stop()
+    killed = cutter.killed if cutter else []
+    failed = [job for job, code in burst["codes"].items() if code and job not in killed]
+    reports = [json.loads((run_dir / f"job-{job}.json").read_text()) if (run_dir / f"job-{job}.json").exists()
+               else {"job": job, "error": None} for job in range(jobs)]
+    result: Dict[str, Any] = {"mode": mode, "store": f"PostgreSQL on {count} hosts", "jobs": jobs,
+                              "records_per_job": records}
+    result.update(verify(counted["records"], jobs, records, killed, failed))
+    stats = [s for r in reports for s in r.get("lock") or []]
+    result.update({
+        "failed_jobs": len(failed), "errors": dict(Counter(r["error"] for r in reports if r.get("error")
+                                                          and r["job"] not in killed)),
+        "wall_s": round(burst["wall_s"], 3), "killed_holding_lock": 1 if killed else 0,
+        "records_per_s": round(result["found"] / burst["wall_s"], 1) if burst["wall_s"] else None,
+        "lock_held_ms": _percentiles_ms([held for _, _, held in stats]),
+        "lock_wait_ms": _percentiles_ms([wait for _, wait, _ in stats]),
+        "duplicate_rows": counted["duplicate_rows"], "hosts": _per_host(counted["records"], burst, count, records),
+        "messages": [], "integrity": None,
+        "cut_host": "host-1" if cutter and cutter.release_s is not None else None,
+        "lock_free_after_cut_s": cutter.release_s if cutter else None,
+    })
+    result["_rows"] = counted["records"]
+    result["_labels_reported"] = sorted(label for r in reports for label in r.get("labels") or [])
+    return result
+
+
 # --- command line ---------------------------------------------------------------------------------
 
 def _store_argument(value: str) -> str:
@@ -397,6 +518,13 @@ def add_arguments(parser: Any) -> None:
                         help="put the project in a folder shared by HOSTS hosts made here (mount namespaces "
                              "with their own FUSE mount, as a cluster's nodes on NFS) and spread the jobs "
                              "over them; needs root and bindfs")
+    parser.add_argument("--hosts", type=int, default=0, metavar="K",
+                        help="run the jobs on K hosts made of network namespaces (own network, hostname and "
+                             "project folder) against a PostgreSQL server in a namespace of its own, started "
+                             "for the run; needs root")
+    parser.add_argument("--cut-host", action="store_true",
+                        help="with --hosts: cut host-1 off (no FIN, no RST) while it holds the lock, and "
+                             "measure how long the other hosts wait")
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the figures as JSON")
     parser.add_argument("--plot", type=Path, metavar="PATH.png", help="plot the figures (needs matplotlib)")
     parser.set_defaults(handler=main)
@@ -427,13 +555,17 @@ def format_table(runs: List[Dict[str, Any]]) -> str:
             lines.append(f"{title:26}" + "".join(f"{_cell(run[key]):>20}" for run in runs))
     for run in runs:
         for host, counts in (run.get("hosts") or {}).items():
+            killed = f", {counts['killed_jobs']} killed" if counts["killed_jobs"] else ""
             lines.append(f"{TITLES[run['mode']]} on {host}: {counts['found']} of {counts['expected']} records "
-                         f"found, {counts['failed_jobs']} of {counts['jobs']} jobs failed")
+                         f"found, {counts['failed_jobs']} of {counts['jobs']} jobs failed{killed}")
         if run["errors"]:
             kinds = ", ".join(f"{kind} x{n}" for kind, n in sorted(run["errors"].items()))
             lines.append(f"errors in {TITLES[run['mode']]}: {kinds}")
         for message in run.get("messages", [])[:3]:
             lines.append(f"  {message}")
+        if run.get("lock_free_after_cut_s") is not None:
+            lines.append(f"{TITLES[run['mode']]}: host-1 was cut off while it held the lock; another host "
+                         f"held it {run['lock_free_after_cut_s']} s later")
         if run.get("integrity") not in (None, "ok"):
             lines.append(f"the store of {TITLES[run['mode']]} is damaged: {run['integrity']}")
     return "\n".join(lines)
@@ -503,11 +635,20 @@ def main(args: Any) -> int:
         raise SMTLockError("--shared-fs takes a number of hosts (at least 1)")
     if args.shared_fs:
         SharedFolderHosts.check()
+    if args.hosts < 0 or (args.cut_host and args.hosts < 2):
+        raise SMTLockError("--hosts takes a number of hosts, and --cut-host needs at least 2")
+    if args.hosts:
+        NetworkHosts.check()
+        if args.store != "sqlite" or args.shared_fs:
+            raise SMTLockError("--hosts starts its own PostgreSQL server for each run: leave out --store and "
+                               "--shared-fs")
     _check_outputs(args)
     modes = args.modes or ["raw", "locked"]
-    check_store(args.store)
+    if not args.hosts:
+        check_store(args.store)
+    where = f"PostgreSQL on {args.hosts} hosts" if args.hosts else mask_uri(args.store)
     print(f"smtlock stress: {args.jobs} jobs x {args.records} records, all started at once, on a new "
-          f"{mask_uri(args.store)} project for each of: {', '.join(TITLES[m] for m in modes)}"
+          f"{where} project for each of: {', '.join(TITLES[m] for m in modes)}"
           + (f"; {args.kill} jobs killed in each" if args.kill else "")
           + (f"; the project in a folder shared by {args.shared_fs} hosts" if args.shared_fs else ""),
           flush=True)
@@ -515,6 +656,10 @@ def main(args: Any) -> int:
     runs = []
     try:
         for mode in modes:
+            if args.hosts:
+                runs.append(run_network_mode(mode, args.jobs, args.records, base, args.hosts,
+                                             _progress_line(mode), cut=args.cut_host))
+                continue
             runs.append(run_mode(mode, args.store, args.jobs, args.records, base, _progress_line(mode),
                                  keep=args.project_dir is not None, kill=args.kill, hosts=args.shared_fs))
     finally:

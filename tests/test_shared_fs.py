@@ -26,8 +26,8 @@ def test_sqlite_store_written_from_two_hosts_loses_nothing_silently(tmp_path: Pa
     assert result["lost_silently"] == 0 and result["duplicates"] == 0
     assert result["integrity"] == "ok"
     hosts = sorted(result["hosts"].values(), key=lambda h: h["found"])
-    assert hosts[0] == {"jobs": 16, "failed_jobs": 16, "expected": 64, "found": 0}  # stopped, loudly
-    assert hosts[1] == {"jobs": 16, "failed_jobs": 0, "expected": 64, "found": 64}  # kept every record
+    assert hosts[0] == {"jobs": 16, "failed_jobs": 16, "killed_jobs": 0, "expected": 64, "found": 0}  # loudly
+    assert hosts[1] == {"jobs": 16, "failed_jobs": 0, "killed_jobs": 0, "expected": 64, "found": 64}  # all kept
     assert sorted(r["label"] for r in result["_rows"]) == result["_labels_reported"]
     (message,) = result["messages"]
     assert "a file on a shared filesystem (fuse" in message and "`smtlock postgres URL`" in message
