@@ -10,7 +10,7 @@ import pytest
 
 from conftest import PROGRAMS, run_python
 
-CALLS, WORKERS = 12, 4
+CALLS, WORKERS = 8, 4
 RECORDS = """
 import json
 from sumatra.projects import load_project
