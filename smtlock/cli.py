@@ -86,7 +86,6 @@ def build_parser() -> argparse.ArgumentParser:
     path_argument(command)
     command.set_defaults(handler=doctor.main)
 
-    from . import postgres
     command = add("postgres", "move this project's records to a PostgreSQL store",
                   "Create the database if needed, copy and verify the records, switch the project to it; "
                   "the old store is kept as it was.")
