@@ -399,14 +399,32 @@ def _django_hygiene(method: Callable) -> Callable:
 def _sqlite_pragmas(sender: Any, connection: Any, **kwargs: Any) -> None:
     """WAL journal on every SQLite store on a local filesystem: readers (``smt list``, smtweb) never
     block the writer, and a commit needs no fsync of a rollback journal (upstream uses SQLite's
-    default journal). On a shared filesystem SQLite's rollback journal, which WAL does not work on."""
+    default journal). On a shared filesystem SQLite's rollback journal, which WAL does not work on.
+
+    Switching the journal needs every other connection to have stopped reading, and SQLite refuses
+    it at once ("database is locked", without waiting its timeout) when two connections switch
+    together, as when several jobs start. The journal is a matter of speed, not of safety, so the
+    switch is tried without waiting and, if anyone reads, left to a later connection.
+    """
     if connection.vendor != "sqlite":
         return
+    import sqlite3
+    name = str(connection.settings_dict["NAME"])
+    journal = "DELETE" if is_shared(os.path.dirname(os.path.abspath(name))) else "WAL"
     with connection.cursor() as cursor:
-        if is_shared(os.path.dirname(os.path.abspath(connection.settings_dict["NAME"]))):
-            cursor.execute("PRAGMA journal_mode=DELETE")
-        else:
-            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout")
+        waits_ms = cursor.fetchone()[0]
+        cursor.execute("PRAGMA busy_timeout=0")
+        try:
+            cursor.execute("PRAGMA journal_mode=" + journal)
+            journal = cursor.fetchone()[0].upper()
+        except Exception as error:  # Django wraps sqlite3's error in its own class
+            if not isinstance(error.__cause__ or error, sqlite3.OperationalError):
+                raise
+            journal = "unchanged"
+        finally:
+            cursor.execute(f"PRAGMA busy_timeout={int(waits_ms)}")
+        if journal == "WAL":
             cursor.execute("PRAGMA synchronous=NORMAL")
 
 
@@ -437,9 +455,10 @@ def _one_host(path: Optional[str]) -> None:
             mount = mount_of(folder)
             raise StoreError(
                 f"the records are in {path}, a file on a shared filesystem ({mount.fstype} at "
-                f"{mount.mountpoint}) that host {owner} writes ({idle:.0f} s ago); writing it from {me} too "
-                "would corrupt it: keep the records in PostgreSQL, which every host reaches "
-                "(`smtlock postgres URL`), or run every job on " + owner)
+                f"{mount.mountpoint}) that host {owner} writes; writing it from {me} too would corrupt it: "
+                "keep the records in PostgreSQL, which every host reaches (`smtlock postgres URL`), or run "
+                f"every job on {owner} (the store passes to another host once {owner} has run nothing and "
+                f"written nothing for {HOST_IDLE_S / 60:.0f} min)")
         if os.path.exists(claim) and owner == me:
             os.utime(claim)
         else:

@@ -147,3 +147,30 @@ tables = {row[0] for row in sqlite3.connect(".smt/records").execute("SELECT name
 print(type(store).__name__, len(store.list("stress")), "Dict" in tables)
 """, project)
     assert done.stdout.split() == ["DjangoRecordStore", "1", "False"]
+
+
+
+CONNECT = """
+import smtlock
+from django.db import connections
+from sumatra.projects import load_project
+store = load_project().record_store
+store._get_models()
+with connections[store._db_label].cursor() as cursor:
+    print(cursor.execute("PRAGMA journal_mode").fetchone()[0])
+"""
+
+
+def test_a_reader_of_the_store_never_fails_a_connection(project: Path) -> None:
+    """Each connection switches the store to the WAL journal, which needs SQLite's write lock from
+    inside a read. SQLite fails that at once with "database is locked", without waiting its timeout,
+    whenever another connection reads: a ``smt list`` or several jobs connecting at once."""
+    import sqlite3
+    reader = sqlite3.connect(str(project / ".smt" / "records"), isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM sqlite_master").fetchone()  # holds SQLite's read lock
+    try:
+        assert run_python(CONNECT, project).stdout.strip() == "delete"  # switched later
+    finally:
+        reader.close()
+    assert run_python(CONNECT, project).stdout.strip() == "wal"
