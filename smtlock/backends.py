@@ -10,17 +10,21 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import secrets
 import socket
 import threading
 import time
 from abc import ABC, abstractmethod
+from typing import Any, NamedTuple, Optional
 
-from .errors import LockFileError, SettingError
+from .errors import LockFileError, SettingError, StoreError
+from .postgres import advisory_key, connect, mask_uri
 
-__all__ = ["LockBackend", "FileBackend", "LeaseBackend", "holder_description", "lease_setting", "FILE_MODE",
-           "replacement_mode", "LEASE_VARIABLE", "CLOCK_SLOP_S"]
+__all__ = ["LockBackend", "FileBackend", "LeaseBackend", "Holder", "lease_setting", "FILE_MODE",
+           "replacement_mode", "LEASE_VARIABLE", "CLOCK_SLOP_S", "PostgresBackend", "HOLDER_SUFFIX"]
 
+HOLDER_SUFFIX = ".holder"  # <lock file>.holder: who holds a file lock, for waiters and the doctor
 _HOLDER_SIZE = 256  # fixed-size slot, rewritten in place with one pwrite: no truncation, no torn reads
 #: mode for files smtlock creates; the umask applies, so a group-writable project stays usable by the group
 FILE_MODE = 0o666
@@ -28,10 +32,30 @@ FILE_MODE = 0o666
 _NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 
 
-def holder_description() -> str:
-    """Who this process is, as a waiter will read it: pid, host and since when (UTC)."""
-    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    return f"pid {os.getpid()} on {socket.gethostname()} since {since}"
+class Holder(NamedTuple):
+    """Who holds a lock, as the holder records it for waiters and for ``smtlock doctor``; written
+    as ``pid N on HOST since T`` (T in UTC) and read back only through :meth:`parse`."""
+
+    pid: int
+    host: str
+    since: str
+
+    @classmethod
+    def me(cls) -> Holder:
+        """This process, from now."""
+        return cls(os.getpid(), socket.gethostname(), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+    @classmethod
+    def parse(cls, text: str) -> Optional[Holder]:
+        """The holder a record names (None for an empty or foreign text)."""
+        match = _HOLDER_RECORD.match(text.strip())
+        return cls(int(match["pid"]), match["host"], match["since"]) if match else None
+
+    def __str__(self) -> str:
+        return f"pid {self.pid} on {self.host} since {self.since}"
+
+
+_HOLDER_RECORD = re.compile(r"pid (?P<pid>\d+) on (?P<host>\S+) since (?P<since>\S+)")
 
 
 class LockBackend(ABC):
@@ -78,7 +102,7 @@ class FileBackend(LockBackend):
 
     def __init__(self, lock_file: str) -> None:
         self.name = lock_file
-        self.holder_file = lock_file + ".holder"
+        self.holder_file = lock_file + HOLDER_SUFFIX
         self._fd: int | None = None
         self._holder_fd: int | None = None
 
@@ -94,7 +118,7 @@ class FileBackend(LockBackend):
             return False
         except OSError as err:
             raise self._no_flock(err) from None
-        self._write_holder(holder_description())
+        self._write_holder(Holder.me())
         return True
 
     def acquire_blocking(self) -> None:
@@ -105,10 +129,10 @@ class FileBackend(LockBackend):
             fcntl.flock(self._descriptor(), fcntl.LOCK_EX)
         except OSError as err:
             raise self._no_flock(err) from None
-        self._write_holder(holder_description())
+        self._write_holder(Holder.me())
 
     def release(self) -> None:
-        self._write_holder("")
+        self._write_holder(None)
         fcntl.flock(self._descriptor(), fcntl.LOCK_UN)
 
     def abandon(self) -> None:
@@ -134,10 +158,10 @@ class FileBackend(LockBackend):
             return None
         return text or None
 
-    def _write_holder(self, text: str) -> None:
+    def _write_holder(self, holder: Optional[Holder]) -> None:
         if self._holder_fd is None:
             self._holder_fd = _open(self.holder_file, "lock holder file")
-        os.pwrite(self._holder_fd, text.encode()[:_HOLDER_SIZE].ljust(_HOLDER_SIZE), 0)
+        os.pwrite(self._holder_fd, str(holder or "").encode()[:_HOLDER_SIZE].ljust(_HOLDER_SIZE), 0)
 
 
 LEASE_VARIABLE = "SMTLOCK_LEASE"
@@ -181,7 +205,7 @@ class LeaseBackend(LockBackend):
     def try_acquire(self) -> bool:
         self._claim = f"{self.name}.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}"
         fd = _open(self._claim, "lease claim file")
-        os.write(fd, f"{holder_description()}\n{self._claim}\n".encode())
+        os.write(fd, f"{Holder.me()}\n{self._claim}\n".encode())
         os.close(fd)
         self._renew()
         try:
@@ -318,3 +342,71 @@ def _user_name(uid: int) -> str:
         return pwd.getpwuid(uid).pw_name
     except (ImportError, KeyError):
         return f"uid {uid}"
+
+
+class PostgresBackend(LockBackend):
+    """A session-level ``pg_advisory_lock`` on the store's key, on a connection of its own that is
+    opened to wait and closed on release: a job holds no connection between writes, and the server
+    frees the lock when a holder's connection dies (keepalives bound that for a dead host)."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.key = advisory_key(uri)
+        self.name = f"advisory lock {self.key} on {mask_uri(uri)}"
+        self._conn: Any = None
+        self.last_error: Optional[str] = None
+
+    def try_acquire(self) -> bool:
+        import psycopg2
+        try:
+            if self._conn is None:
+                self._conn = connect(self.uri, application_name="smtlock waiting")
+            with self._conn.cursor() as cur:
+                cur.execute("SELECT pg_try_advisory_lock(%s)", (self.key,))
+                if not cur.fetchone()[0]:
+                    return False
+                cur.execute("SELECT set_config('application_name', %s, false)",
+                            (f"smtlock {Holder.me()}",))
+            return True
+        except (StoreError, psycopg2.Error) as err:  # no free connection, server restarting: wait on
+            self.last_error = str(err).splitlines()[0]
+            self._close()
+            return False
+
+    def release(self) -> None:
+        import psycopg2
+        try:
+            with self._conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_unlock(%s)", (self.key,))
+        except psycopg2.Error:
+            pass  # the connection died (a server restart): the server released the lock with it
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+
+    def holder(self) -> Optional[str]:
+        """The holder's application name (``smtlock pid N on HOST since T``) from pg_locks."""
+        query = ("SELECT a.application_name, a.client_addr FROM pg_locks l JOIN pg_stat_activity a "
+                 "USING (pid) WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+                 "AND l.classid = %s AND l.objid = %s")
+        unsigned = self.key & 0xFFFFFFFFFFFFFFFF
+        try:
+            conn = connect(self.uri, application_name="smtlock holder query")
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(query, (unsigned >> 32, unsigned & 0xFFFFFFFF))
+                    row = cur.fetchone()
+            finally:
+                conn.close()
+        except Exception:
+            return self.last_error and f"unknown ({self.last_error})"
+        if row is None:
+            return self.last_error and f"unknown ({self.last_error})"
+        name, addr = row
+        return f"{name.removeprefix('smtlock ')}" + (f" (client {addr})" if addr else "")

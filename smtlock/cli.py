@@ -126,11 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _postgres(args: argparse.Namespace) -> None:
-    from . import postgres, server
+    from . import migrate, server
     if (args.url is None) == (args.server is None):
         raise SMTLockError("give the store's URL or --server (the server `smtlock server` made), one of them")
     uri = args.url if args.server is None else server.url(args.server or None, show_password=True)
-    print("\n".join(postgres.move_project(args.old_path or args.path, uri, dry_run=args.dry_run)))
+    print("\n".join(migrate.move_project(args.old_path or args.path, uri, dry_run=args.dry_run)))
 
 
 def _server(args: argparse.Namespace) -> None:

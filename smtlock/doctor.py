@@ -17,13 +17,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List
 
-from .backends import CLOCK_SLOP_S, FILE_MODE, LeaseBackend
+from .backends import CLOCK_SLOP_S, FILE_MODE, HOLDER_SUFFIX, Holder, LeaseBackend, PostgresBackend
 from .filesystem import mount_of
-from .lock import LEASE_SUFFIX, LOCK_FILE_NAME, SMTLock, project_root
-from .patches import LAST_GOOD_SUFFIX, RUNNING_DIR, RUNNING_TAGS
+from .lock import SMTLock
+from .patches import RUNNING_TAGS, free_label
+from .project import (LAST_GOOD_SUFFIX, LEASE_SUFFIX, LOCK_FILE_NAME, RUNNING_DIR, SMT_DIR, load, postgres_uri,
+                      project_root, store_path)
 
 __all__ = ["DEDUPLICATED_MODELS", "Finding", "diagnose", "duplicate_rows", "shared_labels",
-           "merge_duplicate_rows", "exit_status"]
+           "merge_duplicate_rows"]
 
 #: Sumatra's Django models written with a plain get_or_create on tables without unique constraints:
 #: two racing processes create two identical rows, and every later get() raises MultipleObjectsReturned.
@@ -44,7 +46,7 @@ class Finding:
         return f"{self.status:9} {self.check:18} {self.detail}"
 
 
-def exit_status(findings: List[Finding]) -> int:
+def _exit_status(findings: List[Finding]) -> int:
     """0 when nothing is left to fix (warnings allowed), 1 otherwise."""
     return 1 if any(f.status == PROBLEM for f in findings) else 0
 
@@ -156,12 +158,12 @@ def _name_hint(smt: Path) -> str:
 
 def _check_writable(root: Path) -> Finding:
     """Every write takes the lock under .smt: a read-only .smt (or mount) makes every smt run fail."""
-    smt = root / ".smt"
+    smt = root / SMT_DIR
     if not os.access(smt, os.W_OK):
         return Finding("writable", PROBLEM, f"{smt} is not writable here ({_why_not_writable(smt)}): every "
                        "smt run and record write fails; make it writable or run from a writable copy", 1)
     # open the lock's files as a write would, without locking: the doctor changes nothing unasked
-    for name in (LOCK_FILE_NAME, LOCK_FILE_NAME + ".holder"):
+    for name in (LOCK_FILE_NAME, LOCK_FILE_NAME + HOLDER_SUFFIX):
         try:
             os.close(os.open(smt / name, os.O_RDWR | os.O_CREAT, FILE_MODE))
         except OSError as err:
@@ -204,16 +206,14 @@ def _check_labels(store: Any, project_name: str, repair: bool) -> Finding:
     for label in shared:
         for db_id in list(store._manager.filter(project__id=project_name, label=label)
                           .order_by("db_id").values_list("db_id", flat=True))[1:]:
-            n = 1
-            while f"{label}_{n}" in taken:
-                n += 1
-            taken.add(f"{label}_{n}")
-            store._manager.filter(db_id=db_id).update(label=f"{label}_{n}")
+            new = free_label(label, taken)
+            taken.add(new)
+            store._manager.filter(db_id=db_id).update(label=new)
     return Finding("shared labels", REPAIRED, f"gave {extra} records their own label (suffix _N)", extra)
 
 
 def _check_running(project: Any, repair: bool) -> Finding:
-    store, notes = project.record_store, Path(project.path) / ".smt" / RUNNING_DIR
+    store, notes = project.record_store, Path(project.path) / SMT_DIR / RUNNING_DIR
     running = {}
     for tag in RUNNING_TAGS:
         for record in store.list(project.name, tags=[tag]):
@@ -275,12 +275,12 @@ def _check_shelve(store: Any, project_name: str) -> Finding:
 
 
 def _check_holder(smt: Path, repair: bool) -> Finding:
-    holder = smt / (LOCK_FILE_NAME + ".holder")
+    holder = smt / (LOCK_FILE_NAME + HOLDER_SUFFIX)
     text = holder.read_text().strip() if holder.exists() else ""
     if not text:
         return Finding("lock holder", OK, "the lock is free")
-    words = text.split()  # "pid N on HOST since T"
-    if len(words) >= 4 and words[3] == socket.gethostname() and not _alive(int(words[1])):
+    who = Holder.parse(text)
+    if who is not None and who.host == socket.gethostname() and not _alive(who.pid):
         if repair:
             holder.write_text("")
             return Finding("lock holder", REPAIRED, f"cleared a stale holder record ({text})", 1)
@@ -317,9 +317,8 @@ def _check_filesystem(smt: Path) -> Finding:
 
 def diagnose(path: str = ".", repair: bool = False) -> List[Finding]:
     """Run every check on the project at or above ``path``; with ``repair``, fix what can be fixed."""
-    from .project import load
     root = project_root(path)
-    smt = root / ".smt"
+    smt = root / SMT_DIR
     # the holder record and the lease first: taking the lock (to repair) rewrites the one and would
     # break an expired other
     findings = [_check_project_file(smt, repair), _check_holder(smt, repair), _check_lease(smt, repair)]
@@ -338,20 +337,19 @@ def diagnose(path: str = ".", repair: bool = False) -> List[Finding]:
 
 def _check_server_holder(uri: str) -> Finding:
     """A PostgreSQL store's lock may be held on another host: ask the server, not the local file."""
-    from .postgres import PostgresBackend
     who = PostgresBackend(uri).holder()
     return Finding("server lock", OK, f"held by {who}" if who else "the store's lock is free on the server")
 
 
 def _store_checks(project: Any, store: Any, repair: bool) -> List[Finding]:
     findings = []
-    from .postgres import is_postgres
-    if is_postgres(getattr(store, "_db_file", None)):
-        findings.append(_check_server_holder(store._db_file))
+    uri = postgres_uri(store)
+    if uri:
+        findings.append(_check_server_holder(uri))
     if hasattr(store, "_db_file"):  # Django
         from django.db import transaction
         store._get_models()
-        if not str(store._db_file).startswith(("postgres", "mysql", "mariadb")):
+        if store_path(store):
             findings.append(_check_sqlite(store._db_file))
         with transaction.atomic(using=store._db_label):
             findings.append(_check_duplicates(store, repair))
@@ -366,8 +364,8 @@ def main(args: Any) -> int:
     """``smtlock doctor``: print a line per check (or JSON); exit 0 healthy, 1 problems left."""
     findings = diagnose(args.path, repair=args.repair)
     if args.json:
-        print(json.dumps({"findings": [asdict(f) for f in findings], "exit": exit_status(findings)},
+        print(json.dumps({"findings": [asdict(f) for f in findings], "exit": _exit_status(findings)},
                          indent=2))
     else:
         print("\n".join(f.line() for f in findings))
-    return exit_status(findings)
+    return _exit_status(findings)

@@ -9,7 +9,6 @@ with backends of its own, whatever its parent held at the fork.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -20,27 +19,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, List, Optional, Tuple, Union
 
-from .backends import FileBackend, LeaseBackend, LockBackend
-from .errors import LockTimeout, NoProjectError, SettingError
+from .backends import FileBackend, LeaseBackend, LockBackend, PostgresBackend
+from .errors import LockTimeout, SettingError
 from .filesystem import is_shared
+from .project import LEASE_SUFFIX, LOCK_FILE_NAME, SMT_DIR, postgres_uri, project_root
 
-__all__ = ["SMTLock", "LOCK_FILE_NAME", "LEASE_SUFFIX", "TIMEOUT_VARIABLE", "project_root", "timeout_setting",
-           "enable_stats", "collected_stats"]
+__all__ = ["SMTLock", "TIMEOUT_VARIABLE", "timeout_setting", "enable_stats", "collected_stats"]
 
-LOCK_FILE_NAME = "smtlock.lock"
-LEASE_SUFFIX = ".lease"  # .smt/smtlock.lease: the lock across hosts on a shared filesystem
 _MIN_POLL = 0.0005  # seconds; the wait between tries doubles up to poll_interval, with jitter
 _FOREVER = -1.0
 TIMEOUT_VARIABLE = "SMTLOCK_TIMEOUT"
-
-
-def project_root(project: Any) -> Path:
-    """The folder that holds ``.smt`` for a Sumatra ``Project`` or for any path inside a project."""
-    start = Path(getattr(project, "path", project)).expanduser().absolute()
-    for folder in (start, *start.parents):
-        if (folder / ".smt").is_dir():
-            return folder
-    raise NoProjectError(f"no Sumatra project at {start} (run `smt init`)")
 
 
 @dataclass
@@ -86,19 +74,6 @@ def collected_stats() -> List[Tuple[str, float, float]]:
     return list(_stats or [])
 
 
-def _store_uri(project: Any, root: Path) -> Optional[str]:
-    """The project's record store URI when it is PostgreSQL (read from .smt/project for a path)."""
-    store = getattr(project, "record_store", None)
-    uri = getattr(store, "_db_file", None)
-    if store is None:
-        try:
-            uri = json.loads((root / ".smt" / "project").read_text())["record_store"].get("db_file")
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            uri = None
-    from .postgres import is_postgres
-    return uri if is_postgres(uri) else None
-
-
 def timeout_setting(default: float = math.inf) -> float:
     """``$SMTLOCK_TIMEOUT``: the longest smtlock waits for the lock or for a database connection, in
     seconds; unset gives ``default``, a negative value waits forever (``math.inf``)."""
@@ -132,7 +107,7 @@ class SMTLock:
         purpose: str = "user",
     ) -> None:
         self.root: Optional[Path] = project_root(project)
-        self._setup(str(self.root / ".smt" / LOCK_FILE_NAME), _store_uri(project, self.root), timeout,
+        self._setup(str(self.root / SMT_DIR / LOCK_FILE_NAME), postgres_uri(project, self.root), timeout,
                     poll_interval, purpose)
 
     @classmethod
@@ -170,7 +145,6 @@ class SMTLock:
         if is_shared(os.path.dirname(self.lock_file)):
             backends.append(LeaseBackend(os.path.splitext(self.lock_file)[0] + LEASE_SUFFIX))
         if self._store_uri:
-            from .postgres import PostgresBackend
             backends.append(PostgresBackend(self._store_uri))
         return backends
 

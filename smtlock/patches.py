@@ -41,6 +41,7 @@ from .backends import replacement_mode
 from .errors import NoProjectError, StoreError
 from .filesystem import is_shared, mount_of
 from .lock import SMTLock, timeout_setting
+from .project import HOST_CLAIM_SUFFIX, LAST_GOOD_SUFFIX, RUNNING_DIR, SMT_DIR, postgres_uri, store_path
 
 try:  # Sumatra's django_store module imports without Django; its store needs it
     import django  # noqa: F401
@@ -48,15 +49,12 @@ try:  # Sumatra's django_store module imports without Django; its store needs it
 except ImportError:  # Django is optional for Sumatra and for us
     DjangoConfiguration = DjangoRecordStore = None  # type: ignore[assignment,misc]
 
-__all__ = ["apply", "is_applied", "add_record", "save_record", "claim_label", "atomic_open", "prepare_store",
-           "SQLITE_BUSY_TIMEOUT_S", "LAST_GOOD_SUFFIX", "RUNNING_DIR", "RUNNING_TAGS", "ENDED_TAGS"]
+__all__ = ["apply", "is_applied", "add_record", "save_record", "claim_label", "free_label", "atomic_open", "prepare_store",
+           "SQLITE_BUSY_TIMEOUT_S", "RUNNING_TAGS", "ENDED_TAGS"]
 
 SQLITE_BUSY_TIMEOUT_S = 60.0  # how long an SQLite connection waits for another writer, not fail
 CONNECT_RETRY_S = 300.0  # how long a PostgreSQL connection is retried ($SMTLOCK_TIMEOUT overrides)
-LAST_GOOD_SUFFIX = ".last-good"  # .smt/project.last-good: the last project file smtlock wrote
-HOST_CLAIM_SUFFIX = ".smtlock-host"  # <store>.smtlock-host: the one host that writes a store on a shared fs
 HOST_IDLE_S = 600.0  # a claim passes to another host after this long with no write and no running record
-RUNNING_DIR = "smtlock-running"  # .smt/smtlock-running/<label>: "pid host" of a running record
 _CLAIM = "_smtlock_claimed_label"  # set on a Record once its label is claimed in its store
 _ORIGINAL: dict = {}
 _saved: Dict[int, Tuple[Any, bytes]] = {}  # id(record) -> (weak reference, state last written)
@@ -125,13 +123,18 @@ def claim_label(project: Project, record: Any) -> None:
     """
     if getattr(record, _CLAIM, None) == record.label:
         return  # the same record, added again (the user's pattern after new_record, or @capture)
-    taken = _labels_like(project.record_store, project.name, record.label)
-    if record.label in taken:
-        n = 1
-        while f"{record.label}_{n}" in taken:
-            n += 1
-        record.label = f"{record.label}_{n}"
+    record.label = free_label(record.label, _labels_like(project.record_store, project.name, record.label))
     setattr(record, _CLAIM, record.label)
+
+
+def free_label(label: str, taken: Set[str]) -> str:
+    """``label`` if it is not taken, else the first free ``label_1``, ``label_2``..."""
+    n = 0
+    free = label
+    while free in taken:
+        n += 1
+        free = f"{label}_{n}"
+    return free
 
 
 def _labels_like(store: Any, project_name: str, label: str) -> Set[str]:
@@ -159,7 +162,7 @@ def save_record(self: Project, record: Any) -> None:
     with SMTLock(self, timeout=-1 if ended else None, purpose="save_record"):
         _write(self, record, claim=False)
     _remember(record, state)
-    note = os.path.join(self.path, ".smt", RUNNING_DIR, record.label.replace("/", "_"))
+    note = os.path.join(self.path, SMT_DIR, RUNNING_DIR, record.label.replace("/", "_"))
     if any(tag in RUNNING_TAGS for tag in record.tags):
         os.makedirs(os.path.dirname(note), exist_ok=True)
         with open(note, "w") as f:
@@ -207,7 +210,7 @@ def _mark_stored(method: Callable) -> Callable:
 def prepare_store(store: Any) -> None:
     """Before each write: one host per SQLite/shelve store on a shared filesystem; first-use set-up
     of a store (Django configuration, migration check, SQLite tuning), done outside the lock."""
-    _one_host(_store_path(store))
+    _one_host(store_path(store))
     if DjangoRecordStore is not None and isinstance(store, DjangoRecordStore):
         _connecting(store._get_models, store._db_label)
 
@@ -272,7 +275,7 @@ def atomic_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
     half-written file (JSONDecodeError). Writes to files in a ``.smt`` folder become atomic here.
     """
     if ("w" in mode and "b" not in mode and not args and isinstance(file, (str, os.PathLike))
-            and os.path.basename(os.path.dirname(os.path.abspath(file))) == ".smt"):
+            and os.path.basename(os.path.dirname(os.path.abspath(file))) == SMT_DIR):
         path = os.fspath(file)
         return _AtomicFile(path, mode, keep_copy=os.path.basename(path) == "project", **kwargs)
     return builtins.open(file, mode, *args, **kwargs)
@@ -299,8 +302,8 @@ def _write_lock(store: Any) -> None:
     a holder cut off from the server can never commit after another holder began: the write and its
     lock die together. Upstream races get_or_create on tables without unique constraints, and the
     duplicate rows it leaves make every later write fail (MultipleObjectsReturned)."""
-    uri = getattr(store, "_db_file", None)
-    if postgres.is_postgres(uri):
+    uri = postgres_uri(store)
+    if uri:
         from django.db import connections
         with connections[store._db_label].cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [postgres.advisory_key(uri, "write")])
@@ -311,7 +314,7 @@ def _retrying(attempt: Callable[[], Any], store: Any, undo: Callable[[], None]) 
     made, ``undo`` what it changed in memory and run it again, with backoff, within the timeout.
     Any other error raises at once; the connection is closed after (see :func:`_django_hygiene`)."""
     from django.db import InterfaceError, OperationalError, connections
-    if not postgres.is_postgres(getattr(store, "_db_file", None)):
+    if not postgres_uri(store):
         return attempt()
     connection = connections[store._db_label]
     deadline = time.monotonic() + timeout_setting(CONNECT_RETRY_S)
@@ -382,7 +385,7 @@ def _django_hygiene(method: Callable) -> Callable:
     hundred jobs exhaust the server's max_connections ("sorry, too many clients already")."""
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if not postgres.is_postgres(getattr(self, "_db_file", None)):
+        if not postgres_uri(self):
             return method(self, *args, **kwargs)
         from django.db import connections
         _connecting(self._get_models, self._db_label)
@@ -480,14 +483,6 @@ def _runs_on(host: str, folder: str) -> bool:
             except (OSError, IndexError):
                 continue
     return False
-
-
-def _store_path(store: Any) -> Optional[str]:
-    """The file of an SQLite or shelve store (None for a database server)."""
-    if isinstance(store, ShelveRecordStore):
-        return str(store._shelf_name)
-    db_file = getattr(store, "_db_file", None)
-    return None if db_file is None or postgres.is_postgres(db_file) or "://" in str(db_file) else str(db_file)
 
 
 def _django_create_databases(self: Any) -> None:

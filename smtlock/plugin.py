@@ -11,6 +11,9 @@ options.
 import os
 
 from . import patches
+from .filesystem import is_shared, mount_of
+from .lock import SMTLock
+from .project import describe_store, load
 
 __all__ = ["PLUGIN"]
 
@@ -31,7 +34,6 @@ def disable(path: str = ".") -> str:
 
 
 def _switch(path: str, on: bool) -> str:
-    from .project import load
     project = load(path)
     if (PLUGIN in project.plugins) == on:
         return f"smtlock is {'already' if on else 'not'} enabled in {project.path} (nothing to do)"
@@ -51,9 +53,6 @@ def _switch(path: str, on: bool) -> str:
 
 def status(path: str = ".") -> str:
     """What is protected in the project, in a few lines."""
-    from .lock import SMTLock
-    from .project import load
-    from .postgres import describe_store
     project = load(path)
     lock = SMTLock(project)
     store = project.record_store
@@ -75,7 +74,6 @@ def status(path: str = ".") -> str:
 
 def _filesystem(path: str) -> str:
     """The project's filesystem, and what smtlock does because of it."""
-    from .filesystem import is_shared, mount_of
     mount = mount_of(os.path.join(path, ".smt"))
     if not is_shared(os.path.join(path, ".smt")):
         return f"{mount.fstype} at {mount.mountpoint}: local"

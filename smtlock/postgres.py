@@ -1,5 +1,5 @@
-"""PostgreSQL record stores: connections with keepalives and clear errors, the advisory-lock
-backend that serializes writers on different hosts, and ``smtlock postgres`` (move a project).
+"""PostgreSQL record stores: URIs, connections with keepalives and clear errors, advisory-lock keys,
+and creating or dropping a store's database.
 
 A URI has Sumatra's form ``postgres://user:password@host:port/dbname``; its password never appears in
 anything smtlock prints (:func:`mask_uri`).
@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 from urllib.parse import unquote, urlsplit
 
-from .backends import LockBackend, holder_description
 from .errors import StoreError
 
 __all__ = ["is_postgres", "mask_uri", "check_uri", "connect_kwargs", "connect", "check_server", "advisory_key",
-           "PostgresBackend", "create_database", "drop_database", "move_project", "KEEPALIVES",
-           "SERVER_KEEPALIVES"]
+           "create_database", "drop_database", "KEEPALIVES", "SERVER_KEEPALIVES", "CONNECT_TIMEOUT_S"]
 
 #: TCP keepalives for every connection (client side, and the server's side via SET): a host that
 #: dies while holding the advisory lock is noticed in about idle + interval * count = 60 s.
@@ -133,74 +131,6 @@ def advisory_key(uri: str, purpose: str = "") -> int:
     return int.from_bytes(hashlib.sha256(ident.encode()).digest()[:8], "big", signed=True)
 
 
-class PostgresBackend(LockBackend):
-    """A session-level ``pg_advisory_lock`` on the store's key, on a connection of its own that is
-    opened to wait and closed on release: a job holds no connection between writes, and the server
-    frees the lock when a holder's connection dies (keepalives bound that for a dead host)."""
-
-    def __init__(self, uri: str) -> None:
-        self.uri = uri
-        self.key = advisory_key(uri)
-        self.name = f"advisory lock {self.key} on {mask_uri(uri)}"
-        self._conn: Any = None
-        self.last_error: Optional[str] = None
-
-    def try_acquire(self) -> bool:
-        import psycopg2
-        try:
-            if self._conn is None:
-                self._conn = connect(self.uri, application_name="smtlock waiting")
-            with self._conn.cursor() as cur:
-                cur.execute("SELECT pg_try_advisory_lock(%s)", (self.key,))
-                if not cur.fetchone()[0]:
-                    return False
-                cur.execute("SELECT set_config('application_name', %s, false)",
-                            ("smtlock " + holder_description(),))
-            return True
-        except (StoreError, psycopg2.Error) as err:  # no free connection, server restarting: wait on
-            self.last_error = str(err).splitlines()[0]
-            self._close()
-            return False
-
-    def release(self) -> None:
-        import psycopg2
-        try:
-            with self._conn.cursor() as cur:
-                cur.execute("SELECT pg_advisory_unlock(%s)", (self.key,))
-        except psycopg2.Error:
-            pass  # the connection died (a server restart): the server released the lock with it
-        finally:
-            self._close()
-
-    def _close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            finally:
-                self._conn = None
-
-    def holder(self) -> Optional[str]:
-        """The holder's application name (``smtlock pid N on HOST since T``) from pg_locks."""
-        query = ("SELECT a.application_name, a.client_addr FROM pg_locks l JOIN pg_stat_activity a "
-                 "USING (pid) WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
-                 "AND l.classid = %s AND l.objid = %s")
-        unsigned = self.key & 0xFFFFFFFFFFFFFFFF
-        try:
-            conn = connect(self.uri, application_name="smtlock holder query")
-            try:
-                with conn.cursor() as cur:
-                    cur.execute(query, (unsigned >> 32, unsigned & 0xFFFFFFFF))
-                    row = cur.fetchone()
-            finally:
-                conn.close()
-        except Exception:
-            return self.last_error and f"unknown ({self.last_error})"
-        if row is None:
-            return self.last_error and f"unknown ({self.last_error})"
-        name, addr = row
-        return f"{name.removeprefix('smtlock ')}" + (f" (client {addr})" if addr else "")
-
-
 def create_database(uri: str) -> bool:
     """Create the URI's database if it does not exist; True when it was created."""
     import psycopg2
@@ -233,54 +163,3 @@ def drop_database(uri: str) -> None:
                 sql.Identifier(urlsplit(uri).path.lstrip("/"))))
     finally:
         conn.close()
-
-
-def move_project(path: str, uri: str, dry_run: bool = False) -> List[str]:
-    """Switch a project's record store to PostgreSQL, copying and verifying its records; the old store
-    is left as it was (a backup). Returns what was done (or would be), a line each."""
-    from sumatra.recordstore.django_store import DjangoRecordStore
-    from .lock import SMTLock
-    from .project import load
-    check_uri(uri)
-    project = load(path)
-    old = project.record_store
-    where = mask_uri(uri)
-    if getattr(old, "_db_file", None) == uri:
-        return [f"{project.name} already uses {where} (nothing to do)"]
-    check_server(uri, must_exist=False)
-    if dry_run:
-        labels = old.labels(project.name) if old.has_project(project.name) else []
-        return [f"would create database {urlsplit(uri).path.lstrip('/')!r} at {where} if missing",
-                f"would copy {len(labels)} records of project {project.name} from {describe_store(old)}",
-                f"would switch the project to {where}, keeping {describe_store(old)} as a backup"]
-    lines = []
-    if create_database(uri):
-        lines.append(f"created database {urlsplit(uri).path.lstrip('/')!r} at {where}")
-    new = DjangoRecordStore(uri)  # before the old store is used: Django is configured only once
-    with SMTLock(project):
-        labels = old.labels(project.name) if old.has_project(project.name) else []
-        present = set(new.labels(project.name)) if new.has_project(project.name) else set()
-        for label in labels:
-            if label not in present:
-                new.save(project.name, old.get(project.name, label))
-        copied = set(new.labels(project.name))
-        missing = set(labels) - copied
-        if missing:
-            raise StoreError(f"{len(missing)} records did not arrive in {where} "
-                             "(the project still uses its old store)")
-        lines.append(f"copied {len(labels) - len(present & set(labels))} records of project "
-                     f"{project.name}; verified: {len(labels)} in the old store, all {len(labels)} in {where}")
-        project.record_store = new
-        project.save()
-    lines.append(f"project {project.name} now uses {where}; {describe_store(old)} is kept untouched "
-                 "as a backup")
-    return lines
-
-
-def describe_store(store: Any) -> str:
-    """A store in words, with any password masked."""
-    db_file = getattr(store, "_db_file", None) or getattr(store, "_shelf_name", None)
-    kind = "Django" if hasattr(store, "_db_file") else type(store).__name__
-    return f"{kind} store {mask_uri(str(db_file))}" if db_file else kind
-
-

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional
 from urllib.parse import urlsplit
 
+from .backends import Holder
 from .errors import SMTLockError
 from .hosts import NetworkHosts, SharedFolderHosts
 from .postgres import create_database, drop_database, is_postgres, mask_uri
@@ -152,10 +153,10 @@ class Killer(threading.Thread):
 
     def _holder(self) -> Optional[int]:
         try:
-            words = self.holder_file.read_text().split()
+            holder = Holder.parse(self.holder_file.read_text())
         except OSError:
             return None
-        pid = int(words[1]) if len(words) > 1 and words[1].isdigit() else None
+        pid = holder.pid if holder else None
         return pid if pid in self.pids and pid not in self.killed else None
 
     def _wait_for_holder(self, limit: float = 5.0) -> Optional[int]:
