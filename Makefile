@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PYTHONS := $(shell ls -d $(HOME)/.pyenv/versions/3.*/bin 2>/dev/null | paste -sd: -)
 NOX     := PATH="$(PYTHONS)$(if $(PYTHONS),:)$$PATH" $(VENV)/bin/nox
 
-.PHONY: test test-one demo bench test-tools clean
+.PHONY: test test-one lint demo bench test-tools clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ test: $(VENV)/.installed test-tools
 # The whole suite on this venv's Python only: the quick loop while developing.
 test-one: $(VENV)/.installed test-tools
 	$(PY) -m pytest
+
+# ruff and mypy, as CI runs them (nox's lint session); configured in pyproject.toml.
+lint: $(VENV)/.installed
+	$(NOX) -s lint
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/smtlock stress --jobs 32 --records 4 --mode raw --mode locked

@@ -17,6 +17,7 @@ nox.options.error_on_missing_interpreters = True  # a Python we claim must be he
 os.environ.setdefault("UV_PYTHON_DOWNLOADS", "never")  # the machine's Pythons only
 
 PRIMARY = "3.11"
+LINTERS = ["ruff>=0.15,<0.18", "mypy>=1.14,<3"]
 OTHERS = ["3.9", "3.10", "3.12", "3.13"]
 FIELD = ["tests/test_burst.py", "tests/test_writepath.py", "tests/test_lock.py", "tests/test_pools.py",
          "tests/test_plugin.py", "tests/test_stress.py", "tests/test_decorator.py", "tests/test_core.py",
@@ -40,6 +41,14 @@ for name in names:
         found.append(f"{name} -")
 print("versions: Python", platform.python_version() + ";", ", ".join(found))
 """
+
+
+@nox.session(python=PRIMARY)
+def lint(session: nox.Session) -> None:
+    """ruff and mypy, configured in pyproject.toml (the same as `make lint`)."""
+    session.install(*LINTERS)
+    session.run("ruff", "check", ".")
+    session.run("mypy")
 
 
 @nox.session(python=PRIMARY)

@@ -16,6 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from pgserver import Cluster  # noqa: E402
+
 from smtlock.hosts import NetworkHosts  # noqa: E402
 from smtlock.stress import JOB_SCRIPT, make_project, recount, run_burst, start_together, verify  # noqa: E402
 

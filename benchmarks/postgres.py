@@ -11,8 +11,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from pgserver import Cluster  # noqa: E402
-from smtlock.stress import (JOB_SCRIPT, recount, make_project, run_mode,  # noqa: E402
-                            start_together, verify)
+
+from smtlock.stress import JOB_SCRIPT, make_project, recount, run_mode, start_together, verify  # noqa: E402
 
 
 def keep(run: dict) -> dict:

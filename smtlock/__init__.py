@@ -15,7 +15,7 @@ if os.name != "posix":  # flock(2) is the lock; there is no Windows backend
     raise ImportError("smtlock needs Linux or macOS (POSIX file locks); on Windows, run your jobs under "
                       "WSL or on a Linux machine")
 
-from . import patches  # noqa: E402
+from . import patches
 from .decorator import current_label, smt_logged
 from .errors import (
     LockFileError,

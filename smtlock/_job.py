@@ -12,17 +12,18 @@ import json
 import os
 import sys
 import traceback
+from typing import Any, Dict, List
 
 
-def main(argv):
-    mode, project_dir, job, records, ready_fd, go_fd, result_file = argv
-    job, records, ready_fd, go_fd = int(job), int(records), int(ready_fd), int(go_fd)
+def main(argv: List[str]) -> int:
+    mode, project_dir, result_file = argv[0], argv[1], argv[6]
+    job, records, ready_fd, go_fd = (int(arg) for arg in argv[2:6])
     os.chdir(project_dir)
     sys.path.insert(0, project_dir)  # the project's main.py, for the decorator mode
 
+    import sumatra.commands  # noqa: F401  (imported before the barrier, like everything else)
     from sumatra.parameters import SimpleParameterSet
     from sumatra.projects import load_project
-    import sumatra.commands  # noqa: F401  (imported before the barrier, like everything else)
     if mode in ("locked", "decorator"):
         import smtlock  # smt-run modes get it (or not) from the project's plugin list, as users do
     if mode == "decorator":
@@ -34,7 +35,7 @@ def main(argv):
     os.read(go_fd, 1)  # returns when the harness closes the other end: everyone starts together
     os.close(go_fd)
 
-    result = {"job": job, "done": 0, "error": None, "labels": []}
+    result: Dict[str, Any] = {"job": job, "done": 0, "error": None, "labels": []}
     try:
         for rec in range(records):
             if mode == "decorator":

@@ -8,11 +8,11 @@ import json
 import sys
 import textwrap
 from pathlib import Path
-from typing import Dict, List, NoReturn, Optional
+from typing import Dict, List, NoReturn, Optional, Type
 
 from . import __version__
-from .errors import SMTLockError
 from .backends import LEASE_VARIABLE
+from .errors import SMTLockError
 from .filesystem import FILESYSTEM_VARIABLE
 from .lock import TIMEOUT_VARIABLE
 from .postgres import mask_uri
@@ -144,7 +144,7 @@ def _server(args: argparse.Namespace) -> None:
     print("\n".join(lines))
 
 
-def _database_errors() -> type:
+def _database_errors() -> Type[Exception]:
     try:
         from django.db import DatabaseError
     except ImportError:

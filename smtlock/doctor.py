@@ -21,8 +21,17 @@ from .backends import CLOCK_SLOP_S, FILE_MODE, HOLDER_SUFFIX, Holder, LeaseBacke
 from .filesystem import mount_of
 from .lock import SMTLock
 from .patches import RUNNING_TAGS, free_label
-from .project import (LAST_GOOD_SUFFIX, LEASE_SUFFIX, LOCK_FILE_NAME, RUNNING_DIR, SMT_DIR, load, postgres_uri,
-                      project_root, store_path)
+from .project import (
+    LAST_GOOD_SUFFIX,
+    LEASE_SUFFIX,
+    LOCK_FILE_NAME,
+    RUNNING_DIR,
+    SMT_DIR,
+    load,
+    postgres_uri,
+    project_root,
+    store_path,
+)
 
 __all__ = ["DEDUPLICATED_MODELS", "Finding", "diagnose", "duplicate_rows", "shared_labels",
            "merge_duplicate_rows"]

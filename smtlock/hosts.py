@@ -71,6 +71,7 @@ class SharedFolderHosts:
                      sys.executable, "-c", _KEEPER, name, str(self.folder)],
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
                 self._keepers.append(keeper)
+                assert keeper.stdout is not None
                 word, pid = (keeper.stdout.readline().split() + ["", ""])[:2]
                 if word != "ready":
                     raise SMTLockError(f"could not mount {self.folder} with bindfs on {name} (is FUSE "

@@ -47,10 +47,10 @@ try:  # Sumatra's django_store module imports without Django; its store needs it
     import django  # noqa: F401
     from sumatra.recordstore.django_store import DjangoConfiguration, DjangoRecordStore
 except ImportError:  # Django is optional for Sumatra and for us
-    DjangoConfiguration = DjangoRecordStore = None  # type: ignore[assignment,misc]
+    DjangoConfiguration = DjangoRecordStore = None
 
-__all__ = ["apply", "is_applied", "add_record", "save_record", "claim_label", "free_label", "atomic_open", "prepare_store",
-           "SQLITE_BUSY_TIMEOUT_S", "RUNNING_TAGS", "ENDED_TAGS"]
+__all__ = ["apply", "is_applied", "add_record", "save_record", "claim_label", "free_label", "atomic_open",
+           "prepare_store", "SQLITE_BUSY_TIMEOUT_S", "RUNNING_TAGS", "ENDED_TAGS"]
 
 SQLITE_BUSY_TIMEOUT_S = 60.0  # how long an SQLite connection waits for another writer, not fail
 CONNECT_RETRY_S = 300.0  # how long a PostgreSQL connection is retried ($SMTLOCK_TIMEOUT overrides)
@@ -192,7 +192,9 @@ def _unchanged(record: Any, state: Optional[bytes]) -> bool:
 def _remember(record: Any, state: Optional[bytes]) -> None:
     key = id(record)
     if state is not None:
-        _saved[key] = (weakref.ref(record, lambda _, key=key: _saved.pop(key, None)), state)
+        def forget(_: Any, key: int = key) -> None:
+            _saved.pop(key, None)
+        _saved[key] = (weakref.ref(record, forget), state)
 
 
 def _mark_stored(method: Callable) -> Callable:
@@ -634,7 +636,7 @@ def _django_connections() -> list:
 
 # --- applying -------------------------------------------------------------------------------------
 
-def _patch(owner: Any, name: str, make: Callable[[Callable], Callable]) -> None:
+def _patch(owner: Any, name: str, make: Callable[[Any], Any]) -> None:
     key = f"{owner.__name__}.{name}"
     if key not in _ORIGINAL:
         _ORIGINAL[key] = getattr(owner, name)
@@ -659,11 +661,11 @@ def apply() -> None:
     # Upstream: get -> modify -> save_record with no lock loses concurrent tags and comments.
     for name in ("add_tag", "remove_tag", "add_comment", "delete_record", "delete_by_tag",
                  "change_record_store", "backup"):
-        _patch(Project, name, lambda orig, name=name: _locked(orig, name))
+        _patch(Project, name, functools.partial(_locked, purpose=name))
     # Upstream: open(path, 'w') on .smt/project and .smt/labels (see atomic_open).
     for module in (sumatra.projects, sumatra.commands):
         if getattr(module, "open", None) is not atomic_open:
-            module.open = atomic_open  # type: ignore[attr-defined]
+            setattr(module, "open", atomic_open)  # noqa: B010 (a module attribute mypy cannot see)
 
     _patch(ShelveRecordStore, "accepts_uri", lambda orig: classmethod(_shelve_accepts_uri))
     _patch(ShelveRecordStore, "__init__", lambda orig: _shelve_init)

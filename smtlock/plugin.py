@@ -56,6 +56,7 @@ def status(path: str = ".") -> str:
     project = load(path)
     lock = SMTLock(project)
     store = project.record_store
+    holder = lock.holder()
     if PLUGIN in project.plugins:
         plugin = "enabled: smt commands write safely"
     else:
@@ -67,7 +68,7 @@ def status(path: str = ".") -> str:
         f"plugin     {plugin}",
         f"store      {describe_store(store)}{_journal(store)}",
         f"filesystem {_filesystem(project.path)}",
-        f"lock file  {lock.lock_file} ({'held by ' + lock.holder() if lock.holder() else 'free'})",
+        f"lock file  {lock.lock_file} ({'held by ' + holder if holder else 'free'})",
         f"labels     {label}",
     ])
 

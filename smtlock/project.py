@@ -11,8 +11,8 @@ from typing import Any, Optional, Union
 from .errors import NoProjectError, ProjectFileError
 from .postgres import is_postgres, mask_uri
 
-__all__ = ["load", "project_root", "postgres_uri", "store_path", "describe_store", "SMT_DIR", "LOCK_FILE_NAME", "LEASE_SUFFIX",
-           "LAST_GOOD_SUFFIX", "RUNNING_DIR", "HOST_CLAIM_SUFFIX"]
+__all__ = ["load", "project_root", "postgres_uri", "store_path", "describe_store", "SMT_DIR", "LOCK_FILE_NAME",
+           "LEASE_SUFFIX", "LAST_GOOD_SUFFIX", "RUNNING_DIR", "HOST_CLAIM_SUFFIX"]
 
 SMT_DIR = ".smt"  # Sumatra's folder in a project's root
 LOCK_FILE_NAME = "smtlock.lock"  # .smt/smtlock.lock (and .smt/smtlock.lock.holder: who holds it)

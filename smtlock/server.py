@@ -22,8 +22,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from .errors import SMTLockError
 
-__all__ = ["ServerError", "ThrowawayServer", "binaries", "default_folder", "init", "start", "stop", "status", "url", "USER",
-           "DATABASE"]
+__all__ = ["ServerError", "ThrowawayServer", "binaries", "default_folder", "init", "start", "stop", "status", "url",
+           "USER", "DATABASE"]
 
 USER = "smtlock"  # the role the projects connect as (also the cluster's superuser)
 DATABASE = "sumatra"

@@ -30,8 +30,8 @@ from .errors import SMTLockError
 from .hosts import NetworkHosts, SharedFolderHosts
 from .postgres import create_database, drop_database, is_postgres, mask_uri
 
-__all__ = ["MODES", "TITLES", "verdict", "make_project", "start_together", "run_burst", "census", "recount", "verify", "run_mode",
-           "store_uri_for", "exit_status", "format_table"]
+__all__ = ["MODES", "TITLES", "verdict", "make_project", "start_together", "run_burst", "census", "recount", "verify",
+           "run_mode", "store_uri_for", "exit_status", "format_table"]
 
 #: raw: plain Sumatra, the user's pattern; locked: the same in SMTLock; decorator: @smt_logged;
 #: smt-run: unmodified `smt run` in a project with the plugin enabled; smt-run-raw: without it
@@ -222,6 +222,7 @@ def census(store: str, project_dir: str, project_name: str = PROJECT_NAME) -> Di
     tags, and duplicate rows in Sumatra's tables. Run it in a fresh process per store."""
     from sumatra.recordstore import ShelveRecordStore
     from sumatra.recordstore.django_store import DjangoRecordStore
+
     from .doctor import duplicate_rows
     # the kind of store the project was made with, not a guess from the path (see
     # patches._shelve_accepts_uri: on Python 3.13 a guess took the SQLite store for a shelf)
@@ -463,8 +464,9 @@ def run_network_mode(mode: str, jobs: int, records: int, base_dir: Path, count: 
             server.stop()
     killed = cutter.killed if cutter else []
     failed = [job for job, code in burst["codes"].items() if code and job not in killed]
-    reports = [json.loads((run_dir / f"job-{job}.json").read_text()) if (run_dir / f"job-{job}.json").exists()
-               else {"job": job, "error": None} for job in range(jobs)]
+    reports: List[Dict[str, Any]] = [
+        json.loads((run_dir / f"job-{job}.json").read_text()) if (run_dir / f"job-{job}.json").exists()
+        else {"job": job, "error": None} for job in range(jobs)]
     result: Dict[str, Any] = {"mode": mode, "store": f"PostgreSQL on {count} hosts", "jobs": jobs,
                               "records_per_job": records}
     result.update(verify(counted["records"], jobs, records, killed, failed))
@@ -533,7 +535,8 @@ def add_arguments(parser: Any) -> None:
 
 ROWS = [("killed jobs", "killed_jobs"), ("  of them holding the lock", "killed_holding_lock"),
         ("  their records found", "records_of_killed_jobs"), ("expected", "expected"), ("found", "found"),
-        ("lost", "lost"), ("  lost silently", "lost_silently"), ("duplicates", "duplicates"), ("distinct labels", "distinct_labels"),
+        ("lost", "lost"), ("  lost silently", "lost_silently"), ("duplicates", "duplicates"),
+        ("distinct labels", "distinct_labels"),
         ("failed jobs", "failed_jobs"), ("wall time (s)", "wall_s"),
         ("lock held p50/p99 (ms)", "lock_held_ms"), ("lock wait p50/p99 (ms)", "lock_wait_ms"),
         ("duplicate table rows", "duplicate_rows")]

@@ -11,7 +11,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from conftest import run_python
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from conftest import run_python
+
 from smtlock.stress import make_project, run_burst, run_mode
 
 SMTLOCK = os.path.join(os.path.dirname(sys.executable), "smtlock")

@@ -8,9 +8,9 @@ import threading
 from pathlib import Path
 
 import pytest
+from conftest import PROGRAMS, overlaps
 
 import smtlock
-from conftest import PROGRAMS, overlaps
 from smtlock import LockTimeout, SMTLock, SMTLockError
 from smtlock.errors import LockFileError, NoProjectError
 from smtlock.stress import start_together

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from conftest import outlives_its_timeout
+
 from smtlock.stress import recount, start_together
 
 BIN = os.path.dirname(sys.executable)

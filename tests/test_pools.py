@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import PROGRAMS, run_python
 
 CALLS, WORKERS = 8, 4

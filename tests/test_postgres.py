@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import run_python
 from pgserver import Cluster, free_port
+
 from smtlock.stress import JOB_SCRIPT, make_project, run_mode, start_together
 
 SMTLOCK = os.path.join(os.path.dirname(sys.executable), "smtlock")
@@ -151,6 +151,7 @@ def test_a_server_restart_mid_burst_loses_nothing_and_fails_no_job(tmp_path: Pat
     written (188 of 192 kept). Now a write whose connection broke is rolled back and done again."""
     import threading
     import time
+
     from smtlock.stress import recount, run_burst
     cluster = Cluster()
     try:
@@ -211,3 +212,32 @@ def test_writes_stay_serialized_when_the_lock_connection_is_cut(pg_uri: str, pg,
         (j, r) for j in [*range(12), *range(100, 112)] for r in range(3)]
     assert len({r["label"] for r in counted["records"]}) == 72
     assert counted["duplicate_rows"] == {}
+
+
+FORK_WHILE_HOLDING = """
+import os, sys, smtlock
+lock = smtlock.SMTLock(sys.argv[1])
+lock.acquire()
+if os.fork() == 0:  # the child exits normally: Python closes what it inherited
+    sys.exit(0)
+os.wait()
+print("child exited", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_forked_child_never_ends_its_parents_server_session(pg_uri: str, tmp_path: Path) -> None:
+    """The child inherits the connection that holds the advisory lock; closing it there would tell
+    the server the session ended, freeing the parent's lock while the parent writes."""
+    from smtlock.backends import PostgresBackend
+    (tmp_path / ".smt").mkdir()
+    (tmp_path / ".smt" / "project").write_text(json.dumps({"record_store": {"db_file": pg_uri}}))
+    parent = subprocess.Popen([sys.executable, "-c", FORK_WHILE_HOLDING, str(tmp_path)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout.readline().strip() == "child exited"
+        other = PostgresBackend(pg_uri)
+        assert not other.try_acquire(), "the parent's lock was freed by its child"
+    finally:
+        parent.kill()
+        parent.wait()

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from pgserver import Cluster
+
 from smtlock.hosts import NetworkHosts
 from smtlock.stress import JOB_SCRIPT, start_together
 
@@ -17,7 +17,8 @@ SMTLOCK = os.path.join(os.path.dirname(sys.executable), "smtlock")
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
 
 
-MAKE = "import sys; from pathlib import Path; from smtlock.stress import make_project; print(make_project(Path(sys.argv[1]), sys.argv[2]))"
+MAKE = ("import sys; from pathlib import Path; from smtlock.stress import make_project; "
+        "print(make_project(Path(sys.argv[1]), sys.argv[2]))")
 CENSUS = "import json, sys; from smtlock.stress import census; print(json.dumps(census(sys.argv[1], sys.argv[2])))"
 
 

@@ -10,8 +10,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from pgserver import free_port
+
 from smtlock.stress import make_project, recount, run_burst
 
 SMTLOCK = os.path.join(os.path.dirname(sys.executable), "smtlock")

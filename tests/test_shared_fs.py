@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import PROGRAMS, overlaps
+
 from smtlock.hosts import SharedFolderHosts
 from smtlock.stress import run_mode, start_together
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from smtlock.stress import recount, exit_status, run_mode, verify
+from smtlock.stress import exit_status, recount, run_mode, verify
 
 SMTLOCK = os.path.join(os.path.dirname(sys.executable), "smtlock")
 

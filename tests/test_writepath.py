@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 from conftest import run_python
+
 from smtlock.stress import start_together
 
 NEW_RECORD = """
