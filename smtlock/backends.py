@@ -86,7 +86,7 @@ class LockBackend(ABC):
         sleep in the kernel instead overrides this."""
         raise NotImplementedError
 
-    def abandon(self) -> None:
+    def abandon(self) -> None:  # noqa: B027 (not abstract: a backend that inherits nothing keeps this)
         """In a forked child: drop what was inherited from the parent without releasing it."""
 
 
@@ -382,6 +382,12 @@ class PostgresBackend(LockBackend):
             pass  # the connection died (a server restart): the server released the lock with it
         finally:
             self._close()
+
+    def abandon(self) -> None:
+        # A forked child drops the inherited connection without closing it: psycopg2 closes a
+        # connection only in the process that opened it, so the parent's session (and the lock it
+        # holds) lives on; close() here would end that session on the server.
+        self._conn = None
 
     def _close(self) -> None:
         if self._conn is not None:
