@@ -36,7 +36,7 @@ from sumatra.core import STATUS_FORMAT
 from sumatra.projects import Project
 from sumatra.recordstore.shelve_store import ShelveRecordStore
 
-from . import postgres
+from . import postgres, rows
 from .backends import replacement_mode
 from .errors import NoProjectError, StoreError
 from .filesystem import is_shared, mount_of
@@ -112,7 +112,21 @@ def _write(project: Project, record: Any, claim: bool) -> None:
         record.label = label
         setattr(record, _CLAIM, claimed)
 
-    _retrying(attempt, store, undo)
+    _without_stale_rows(lambda: _retrying(attempt, store, undo), store, undo)
+
+
+def _without_stale_rows(write: Callable[[], Any], store: Any, undo: Callable[[], None]) -> Any:
+    """Run ``write`` (whole transactions); when it failed on a foreign key and this process
+    remembered rows of the store (``rows.py``), one may have been merged away by ``smtlock doctor
+    --repair``: forget them all and write once more, asking the store for every row."""
+    from django.db import IntegrityError
+    try:
+        return write()
+    except IntegrityError:
+        if not rows.forget(store):
+            raise
+        undo()
+        return write()
 
 
 def claim_label(project: Project, record: Any) -> None:
@@ -291,11 +305,17 @@ def _django_save(self: Any, project_name: str, record: Any) -> None:
     Upstream issues ~16 autocommitted queries: a failure half-way leaves a half-written record, and
     each commit costs a journal sync.
     """
-    from django.db import transaction
+    from django.db import connections, transaction
     self._get_models()  # configures Django (and migrates) before a transaction can be opened
-    with transaction.atomic(using=self._db_label):
-        _write_lock(self)
-        _ORIGINAL["DjangoRecordStore.save"](self, project_name, record)
+
+    def write() -> None:
+        with transaction.atomic(using=self._db_label):
+            _write_lock(self)
+            _ORIGINAL["DjangoRecordStore.save"](self, project_name, record)
+    if connections[self._db_label].in_atomic_block:  # inside the write path's transaction: it retries
+        write()
+    else:  # called by itself (smt sync, smtlock postgres)
+        _without_stale_rows(write, self, lambda: None)
 
 
 def _write_lock(store: Any) -> None:
@@ -679,6 +699,9 @@ def apply() -> None:
         for name in ("get", "list", "labels", "delete", "delete_by_tag", "most_recent", "has_project",
                      "list_projects"):
             _patch(DjangoRecordStore, name, _django_hygiene)
+        # Upstream looks up ~10 never-changing rows with get_or_create in every write (see rows.py).
+        _patch(DjangoRecordStore, "_get_db_obj", rows.get_db_obj)
+        _patch(DjangoRecordStore, "_get_db_project", rows.get_db_project)
         _patch(DjangoConfiguration, "uri_to_db", lambda orig: _django_uri_to_db)
         _patch(DjangoConfiguration, "_create_databases", lambda orig: _django_create_databases)
         os.register_at_fork(before=_django_before_fork, after_in_child=_django_after_fork_in_child)

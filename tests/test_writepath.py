@@ -1,12 +1,16 @@
 """The safe write path, one behaviour at a time (each in a fresh process: Django is configured once)."""
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 from conftest import run_python
 
 from smtlock.stress import start_together
+
+SMTLOCK = os.path.join(os.path.dirname(sys.executable), "smtlock")
 
 NEW_RECORD = """
 import json, smtlock
@@ -175,3 +179,41 @@ def test_a_reader_of_the_store_never_fails_a_connection(project: Path) -> None:
     finally:
         reader.close()
     assert run_python(CONNECT, project).stdout.strip() == "wal"
+
+
+STALE_ROW = NEW_RECORD + """
+import sys
+new(x=1)                     # this process now remembers the rows of this write (executable...)
+print("wrote", flush=True)
+sys.stdin.readline()         # meanwhile the test makes the executable's row a duplicate, and repairs
+record = new(x=2)
+print(project.get_record(record.label).executable.path, flush=True)
+"""
+
+
+def test_a_remembered_row_merged_away_by_the_doctor_does_not_break_the_next_write(project: Path) -> None:
+    """Each process remembers the never-changing rows its writes used (rows.py). ``smtlock doctor
+    --repair`` keeps the lowest id of duplicate rows and deletes the others: the next write that
+    uses a deleted one fails on its foreign key, forgets, and is made again from the store."""
+    import sqlite3
+    writer = subprocess.Popen([sys.executable, "-c", STALE_ROW], cwd=project, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "wrote"
+        db = sqlite3.connect(str(project / ".smt" / "records"))
+        with db:  # a copy of the executable's row with a lower id: the repair keeps the copy
+            columns = [row[1] for row in db.execute("PRAGMA table_info(django_store_executable)") if row[1] != "id"]
+            names = ", ".join(columns)
+            db.execute(f"INSERT INTO django_store_executable (id, {names}) "
+                       f"SELECT 0, {names} FROM django_store_executable WHERE id = 1")
+        db.close()
+        repair = subprocess.run([SMTLOCK, "doctor", "--repair"], cwd=project, capture_output=True, text=True)
+        assert "merged 1 extra rows (Executable 1)" in repair.stdout, repair.stdout + repair.stderr
+        out, err = writer.communicate("\n", timeout=120)
+    finally:
+        writer.kill()
+    assert writer.returncode == 0, err
+    assert out.strip(), "the second record has an executable"
+    db = sqlite3.connect(str(project / ".smt" / "records"))
+    assert db.execute("SELECT DISTINCT executable_id FROM django_store_record").fetchall() == [(0,)]
+    assert db.execute("PRAGMA foreign_key_check").fetchall() == []

@@ -1,0 +1,108 @@
+"""How long one record write holds the project's lock, with no contention at all, and how many SQL
+statements run while it is held; on SQLite and on a throwaway local PostgreSQL server.
+
+    python benchmarks/held.py [--writes 300] [--label after]     (adds to benchmarks/held.json)
+
+One process makes a project and writes records with the pattern of the README's first example:
+``new_record`` (outside the lock), then ``with SMTLock(project): add_record; save``. Each write is
+timed from inside (smtlock's own lock statistics, the time between acquiring and releasing), per
+purpose: ``add_record`` (the record write) and ``user`` (the whole ``with`` block around it).
+"""
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from smtlock.stress import make_project  # noqa: E402
+
+WRITER = r"""
+import json, statistics, sys, time
+import smtlock
+from smtlock import lock as smtlock_lock
+from sumatra.parameters import SimpleParameterSet
+from sumatra.projects import load_project
+
+writes = int(sys.argv[1])
+project = load_project()
+statements = []  # per outermost lock acquisition: statements run while it was held
+counting = [0]
+
+def count(execute, sql, params, many, context):
+    if any(shared.depth for shared in smtlock_lock._shared.values()):
+        counting[0] += 1
+    return execute(sql, params, many, context)
+
+def write(i):
+    record = project.new_record(parameters=SimpleParameterSet({"i": i}), main_file="main.py")
+    record.outcome = "done"
+    counting[0] = 0
+    with smtlock.SMTLock(project):
+        project.add_record(record)
+        project.save()
+    statements.append(counting[0])
+
+write(-1)  # first use: Django set-up, migration check, connection
+from django.db import connections
+with connections[project.record_store._db_label].execute_wrapper(count):
+    smtlock_lock.enable_stats()
+    for i in range(writes):
+        write(i)
+stats = smtlock_lock.collected_stats()
+
+def pct(values, q):
+    values = sorted(values)
+    return round(1000 * values[min(len(values) - 1, int(q * len(values)))], 2)
+
+out = {}
+for purpose in sorted({p for p, _, _ in stats}):
+    held = [h for p, _, h in stats if p == purpose]
+    out[purpose] = {"n": len(held), "held_p50_ms": pct(held, 0.5), "held_p99_ms": pct(held, 0.99)}
+out["statements_under_lock"] = {"p50": statistics.median(statements), "max": max(statements)}
+print(json.dumps(out))
+"""
+
+
+def measure(project: Path, writes: int) -> dict:
+    done = subprocess.run([sys.executable, "-c", WRITER, str(writes)], cwd=project, capture_output=True,
+                          text=True)
+    if done.returncode:
+        raise SystemExit(done.stderr)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--writes", type=int, default=300)
+    parser.add_argument("--label", default="now", help="the name of this measurement in held.json")
+    args = parser.parse_args()
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        results["sqlite"] = measure(make_project(Path(tmp) / "sqlite"), args.writes)
+        from pgserver import Cluster
+        server = Cluster()
+        try:
+            server.sql("CREATE ROLE smt LOGIN PASSWORD 'bench' CREATEDB")
+            server.sql("CREATE DATABASE held OWNER smt")
+            results["postgres"] = measure(make_project(Path(tmp) / "pg", server.uri("smt", "bench", "held")),
+                                          args.writes)
+        finally:
+            server.stop()
+    print(json.dumps(results, indent=1))
+    out = HERE / "held.json"
+    runs = json.loads(out.read_text()) if out.exists() else {}
+    runs[args.label] = {"command": f"python benchmarks/held.py --writes {args.writes} --label {args.label}",
+                        "machine": f"{os.cpu_count()} cores, Python {platform.python_version()}",
+                        **results}
+    out.write_text(json.dumps(runs, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
