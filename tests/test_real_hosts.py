@@ -10,16 +10,16 @@ from pathlib import Path
 import pytest
 from pgserver import Cluster
 
+from smtlock.burst import JOB_SCRIPT, start_together
 from smtlock.hosts import NetworkHosts
-from smtlock.stress import JOB_SCRIPT, start_together
 
 SMTLOCK = os.path.join(os.path.dirname(sys.executable), "smtlock")
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
 
 
-MAKE = ("import sys; from pathlib import Path; from smtlock.stress import make_project; "
+MAKE = ("import sys; from pathlib import Path; from smtlock.burst import make_project; "
         "print(make_project(Path(sys.argv[1]), sys.argv[2]))")
-CENSUS = "import json, sys; from smtlock.stress import census; print(json.dumps(census(sys.argv[1], sys.argv[2])))"
+CENSUS = "import json, sys; from smtlock.census import census; print(json.dumps(census(sys.argv[1], sys.argv[2])))"
 
 
 def on_host(hosts: NetworkHosts, host: int, code: str, *args: str) -> str:
@@ -73,10 +73,11 @@ def test_a_host_cut_off_while_holding_the_lock_releases_it(network, tmp_path: Pa
     projects = [on_host(hosts, h, MAKE, str(tmp_path / hosts.names[h]), uris[h]).strip() for h in range(2)]
     holder = subprocess.Popen(hosts.command(0, [sys.executable, "-c", HOLD, str(projects[0])]),
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    waiter = subprocess.Popen(hosts.command(1, [sys.executable, "-c", WAIT, str(projects[1])]),
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    waiter = None
     try:
-        assert holder.stdout.readline().startswith("held")
+        assert holder.stdout.readline().startswith("held")  # before the waiter starts: it must find it held
+        waiter = subprocess.Popen(hosts.command(1, [sys.executable, "-c", WAIT, str(projects[1])]),
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         busy = waiter.stdout.readline()
         assert busy.startswith("busy") and "host-1" in busy and "client 10.213.1.2" in busy, busy
         doctor = subprocess.run(hosts.command(1, [SMTLOCK, "doctor", "--json", projects[1]]), capture_output=True,
@@ -91,8 +92,9 @@ def test_a_host_cut_off_while_holding_the_lock_releases_it(network, tmp_path: Pa
         assert acquired.startswith("acquired after")
     finally:
         for proc in (holder, waiter):
-            proc.kill()
-            proc.wait()
+            if proc is not None:
+                proc.kill()
+                proc.wait()
 
 
 def test_the_harness_cuts_a_host_off_mid_burst(tmp_path: Path) -> None:
