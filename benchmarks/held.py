@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from smtlock.stress import make_project  # noqa: E402
+from smtlock.burst import make_project  # noqa: E402
 
 WRITER = r"""
 import json, statistics, sys, time

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from smtlock.stress import make_project  # noqa: E402
+from smtlock.burst import make_project  # noqa: E402
 
 LOOP = """
 pids=()

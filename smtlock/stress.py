@@ -1,8 +1,9 @@
-"""The stress harness: N simultaneous jobs against one project, then a recount of what survived.
+"""``smtlock stress``: runs of N simultaneous jobs against one project in each mode, on one host, on
+hosts sharing a folder or on hosts of their own, and the table, verdict and plot of what they kept.
 
 Each job is its own OS process (``_job.py``), released with the others by a start barrier once it has
-imported everything. Afterwards a fresh process reads the store (not the jobs' reports) and counts
-expected vs found by the jobs' parameters, duplicates, distinct labels and duplicate table rows.
+imported everything (:mod:`smtlock.burst`); afterwards a fresh process reads the store and counts
+expected vs found, duplicates, distinct labels and duplicate table rows (:mod:`smtlock.census`).
 """
 
 from __future__ import annotations
@@ -10,11 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import shutil
 import signal
-import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,16 +20,16 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 from urllib.parse import urlsplit
 
-from .backends import Holder
+from .burst import JOB_SCRIPT, fresh_database, make_project, run_burst, start_together
+from .census import journal_mode, per_host, percentiles_ms, recount, verify
 from .errors import SMTLockError
 from .hosts import NetworkHosts, SharedFolderHosts
-from .postgres import create_database, drop_database, is_postgres, mask_uri
+from .postgres import drop_database, is_postgres, mask_uri
 
-__all__ = ["MODES", "TITLES", "verdict", "make_project", "start_together", "run_burst", "census", "recount", "verify",
-           "run_mode", "store_uri_for", "exit_status", "format_table"]
+__all__ = ["MODES", "TITLES", "verdict", "run_mode", "run_network_mode", "exit_status", "format_table"]
 
 #: raw: plain Sumatra, the user's pattern; locked: the same in SMTLock; decorator: @smt_logged;
 #: smt-run: unmodified `smt run` in a project with the plugin enabled; smt-run-raw: without it
@@ -40,278 +38,6 @@ BASELINES = ("raw", "smt-run-raw")
 #: the modes in words, for the table, the verdict and the plot
 TITLES = {"raw": "plain Sumatra", "locked": "smtlock", "decorator": "@smt_logged",
           "smt-run": "smt run + smtlock", "smt-run-raw": "plain smt run"}
-PROJECT_NAME = "stress"
-JOB_SCRIPT = str(Path(__file__).with_name("_job.py"))
-
-MAIN_PY = '''"""A stand-in simulation for smtlock stress runs."""
-import sys
-
-
-def simulate(job, rec, steps=1000):
-    total = sum(i * (job + 1) for i in range(steps))
-    print(f"job {job} record {rec} total {total}")
-    return total
-
-
-if __name__ == "__main__":  # smt run: main.py <parameter file>
-    values = {k.strip(): v for k, v in (line.split("=", 1) for line in open(sys.argv[1]) if "=" in line)}
-    simulate(int(values["job"]), int(values["rec"]))
-'''
-
-
-def _smt(args: List[str], cwd: Path) -> None:
-    """Run Sumatra's own ``smt`` (no smtlock loaded) and raise with its output if it fails."""
-    code = "import sys; from sumatra.cli import smt; sys.argv[0] = 'smt'; sys.exit(smt())"
-    done = subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True)
-    if done.returncode:
-        raise RuntimeError(f"smt {' '.join(args)} failed: {done.stdout}{done.stderr}".strip())
-
-
-def store_uri_for(store: str, project_dir: Path) -> Optional[str]:
-    """The ``smt init -s`` value for a ``--store`` choice (None: Sumatra's default SQLite store)."""
-    if store == "sqlite":
-        return None
-    if store == "shelve":
-        return str(project_dir / ".smt" / "records.shelf")
-    return store
-
-
-def make_project(project_dir: Path, store: str = "sqlite", plugin: bool = False) -> Path:
-    """A fresh git repository with a main.py, committed, and ``smt init`` done by plain Sumatra;
-    with ``plugin``, ``smt configure --add-plugin smtlock.plugin`` too."""
-    project_dir.mkdir(parents=True)
-    (project_dir / "main.py").write_text(MAIN_PY)
-    (project_dir / "params.txt").write_text("job = 0\nrec = 0\n")
-    git = ["git", "-c", "user.name=smtlock", "-c", "user.email=smtlock@localhost"]
-    for args in (["init", "-q"], ["add", "main.py", "params.txt"], ["commit", "-q", "-m", "stress"]):
-        subprocess.run(git + args, cwd=project_dir, check=True, capture_output=True)
-    uri = store_uri_for(store, project_dir)
-    _smt(["init", "-e", sys.executable, "-m", "main.py", *(["-s", uri] if uri else []), PROJECT_NAME],
-         project_dir)
-    if plugin:
-        _smt(["configure", "--add-plugin", "smtlock.plugin"], project_dir)
-    return project_dir
-
-
-def start_together(commands: List[List[str]], logs: List[Path],
-                   progress: Optional[Callable[[int, int, int, int], None]] = None,
-                   cwd: Optional[Path] = None, env: Optional[Dict[str, str]] = None,
-                   on_start: Optional[Callable[[List[int]], Any]] = None) -> Dict[str, Any]:
-    """Run each command as its own process and release them together; return exit codes and wall.
-
-    In each command the arguments ``{ready}`` and ``{go}`` become file descriptors: the process
-    writes a byte to ``ready`` when it has imported everything, then blocks reading ``go``. Once all
-    are ready the harness closes the other end of ``go``, and every read returns at the same moment.
-    """
-    ready_r, ready_w = os.pipe()
-    go_r, go_w = os.pipe()
-    procs = {}
-    for index, (command, log_path) in enumerate(zip(commands, logs)):
-        fds = {"{ready}": str(ready_w), "{go}": str(go_r)}
-        argv = [fds.get(arg, arg) for arg in command]
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(argv, pass_fds=(ready_w, go_r), stdout=log, cwd=cwd, env=env,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        procs[proc.pid] = (index, proc)
-    os.close(ready_w)
-    os.close(go_r)
-    with os.fdopen(ready_r, "rb", buffering=0) as ready:  # one byte per process; EOF if all died
-        count = 0
-        while count < len(commands):
-            got = ready.read(len(commands) - count)
-            if not got:
-                break
-            count += len(got)
-    start = time.perf_counter()
-    os.close(go_w)  # the barrier opens
-    if on_start:
-        on_start(list(procs))
-    codes: Dict[int, int] = {}
-    while len(codes) < len(commands):
-        pid, status = os.wait()
-        if pid in procs:
-            index, proc = procs[pid]
-            proc.returncode = codes[index] = os.waitstatus_to_exitcode(status)
-            if progress:
-                killed = sum(1 for c in codes.values() if c == -signal.SIGKILL)
-                failed = sum(1 for c in codes.values() if c) - killed
-                progress(len(codes) - failed - killed, len(commands) - len(codes), failed, killed)
-    return {"codes": codes, "wall_s": time.perf_counter() - start,
-            "pids": {index: proc.pid for index, proc in procs.values()}}
-
-
-class Killer(threading.Thread):
-    """Fault injection: SIGKILL ``count`` jobs during the burst, every other one the process that holds
-    the project's lock at that moment (so some die inside a store transaction)."""
-
-    def __init__(self, pids: List[int], count: int, holder_file: Path, seed: int = 0) -> None:
-        super().__init__(daemon=True)
-        self.pids, self.count, self.holder_file = pids, count, holder_file
-        self.rng = random.Random(seed)
-        self.killed: List[int] = []
-        self.holding = 0  # how many were killed while they held the lock
-
-    def _holder(self) -> Optional[int]:
-        try:
-            holder = Holder.parse(self.holder_file.read_text())
-        except OSError:
-            return None
-        pid = holder.pid if holder else None
-        return pid if pid in self.pids and pid not in self.killed else None
-
-    def _wait_for_holder(self, limit: float = 5.0) -> Optional[int]:
-        """A job that holds the lock now (early in a burst nobody holds it yet)."""
-        end = time.monotonic() + limit
-        while time.monotonic() < end:
-            pid = self._holder()
-            if pid is not None:
-                return pid
-            time.sleep(0.002)
-        return None
-
-    def run(self) -> None:
-        for n in range(self.count):
-            time.sleep(self.rng.uniform(0.05, 0.4))  # spread the kills over the burst
-            pid = self._wait_for_holder() if n % 2 == 0 else None
-            self.holding += pid is not None
-            if pid is None:
-                pid = self.rng.choice([p for p in self.pids if p not in self.killed])
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.killed.append(pid)
-
-
-def run_burst(project_dir: Path, mode: str, jobs: int, records: int, work_dir: Path,
-              progress: Optional[Callable[[int, int, int, int], None]] = None, kill: int = 0,
-              hosts: Optional[SharedFolderHosts] = None) -> Dict[str, Any]:
-    """``jobs`` stress jobs on one project, released together (``kill`` of them SIGKILLed during the
-    burst; with ``hosts``, job ``j`` runs on host ``j % hosts.count``); exit codes, reports, killed
-    job numbers and wall time."""
-    work_dir.mkdir(parents=True, exist_ok=True)
-    commands = [[sys.executable, JOB_SCRIPT, mode, str(project_dir), str(job), str(records),
-                 "{ready}", "{go}", str(work_dir / f"job-{job}.json")] for job in range(jobs)]
-    if hosts is not None:
-        commands = [hosts.command(job % hosts.count, command) for job, command in enumerate(commands)]
-    killers: List[Killer] = []
-
-    def start_killer(pids: List[int]) -> None:
-        if kill:
-            killers.append(Killer(pids, min(kill, jobs), project_dir / ".smt" / "smtlock.lock.holder"))
-            killers[0].start()
-
-    burst = start_together(commands, [work_dir / f"job-{job}.log" for job in range(jobs)], progress,
-                           env={**os.environ, "SMTLOCK_STATS": "1"}, on_start=start_killer)
-    for killer in killers:
-        killer.join()
-    killed_pids = set(killers[0].killed) if killers else set()
-    burst["killed"] = sorted(job for job, code in burst["codes"].items()
-                             if code == -signal.SIGKILL and burst["pids"][job] in killed_pids)
-    burst["killed_holding_lock"] = killers[0].holding if killers else 0
-    reports = []
-    for job in range(jobs):
-        path = work_dir / f"job-{job}.json"
-        reports.append(json.loads(path.read_text()) if path.exists() else {"job": job, "error": None})
-    burst["reports"] = reports
-    return burst
-
-
-def census(store: str, project_dir: str, project_name: str = PROJECT_NAME) -> Dict[str, Any]:
-    """Read the store directly (the project file may be torn): every record's label, job, rec and
-    tags, and duplicate rows in Sumatra's tables. Run it in a fresh process per store."""
-    from sumatra.recordstore import ShelveRecordStore
-    from sumatra.recordstore.django_store import DjangoRecordStore
-
-    from .doctor import duplicate_rows
-    # the kind of store the project was made with, not a guess from the path (see
-    # patches._shelve_accepts_uri: on Python 3.13 a guess took the SQLite store for a shelf)
-    uri = store_uri_for(store, Path(project_dir)) or str(Path(project_dir) / ".smt" / "records")
-    record_store = ShelveRecordStore(uri) if store == "shelve" else DjangoRecordStore(uri)
-    rows = []
-    for record in record_store.list(project_name):
-        params = record.parameters.as_dict() if hasattr(record.parameters, "as_dict") else {}
-        rows.append({"label": record.label, "job": params.get("job"), "rec": params.get("rec"),
-                     "tags": sorted(record.tags), "duration": record.duration,
-                     "stdout": record.stdout_stderr})
-    dup = duplicate_rows(record_store) if isinstance(record_store, DjangoRecordStore) else {}
-    integrity = None
-    if store == "sqlite":
-        with contextlib.closing(sqlite3.connect(f"file:{uri}?mode=ro", uri=True)) as db:
-            integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
-    return {"records": rows, "duplicate_rows": dup, "integrity": integrity}
-
-
-def recount(store: str, project_dir: Path) -> Dict[str, Any]:
-    """:func:`census` in a fresh process (Django is configured once per process)."""
-    code = ("import json, sys; from smtlock.stress import census; "
-            "print(json.dumps(census(sys.argv[1], sys.argv[2])))")
-    done = subprocess.run([sys.executable, "-c", code, store, str(project_dir)], cwd=project_dir,
-                          capture_output=True, text=True)
-    if done.returncode:
-        raise RuntimeError(f"could not read the store of {project_dir}: {done.stderr.strip()[-500:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def verify(found_rows: List[Dict[str, Any]], jobs: int, records: int,
-           killed: Iterable[int] = (), failed: Iterable[int] = ()) -> Dict[str, Any]:
-    """Compare the records found with the (job, rec) pairs the burst should have left; the jobs in
-    ``killed`` owe nothing (what they wrote before dying is counted apart). A record missing from a
-    job that did not fail (``failed``: non-zero exit) is lost silently: its write had returned."""
-    killed, failed = set(killed), set(failed)
-    expected = {(j, r) for j in range(jobs) if j not in killed for r in range(records)}
-    found = Counter((row["job"], row["rec"]) for row in found_rows)
-    missing = expected - set(found)
-    return {
-        "expected": len(expected),
-        "found": sum(n for (job, _), n in found.items() if job not in killed),
-        "lost": len(missing),
-        "lost_silently": sum(1 for job, _ in missing if job not in failed),
-        "duplicates": sum(n - 1 for n in found.values() if n > 1),
-        "unexpected": sum(n for (job, rec), n in found.items()
-                          if job not in killed and (job, rec) not in expected),
-        "distinct_labels": len({row["label"] for row in found_rows if row["job"] not in killed}),
-        "killed_jobs": len(killed),
-        "records_of_killed_jobs": sum(n for (job, _), n in found.items() if job in killed),
-    }
-
-
-def _percentiles_ms(values: List[float]) -> Dict[str, Optional[float]]:
-    if not values:
-        return {"p50": None, "p99": None}
-    values = sorted(values)
-    p99 = values[min(len(values) - 1, int(round(0.99 * (len(values) - 1))))]
-    return {"p50": round(statistics.median(values) * 1000, 3), "p99": round(p99 * 1000, 3)}
-
-
-def fresh_database(uri: str, mode: str) -> str:
-    """A new, empty database beside the URI's one for one run (a raw run may poison its store)."""
-    parts = urlsplit(uri)
-    run_uri = parts._replace(path=f"{parts.path.lstrip('/')}_{mode.replace('-', '_')}_{os.getpid()}").geturl()
-    drop_database(run_uri)
-    create_database(run_uri)
-    return run_uri
-
-
-def _journal_mode(db: Path) -> Optional[str]:
-    """The journal mode the jobs left an SQLite store in, read without changing it."""
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
-            return str(conn.execute("PRAGMA journal_mode").fetchone()[0])
-    except sqlite3.Error:
-        return None
-
-
-def _per_host(rows: List[Dict[str, Any]], burst: Dict[str, Any], hosts: int, records: int) -> Dict[str, Any]:
-    """Jobs, failed jobs and records found, for each host (job ``j`` ran on host ``j % hosts``)."""
-    found = Counter(row["job"] % hosts for row in rows if isinstance(row["job"], int))
-    return {f"host-{h + 1}": {"jobs": sum(1 for job in burst["codes"] if job % hosts == h),
-                              "failed_jobs": sum(1 for job, code in burst["codes"].items()
-                                                 if code and code != -signal.SIGKILL and job % hosts == h),
-                              "killed_jobs": sum(1 for job, code in burst["codes"].items()
-                                                 if code == -signal.SIGKILL and job % hosts == h),
-                              "expected": records * sum(1 for job in burst["codes"] if job % hosts == h),
-                              "found": found.get(h, 0)} for h in range(hosts)}
 
 
 def run_mode(mode: str, store: str, jobs: int, records: int, base_dir: Path,
@@ -329,7 +55,7 @@ def run_mode(mode: str, store: str, jobs: int, records: int, base_dir: Path,
         project_dir = make_project(shared / f"project-{mode}", run_store, plugin=mode == "smt-run")
         with SharedFolderHosts(shared, hosts) if hosts else contextlib.nullcontext() as on_hosts:
             burst = run_burst(project_dir, mode, jobs, records, run_dir / "jobs", progress, kill, on_hosts)
-        journal = _journal_mode(project_dir / ".smt" / "records") if store == "sqlite" else None
+        journal = journal_mode(project_dir / ".smt" / "records") if store == "sqlite" else None
         try:
             counted = recount(run_store, project_dir)
         except RuntimeError as err:  # a store so damaged that Sumatra cannot read it: every record lost
@@ -343,7 +69,7 @@ def run_mode(mode: str, store: str, jobs: int, records: int, base_dir: Path,
     failed = [job for job, code in burst["codes"].items() if code and job not in burst["killed"]]
     result.update(verify(counted["records"], jobs, records, burst["killed"], failed))
     if hosts:
-        result["hosts"] = _per_host(counted["records"], burst, hosts, records)
+        result["hosts"] = per_host(counted["records"], burst, hosts, records)
     result["messages"] = sorted({r["message"].splitlines()[0] for r in burst["reports"]
                                  if r.get("message")})
     result["integrity"] = counted.get("integrity")
@@ -357,8 +83,8 @@ def run_mode(mode: str, store: str, jobs: int, records: int, base_dir: Path,
         "errors": dict(errors),
         "wall_s": round(burst["wall_s"], 3),
         "records_per_s": round(result["found"] / burst["wall_s"], 1) if burst["wall_s"] else None,
-        "lock_held_ms": _percentiles_ms([held for _, _, held in stats]),
-        "lock_wait_ms": _percentiles_ms([wait for _, wait, _ in stats]),
+        "lock_held_ms": percentiles_ms([held for _, _, held in stats]),
+        "lock_wait_ms": percentiles_ms([wait for _, wait, _ in stats]),
         "duplicate_rows": counted["duplicate_rows"],
         "killed_holding_lock": burst["killed_holding_lock"],
         "project_dir": str(project_dir),
@@ -368,9 +94,9 @@ def run_mode(mode: str, store: str, jobs: int, records: int, base_dir: Path,
     return result
 
 
-_MAKE = ("import sys; from pathlib import Path; from smtlock.stress import make_project; "
+_MAKE = ("import sys; from pathlib import Path; from smtlock.burst import make_project; "
          "print(make_project(Path(sys.argv[1]), sys.argv[2], plugin=sys.argv[3] == 'smt-run'))")
-_CENSUS = ("import json, sys; from smtlock.stress import census; "
+_CENSUS = ("import json, sys; from smtlock.census import census; "
            "print(json.dumps(census(sys.argv[1], sys.argv[2])))")
 _HOLDERS = ("SELECT host(a.client_addr) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
             "WHERE l.locktype = 'advisory' AND l.granted AND a.client_addr IS NOT NULL")
@@ -476,9 +202,9 @@ def run_network_mode(mode: str, jobs: int, records: int, base_dir: Path, count: 
                                                           and r["job"] not in killed)),
         "wall_s": round(burst["wall_s"], 3), "killed_holding_lock": 1 if killed else 0,
         "records_per_s": round(result["found"] / burst["wall_s"], 1) if burst["wall_s"] else None,
-        "lock_held_ms": _percentiles_ms([held for _, _, held in stats]),
-        "lock_wait_ms": _percentiles_ms([wait for _, wait, _ in stats]),
-        "duplicate_rows": counted["duplicate_rows"], "hosts": _per_host(counted["records"], burst, count, records),
+        "lock_held_ms": percentiles_ms([held for _, _, held in stats]),
+        "lock_wait_ms": percentiles_ms([wait for _, wait, _ in stats]),
+        "duplicate_rows": counted["duplicate_rows"], "hosts": per_host(counted["records"], burst, count, records),
         "messages": [], "integrity": None,
         "cut_host": "host-1" if cutter and cutter.release_s is not None else None,
         "lock_free_after_cut_s": cutter.release_s if cutter else None,

@@ -12,7 +12,7 @@ from typing import Callable
 
 import pytest
 
-from smtlock.stress import make_project
+from smtlock.burst import make_project
 
 
 @pytest.fixture

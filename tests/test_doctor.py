@@ -10,7 +10,8 @@ from pathlib import Path
 
 from conftest import run_python
 
-from smtlock.stress import make_project, run_burst, run_mode
+from smtlock.burst import make_project, run_burst
+from smtlock.stress import run_mode
 
 SMTLOCK = os.path.join(os.path.dirname(sys.executable), "smtlock")
 

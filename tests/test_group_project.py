@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from smtlock.stress import make_project
+from smtlock.burst import make_project
 
 GROUP = 3000
 WRITE = """

@@ -12,8 +12,8 @@ from conftest import PROGRAMS, overlaps
 
 import smtlock
 from smtlock import LockTimeout, SMTLock, SMTLockError
+from smtlock.burst import start_together
 from smtlock.errors import LockFileError, NoProjectError
-from smtlock.stress import start_together
 
 HOLDER = """
 import sys, smtlock

@@ -12,7 +12,8 @@ import pytest
 from conftest import run_python
 from pgserver import Cluster, free_port
 
-from smtlock.stress import JOB_SCRIPT, make_project, run_mode, start_together
+from smtlock.burst import JOB_SCRIPT, make_project, start_together
+from smtlock.stress import run_mode
 
 SMTLOCK = os.path.join(os.path.dirname(sys.executable), "smtlock")
 
@@ -22,7 +23,7 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def census(uri: str, cwd: Path) -> dict:
-    code = "import json, sys; from smtlock.stress import census; print(json.dumps(census(sys.argv[1], '.')))"
+    code = "import json, sys; from smtlock.census import census; print(json.dumps(census(sys.argv[1], '.')))"
     done = subprocess.run([sys.executable, "-c", code, uri], cwd=cwd, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
@@ -152,7 +153,8 @@ def test_a_server_restart_mid_burst_loses_nothing_and_fails_no_job(tmp_path: Pat
     import threading
     import time
 
-    from smtlock.stress import recount, run_burst
+    from smtlock.burst import run_burst
+    from smtlock.census import recount
     cluster = Cluster()
     try:
         cluster.sql("CREATE ROLE smt LOGIN PASSWORD 's3cret' CREATEDB")

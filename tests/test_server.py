@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from pgserver import free_port
 
-from smtlock.stress import make_project, recount, run_burst
+from smtlock.burst import make_project, run_burst
+from smtlock.census import recount
 
 SMTLOCK = os.path.join(os.path.dirname(sys.executable), "smtlock")
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=+dac_read_search",

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from conftest import PROGRAMS, overlaps
 
+from smtlock.burst import start_together
 from smtlock.hosts import SharedFolderHosts
-from smtlock.stress import run_mode, start_together
+from smtlock.stress import run_mode
 
 SMTLOCK = os.path.join(os.path.dirname(sys.executable), "smtlock")
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="hosts need root (namespaces and FUSE)")

@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from smtlock.stress import exit_status, recount, run_mode, verify
+from smtlock.census import recount, verify
+from smtlock.stress import exit_status, run_mode
 
 SMTLOCK = os.path.join(os.path.dirname(sys.executable), "smtlock")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from conftest import run_python
 
-from smtlock.stress import start_together
+from smtlock.burst import start_together
 
 SMTLOCK = os.path.join(os.path.dirname(sys.executable), "smtlock")
 
