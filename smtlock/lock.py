@@ -20,11 +20,11 @@ from types import TracebackType
 from typing import Any, List, Optional, Tuple, Union
 
 from .backends import FileBackend, LeaseBackend, LockBackend, PostgresBackend
-from .errors import LockTimeout, SettingError
+from .errors import LockTimeout, NoProjectError, SettingError
 from .filesystem import is_shared
 from .project import LEASE_SUFFIX, LOCK_FILE_NAME, SMT_DIR, postgres_uri, project_root
 
-__all__ = ["SMTLock", "TIMEOUT_VARIABLE", "timeout_setting", "enable_stats", "collected_stats"]
+__all__ = ["SMTLock", "store_lock", "TIMEOUT_VARIABLE", "timeout_setting", "enable_stats", "collected_stats"]
 
 _MIN_POLL = 0.0005  # seconds; the wait between tries doubles up to poll_interval, with jitter
 _FOREVER = -1.0
@@ -242,3 +242,13 @@ class _Acquired:
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Optional[TracebackType]) -> None:
         self.lock.release()
+
+
+def store_lock(path: str, purpose: str) -> SMTLock:
+    """The lock for a store file: its project's SMTLock, or a lock file beside a store that lives
+    outside any project."""
+    path = os.path.abspath(os.path.expanduser(path))
+    try:
+        return SMTLock(path, purpose=purpose)
+    except NoProjectError:
+        return SMTLock.on_file(path + ".lock", purpose=purpose)

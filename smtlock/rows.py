@@ -15,7 +15,7 @@ Two rules keep a remembered row true:
 * a remembered row can disappear only when ``smtlock doctor --repair`` merges duplicate rows. The
   write that then refers to it fails at commit on its foreign key, having written nothing; the write
   path calls :func:`forget` and runs the write again, asking the store for every value (see
-  ``patches._write``).
+  :func:`smtlock.djangostore.transaction`).
 """
 
 from __future__ import annotations

@@ -1,0 +1,296 @@
+"""Sumatra's Django record store made safe: one transaction per save (on PostgreSQL with the
+store's write lock inside it), retries of a broken connection, no connection held between calls on
+PostgreSQL, the SQLite journal, migrations only when needed and under the lock, connections never
+carried across a fork."""
+
+from __future__ import annotations
+
+import functools
+import os
+import random
+import sqlite3
+import sys
+import time
+from typing import Any, Callable
+
+from . import postgres, rows
+from .filesystem import is_shared
+from .hostclaim import one_host
+from .lock import store_lock, timeout_setting
+from .project import postgres_uri
+from .upstream import original
+
+try:  # Sumatra's django_store module imports without Django; its store needs it
+    import django  # noqa: F401
+    from sumatra.recordstore.django_store import DjangoRecordStore
+except ImportError:  # Django is optional for Sumatra and for us
+    DjangoRecordStore = None
+
+__all__ = ["SQLITE_BUSY_TIMEOUT_S", "CONNECT_RETRY_S", "is_django", "transaction", "save", "write_lock",
+           "without_stale_rows", "retrying", "uri_to_db", "tune_registered_databases", "connecting", "hygiene",
+           "sqlite_pragmas", "create_databases", "before_fork", "after_fork_in_child"]
+
+SQLITE_BUSY_TIMEOUT_S = 60.0  # how long an SQLite connection waits for another writer, not fail
+CONNECT_RETRY_S = 300.0  # how long a PostgreSQL connection is retried ($SMTLOCK_TIMEOUT overrides)
+
+
+def is_django(store: Any) -> bool:
+    """Whether ``store`` is Sumatra's Django record store (never, without Django)."""
+    return DjangoRecordStore is not None and isinstance(store, DjangoRecordStore)
+
+
+def transaction(store: Any, steps: Callable[[], Any], undo: Callable[[], None]) -> None:
+    """Run ``steps`` (a record write: claim, save) in one transaction of ``store``, the store's write
+    lock its first statement on PostgreSQL (:func:`write_lock`). When the connection broke, or a
+    remembered row was merged away (:mod:`smtlock.rows`), ``undo`` what ``steps`` changed in memory and
+    run it again, whole: a retry cannot write twice. Upstream's save is ~16 autocommitted queries and
+    nothing retries them."""
+    from django.db import transaction as django_transaction
+
+    def attempt() -> None:
+        with django_transaction.atomic(using=store._db_label):
+            write_lock(store)
+            steps()
+    without_stale_rows(lambda: retrying(attempt, store, undo), store, undo)
+
+
+def save(self: Any, project_name: str, record: Any) -> None:
+    """``DjangoRecordStore.save`` in one transaction.
+
+    Upstream issues ~16 autocommitted queries: a failure half-way leaves a half-written record, and
+    each commit costs a journal sync.
+    """
+    from django.db import connections, transaction
+    self._get_models()  # configures Django (and migrates) before a transaction can be opened
+
+    def write() -> None:
+        with transaction.atomic(using=self._db_label):
+            write_lock(self)
+            original("DjangoRecordStore.save")(self, project_name, record)
+    if connections[self._db_label].in_atomic_block:  # inside the write path's transaction: it retries
+        write()
+    else:  # called by itself (smt sync, smtlock postgres)
+        without_stale_rows(write, self, lambda: None)
+
+
+def without_stale_rows(write: Callable[[], Any], store: Any, undo: Callable[[], None]) -> Any:
+    """Run ``write`` (whole transactions); when it failed on a foreign key and this process
+    remembered rows of the store (``rows.py``), one may have been merged away by ``smtlock doctor
+    --repair``: forget them all and write once more, asking the store for every row."""
+    from django.db import IntegrityError
+    try:
+        return write()
+    except IntegrityError:
+        if not rows.forget(store):
+            raise
+        undo()
+        return write()
+
+
+def write_lock(store: Any) -> None:
+    """PostgreSQL: ``pg_advisory_xact_lock`` on the store's write key, the first statement of the
+    write's transaction (taken again inside it, it stacks). It is held until that transaction ends, so
+    a holder cut off from the server can never commit after another holder began: the write and its
+    lock die together. Upstream races get_or_create on tables without unique constraints, and the
+    duplicate rows it leaves make every later write fail (MultipleObjectsReturned)."""
+    uri = postgres_uri(store)
+    if uri:
+        from django.db import connections
+        with connections[store._db_label].cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [postgres.advisory_key(uri, "write")])
+
+
+def retrying(attempt: Callable[[], Any], store: Any, undo: Callable[[], None]) -> Any:
+    """Run ``attempt`` (one whole transaction); when the PostgreSQL connection broke or could not be
+    made, ``undo`` what it changed in memory and run it again, with backoff, within the timeout.
+    Any other error raises at once; the connection is closed after (see :func:`hygiene`)."""
+    from django.db import InterfaceError, OperationalError, connections
+    if not postgres_uri(store):
+        return attempt()
+    connection = connections[store._db_label]
+    deadline = time.monotonic() + timeout_setting(CONNECT_RETRY_S)
+    delay = 0.05
+    try:
+        while True:
+            try:
+                return attempt()
+            except (OperationalError, InterfaceError):
+                broken = connection.connection is None or not connection.is_usable()
+                undo()
+                connection.close()
+                if not broken or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, 2.0)
+    finally:
+        connection.close()  # a job holds no connection between writes
+
+
+def uri_to_db(self: Any, uri: str) -> dict:
+    """Upstream's database settings, tuned by :func:`_tune_database`."""
+    return _tune_database(original("DjangoConfiguration.uri_to_db")(self, uri))
+
+
+def _tune_database(db: dict) -> dict:
+    """Fix and tune one entry of Django's DATABASES as Sumatra builds it.
+
+    * SQLite: upstream sets no timeout, so a second writer fails at once with "database is locked".
+    * PostgreSQL: upstream sets no connect timeout or keepalives, so an unreachable server or a dead
+      host hangs a job.
+    """
+    if "sqlite3" in db["ENGINE"]:
+        db.setdefault("OPTIONS", {})["timeout"] = SQLITE_BUSY_TIMEOUT_S
+    elif "postgresql" in db["ENGINE"]:
+        db.setdefault("OPTIONS", {}).update(connect_timeout=postgres.CONNECT_TIMEOUT_S,
+                                            **postgres.KEEPALIVES)
+    return db
+
+
+def tune_registered_databases() -> None:
+    """Tune the stores created before smtlock was imported (a plugin is imported after the
+    project's store is built)."""
+    from sumatra.recordstore import django_store
+    for db in django_store.db_config._settings["DATABASES"].values():
+        _tune_database(db)
+
+
+def connecting(call: Callable[[], Any], label: str) -> Any:
+    """Run ``call``; while the database connection cannot be made (too many clients, a server
+    restarting) retry with backoff within the timeout. Errors on an open connection raise at once."""
+    from django.db import InterfaceError, OperationalError, connections
+    deadline = time.monotonic() + timeout_setting(CONNECT_RETRY_S)
+    delay = 0.05
+    while True:
+        try:
+            return call()
+        except (OperationalError, InterfaceError):
+            if connections[label].connection is not None or time.monotonic() > deadline:
+                raise
+            time.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, 2.0)
+
+
+def hygiene(method: Callable) -> Callable:
+    """PostgreSQL stores: retry calls whose connection could not be made, and close the connection
+    after each call. Upstream keeps one connection open for each process's whole life, so a few
+    hundred jobs exhaust the server's max_connections ("sorry, too many clients already")."""
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not postgres_uri(self):
+            return method(self, *args, **kwargs)
+        from django.db import connections
+        connecting(self._get_models, self._db_label)
+        connection = connections[self._db_label]
+        if connection.in_atomic_block:  # inside another call's transaction: it closes
+            return method(self, *args, **kwargs)
+        try:
+            return connecting(lambda: method(self, *args, **kwargs), self._db_label)
+        finally:
+            connection.close()
+    return wrapper
+
+
+def sqlite_pragmas(sender: Any, connection: Any, **kwargs: Any) -> None:
+    """WAL journal on every SQLite store on a local filesystem: readers (``smt list``, smtweb) never
+    block the writer, and a commit needs no fsync of a rollback journal (upstream uses SQLite's
+    default journal). On a shared filesystem SQLite's rollback journal, which WAL does not work on.
+
+    Switching the journal needs every other connection to have stopped reading, and SQLite refuses
+    it at once ("database is locked", without waiting its timeout) when two connections switch
+    together, as when several jobs start. The journal is a matter of speed, not of safety, so the
+    switch is tried without waiting and, if anyone reads, left to a later connection.
+    """
+    if connection.vendor != "sqlite":
+        return
+    name = str(connection.settings_dict["NAME"])
+    journal = "DELETE" if is_shared(os.path.dirname(os.path.abspath(name))) else "WAL"
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA busy_timeout")
+        waits_ms = cursor.fetchone()[0]
+        cursor.execute("PRAGMA busy_timeout=0")
+        try:
+            cursor.execute("PRAGMA journal_mode=" + journal)
+            journal = cursor.fetchone()[0].upper()
+        except Exception as error:  # Django wraps sqlite3's error in its own class
+            if not isinstance(error.__cause__ or error, sqlite3.OperationalError):
+                raise
+            journal = "unchanged"
+        finally:
+            cursor.execute(f"PRAGMA busy_timeout={int(waits_ms)}")
+        if journal == "WAL":
+            cursor.execute("PRAGMA synchronous=NORMAL")
+
+
+def create_databases(self: Any) -> None:
+    """Run Sumatra's ``migrate`` only when a database needs it, and under the store's lock.
+
+    Upstream migrates on first use in every process: a burst on a new store races to create the
+    same tables, and every process pays for it.
+    """
+    from django.db import connections
+    from django.db.migrations.executor import MigrationExecutor
+
+    def pending() -> bool:
+        for label in self._settings["DATABASES"]:
+            executor = MigrationExecutor(connections[label])
+            if executor.migration_plan(executor.loader.graph.leaf_nodes()):
+                return True
+        return False
+
+    db = self._settings["DATABASES"]["default"]
+    for settings in self._settings["DATABASES"].values():  # before this process first opens it
+        if "sqlite3" in settings["ENGINE"]:
+            one_host(settings["NAME"])
+    try:
+        if not connecting(pending, "default"):
+            return
+        with store_lock(db["NAME"] if "sqlite3" in db["ENGINE"] else os.getcwd(), "migrate"):
+            if connecting(pending, "default"):
+                original("DjangoConfiguration._create_databases")(self)
+    finally:  # a job waiting for the lock must not sit on one of the server's few connections
+        for label, settings in self._settings["DATABASES"].items():
+            if "postgresql" in settings["ENGINE"]:
+                connections[label].close()
+
+
+def before_fork() -> None:
+    """Close this thread's idle Django connections before a fork; each process opens its own.
+
+    Upstream keeps a process's connection open for its whole life, so a child forked by a process pool
+    (multiprocessing's default on Linux) would use its parent's SQLite handle, which SQLite forbids
+    across fork, or speak on its parent's PostgreSQL socket at the same time as the parent.
+    """
+    for wrapper in _django_connections():
+        if wrapper.connection is not None and not wrapper.in_atomic_block:
+            wrapper.close()
+
+
+def after_fork_in_child() -> None:
+    """A connection still open at the fork (it was inside a transaction) is never used by the child:
+    a PostgreSQL socket is first pointed at /dev/null, so that closing it cannot end the parent's
+    session; an SQLite handle is kept, unused, so that it is never closed in the child."""
+    for wrapper in _django_connections():
+        raw = wrapper.connection
+        if raw is None:
+            continue
+        if wrapper.vendor == "postgresql":
+            devnull = os.open(os.devnull, os.O_RDWR)
+            os.dup2(devnull, raw.fileno())
+            os.close(devnull)
+        else:
+            _inherited.append(raw)
+        wrapper.connection = None
+
+
+_inherited: list = []  # database handles a forked child inherited and must never use or close
+
+
+def _django_connections() -> list:
+    """This thread's Django connection wrappers that exist already (none before Django is set up)."""
+    db = sys.modules.get("django.db")
+    if db is None:
+        return []
+    try:
+        return list(db.connections.all(initialized_only=True))
+    except Exception:  # Django not configured yet
+        return []
