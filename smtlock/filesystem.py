@@ -11,7 +11,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, List, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 __all__ = ["Mount", "mount_of", "is_shared", "SHARED_TYPES", "FILESYSTEM_VARIABLE"]
 
@@ -39,14 +39,30 @@ class Mount:
 
 
 def mount_of(path: "str | os.PathLike[str]") -> Mount:
-    """The mount that holds ``path`` (the longest mount point above it)."""
+    """The mount that holds ``path`` (the longest mount point above it).
+
+    Remembered per process for a path on the same device: every record write asks, and the mount
+    table is a file to parse on Linux and a ``mount`` command to run on macOS. A path mounted over
+    meanwhile is on another device, so it is looked up again.
+    """
     real = os.path.realpath(path)
+    try:
+        key: Optional[Tuple[str, int]] = (real, os.stat(real).st_dev)
+    except OSError:
+        key = None
+    if key is not None and key in _known:
+        return _known[key]
     best = Mount("unknown", "/")
     for fstype, mountpoint in _mounts():
         inside = real == mountpoint or real.startswith(mountpoint.rstrip("/") + "/")
         if inside and len(mountpoint) >= len(best.mountpoint):
             best = Mount(fstype, mountpoint)
+    if key is not None:
+        _known[key] = best
     return best
+
+
+_known: Dict[Tuple[str, int], Mount] = {}  # (real path, its device) -> its mount
 
 
 def is_shared(path: "str | os.PathLike[str]") -> bool:

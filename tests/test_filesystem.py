@@ -1,6 +1,11 @@
 """Which filesystem a path is on, from the mount tables of Linux and macOS."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from smtlock.filesystem import Mount, _linux_mounts, _parse_bsd_mount, mount_of
 
@@ -27,3 +32,24 @@ def test_macos_mount_output() -> None:
 def test_shared_types() -> None:
     assert all(Mount(kind, "/x").shared for kind in ("nfs", "lustre", "gpfs", "fuse.sshfs", "fuse", "unknown"))
     assert not any(Mount(kind, "/x").shared for kind in ("ext4", "xfs", "apfs", "btrfs", "tmpfs", "overlay"))
+
+
+MOUNT_OVER = """
+import subprocess, sys
+from smtlock.filesystem import mount_of
+folder = sys.argv[1]
+before = mount_of(folder).fstype
+subprocess.run(["mount", "-t", "tmpfs", "none", folder], check=True)
+print(before, mount_of(folder).fstype)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
+def test_a_folder_mounted_over_is_looked_up_again(tmp_path: Path) -> None:
+    """The answer is remembered per process; a new mount on the path is not missed. (In a mount
+    namespace of its own, which ends with the process: nothing is left mounted.)"""
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable, "-c", MOUNT_OVER,
+                           str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    before, after = done.stdout.split()
+    assert before != "tmpfs" and after == "tmpfs"
