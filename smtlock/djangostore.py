@@ -22,9 +22,9 @@ from .upstream import original
 
 try:  # Sumatra's django_store module imports without Django; its store needs it
     import django  # noqa: F401
-    from sumatra.recordstore.django_store import DjangoRecordStore
+    from sumatra.recordstore.django_store import DjangoConfiguration, DjangoRecordStore
 except ImportError:  # Django is optional for Sumatra and for us
-    DjangoRecordStore = None
+    DjangoConfiguration = DjangoRecordStore = None
 
 __all__ = ["SQLITE_BUSY_TIMEOUT_S", "CONNECT_RETRY_S", "is_django", "transaction", "save", "write_lock",
            "without_stale_rows", "retrying", "uri_to_db", "tune_registered_databases", "connecting", "hygiene",

@@ -35,17 +35,11 @@ from sumatra.recordstore.shelve_store import ShelveRecordStore
 
 from . import djangostore, rows, shelf
 from .atomic import atomic_open
-from .djangostore import connecting
+from .djangostore import DjangoConfiguration, DjangoRecordStore, connecting  # None without Django
 from .hostclaim import one_host
 from .lock import SMTLock
 from .project import RUNNING_DIR, SMT_DIR, store_path
 from .upstream import is_patched, original, patch
-
-try:  # Sumatra's django_store module imports without Django; its store needs it
-    import django  # noqa: F401
-    from sumatra.recordstore.django_store import DjangoConfiguration, DjangoRecordStore
-except ImportError:  # Django is optional for Sumatra and for us
-    DjangoConfiguration = DjangoRecordStore = None
 
 __all__ = ["apply", "is_applied", "add_record", "save_record", "claim_label", "free_label", "prepare_store",
            "RUNNING_TAGS", "ENDED_TAGS"]
