@@ -11,7 +11,7 @@ import random
 import sqlite3
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Dict, Optional, Set, Tuple
 
 from . import postgres, rows
 from .filesystem import is_shared
@@ -48,10 +48,42 @@ def transaction(store: Any, steps: Callable[[], Any], undo: Callable[[], None]) 
     from django.db import transaction as django_transaction
 
     def attempt() -> None:
-        with django_transaction.atomic(using=store._db_label):
+        with rows.one_write(), django_transaction.atomic(using=store._db_label):
             write_lock(store)
             steps()
     without_stale_rows(lambda: retrying(attempt, store, undo), store, undo)
+
+
+_LABELS_SQL: Dict[str, Tuple[str, Tuple[str, ...]]] = {}  # database label -> (SQL, its parameters' names)
+
+
+def labels_starting(store: Any, project_name: str, prefix: str) -> Set[str]:
+    """The labels of the project's records that start with ``prefix``, in one query that Django
+    compiles once per process (compiling a query costs more than running it on SQLite)."""
+    from django.db import connections
+    connection = connections[store._db_label]
+    compiled = _LABELS_SQL.get(store._db_label) or _compile_labels_query(store, connection)
+    if compiled is None:  # a Django whose query is not as expected: compile it each time
+        query = store._manager.filter(project__id=project_name, label__startswith=prefix).order_by()
+        return set(query.values_list("label", flat=True))
+    sql, names = compiled
+    values = {"project": project_name, "pattern": connection.ops.prep_for_like_query(prefix) + "%"}
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [values[name] for name in names])
+        return {row[0] for row in cursor.fetchall()}
+
+
+def _compile_labels_query(store: Any, connection: Any) -> Optional[Tuple[str, Tuple[str, ...]]]:
+    """Compile :func:`labels_starting`'s query for example values; keep it when its parameters are
+    exactly the project and the LIKE pattern of the prefix (so new values can replace them)."""
+    project, prefix = "smtlock-example-project", "smtlock%example_label"
+    expected = {project: "project", connection.ops.prep_for_like_query(prefix) + "%": "pattern"}
+    query = store._manager.filter(project__id=project, label__startswith=prefix).order_by()
+    sql, params = query.values_list("label", flat=True).query.get_compiler(using=store._db_label).as_sql()
+    if len(params) != 2 or set(params) != set(expected):
+        return None
+    _LABELS_SQL[store._db_label] = (sql, tuple(expected[param] for param in params))
+    return _LABELS_SQL[store._db_label]
 
 
 def save(self: Any, project_name: str, record: Any) -> None:
@@ -64,7 +96,7 @@ def save(self: Any, project_name: str, record: Any) -> None:
     self._get_models()  # configures Django (and migrates) before a transaction can be opened
 
     def write() -> None:
-        with transaction.atomic(using=self._db_label):
+        with rows.one_write(), transaction.atomic(using=self._db_label):
             write_lock(self)
             original("DjangoRecordStore.save")(self, project_name, record)
     if connections[self._db_label].in_atomic_block:  # inside the write path's transaction: it retries

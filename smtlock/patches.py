@@ -10,6 +10,7 @@ The path of one record write, top to bottom (:func:`add_record`)::
     Project.new_record            builds the Record, VCS checks        (outside the lock)
       -> Project.add_record       = add_record() below
            prepare_store()        one host per store on a shared fs; Django set up (outside the lock)
+           _prefetch()            Django: find the stored rows the write will use (outside the lock)
            with SMTLock(project):                                      (inside the lock)
              _write()             Django: djangostore.transaction(), shelve: as it is
                claim_label()      one query: labels like this one; add a suffix if taken
@@ -66,7 +67,9 @@ def add_record(self: Project, record: Any) -> None:
         self._most_recent = record.label  # already stored exactly so by this process: no write
         return
     prepare_store(self.record_store)
-    with SMTLock(self, purpose="add_record"):
+    lock = SMTLock(self, purpose="add_record")
+    _prefetch(self, record, lock)
+    with lock:
         _write(self, record, claim=True)
     _remember(record, _state(record))
     self._most_recent = record.label
@@ -92,6 +95,14 @@ def _write(project: Project, record: Any, claim: bool) -> None:
     djangostore.transaction(store, steps, undo)
 
 
+def _prefetch(project: Project, record: Any, lock: SMTLock) -> None:
+    """Django stores, before the lock: find the rows the write will look up (see rows.prefetch),
+    unless this process holds the lock already (then the write asks for them itself)."""
+    store = project.record_store
+    if djangostore.is_django(store) and not lock.is_locked:
+        djangostore.hygiene(rows.prefetch)(store, project.name, record)
+
+
 def claim_label(project: Project, record: Any) -> None:
     """Make ``record.label`` unique in the project's store; call with the lock held.
 
@@ -100,8 +111,11 @@ def claim_label(project: Project, record: Any) -> None:
     """
     if getattr(record, _CLAIM, None) == record.label:
         return  # the same record, added again (the user's pattern after new_record, or @capture)
-    record.label = free_label(record.label, _labels_like(project.record_store, project.name, record.label))
+    taken = _labels_like(project.record_store, project.name, record.label)
+    record.label = free_label(record.label, taken)
     setattr(record, _CLAIM, record.label)
+    if djangostore.is_django(project.record_store):
+        rows.claimed_new(project.record_store, project.name, record.label)
 
 
 def free_label(label: str, taken: Set[str]) -> str:
@@ -117,8 +131,7 @@ def free_label(label: str, taken: Set[str]) -> str:
 def _labels_like(store: Any, project_name: str, label: str) -> Set[str]:
     """Labels in the store equal to ``label`` or starting with it, with one query where possible."""
     if djangostore.is_django(store):
-        query = store._manager.filter(project__id=project_name, label__startswith=label)
-        return connecting(lambda: set(query.values_list("label", flat=True)), store._db_label)
+        return connecting(lambda: djangostore.labels_starting(store, project_name, label), store._db_label)
     return {x for x in store.labels(project_name) if x.startswith(label)}
 
 
@@ -136,7 +149,9 @@ def save_record(self: Project, record: Any) -> None:
     # A record whose run has ended waits for the lock as long as it takes, whatever $SMTLOCK_TIMEOUT
     # says: a timeout there would throw away a finished run's result (smt run, @smt_logged, @capture).
     ended = not ENDED_TAGS.isdisjoint(record.tags)
-    with SMTLock(self, timeout=-1 if ended else None, purpose="save_record"):
+    lock = SMTLock(self, timeout=-1 if ended else None, purpose="save_record")
+    _prefetch(self, record, lock)
+    with lock:
         _write(self, record, claim=False)
     _remember(record, state)
     note = os.path.join(self.path, SMT_DIR, RUNNING_DIR, record.label.replace("/", "_"))
@@ -208,6 +223,31 @@ def _locked(method: Callable, purpose: str) -> Callable:
 # --- applying -------------------------------------------------------------------------------------
 
 
+def _configure(original: Callable) -> Callable:
+    """``DjangoConfiguration.configure``, then the patches that need Django's models.
+
+    Upstream configures Django with ``DEBUG=True`` for every command: Django then keeps each query in
+    memory (up to 9000 per connection) and, on SQLite, runs one more query per query to quote its
+    parameters for that log. Only smtweb (which adds ``sumatra.web``) keeps it.
+    """
+    @functools.wraps(original)
+    def configure(self: Any) -> None:
+        if "sumatra.web" not in self._settings["INSTALLED_APPS"]:
+            self._settings["DEBUG"] = False
+        original(self)
+        _patch_models()
+    return configure
+
+
+def _patch_models() -> None:
+    from sumatra.recordstore.django_store import models
+    # Upstream saves rows again unchanged: a row get_or_create has just made, the record's row with
+    # its tags (see rows.save_once).
+    patch(models.BaseModel, "save", rows.save_once)
+    # Upstream looks each status tag up again in every write that changes it (see rows.py).
+    patch(models.TagManager, "get_or_create", rows.get_or_create_tag)
+
+
 def is_applied() -> bool:
     """Whether :func:`apply` has run in this process."""
     return is_patched("Project.add_record")
@@ -247,8 +287,14 @@ def apply() -> None:
         # Upstream looks up ~10 never-changing rows with get_or_create in every write (see rows.py).
         patch(DjangoRecordStore, "_get_db_obj", rows.get_db_obj)
         patch(DjangoRecordStore, "_get_db_project", rows.get_db_project)
+        # Upstream looks for the record by label; a label the write has just claimed is new.
+        patch(DjangoRecordStore, "_get_db_record", rows.get_db_record)
         patch(DjangoConfiguration, "uri_to_db", lambda orig: djangostore.uri_to_db)
         patch(DjangoConfiguration, "_create_databases", lambda orig: djangostore.create_databases)
+        patch(DjangoConfiguration, "configure", _configure)
+        from sumatra.recordstore.django_store import db_config
+        if db_config.configured:  # the store was used before smtlock was imported
+            _patch_models()
         os.register_at_fork(before=djangostore.before_fork, after_in_child=djangostore.after_fork_in_child)
         from django.db.backends.signals import connection_created
         connection_created.connect(djangostore.sqlite_pragmas, dispatch_uid="smtlock-sqlite-pragmas")

@@ -1,5 +1,5 @@
-"""A per-process memory of the rows a Django store's write looks up, so a write under the lock runs
-few queries.
+"""Fewer queries in a Django store's write, so the lock is held briefly: a per-process memory of the
+rows a write looks up, and no row saved twice unchanged within one write.
 
 Upstream's ``DjangoRecordStore.save`` runs a get_or_create (a SELECT, and an INSERT for a value not
 stored yet) for each of about ten values of every record (executable, repository, launch mode,
@@ -16,15 +16,25 @@ Two rules keep a remembered row true:
   write that then refers to it fails at commit on its foreign key, having written nothing; the write
   path calls :func:`forget` and runs the write again, asking the store for every value (see
   :func:`smtlock.djangostore.transaction`).
+
+Upstream also saves rows again right after making them: ``_get_db_obj`` saves a row that
+``get_or_create`` has just inserted, and ``save`` writes the record's row a second time, with its
+tags, after adding its many-to-many links. Inside :func:`one_write` (one transaction, under the lock,
+so nobody else can have changed the row) a save that would write exactly what the same object last
+wrote is skipped (:func:`save_once`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
 import pickle
 import threading
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Set, Tuple
 
-__all__ = ["REMEMBERED_MODELS", "get_db_obj", "get_db_project", "forget"]
+__all__ = ["REMEMBERED_MODELS", "get_db_obj", "get_db_project", "forget", "one_write", "save_once",
+           "claimed_new", "get_db_record", "get_or_create_tag", "LOOKED_UP", "LOOKED_UP_EACH", "prefetch"]
 
 #: the models whose rows never change once made (DataKey is left out: a write updates its row)
 REMEMBERED_MODELS = frozenset({"Executable", "Repository", "LaunchMode", "Datastore", "ParameterSet",
@@ -76,6 +86,91 @@ def get_db_project(original: Callable[..., Any]) -> Callable[..., Any]:
     return _get_db_project
 
 
+def get_or_create_tag(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``TagManager.get_or_create`` that remembers each tag's row (a tag's name is unique, and
+    Sumatra never deletes a tag): upstream looks the tag up in every write that changes a record's
+    tags, and ``smt run`` changes them in each of its writes (its status)."""
+    def get_or_create(self: Any, **kwargs: Any) -> Any:
+        if set(kwargs) != {"name"}:
+            return original(self, **kwargs)
+        key = (self.db, "Tag", pickle.dumps(kwargs["name"], protocol=4))
+        with _guard:
+            row = _rows.get(key)
+        if row is not None:
+            return row, False
+        row, created = original(self, **kwargs)
+        from django.db import transaction
+
+        def remember() -> None:
+            with _guard:
+                _rows[key] = row
+        transaction.on_commit(remember, using=self.db)
+        return row, created
+    return get_or_create
+
+
+#: what upstream's ``DjangoRecordStore.save`` looks up for a record: (model, the record's attribute),
+#: and for each item of a list attribute (looked up once the record is registered)
+LOOKED_UP = (("Executable", "executable"), ("Repository", "repository"), ("LaunchMode", "launch_mode"),
+             ("Datastore", "datastore"), ("Datastore", "input_datastore"), ("ParameterSet", "parameters"))
+LOOKED_UP_EACH = (("Dependency", "dependencies"), ("PlatformInformation", "platforms"))
+
+
+class _Finder:
+    """Stands in for a model's manager so that Sumatra's own ``get_or_create_from_sumatra_object``
+    builds its lookup and only finds (never creates) the row."""
+
+    def __init__(self, model: Any, using: str) -> None:
+        self.model = model
+        self._using = using
+
+    def using(self, using: str) -> "_Finder":
+        return self
+
+    def get_or_create(self, **attributes: Any) -> Tuple[Any, bool]:
+        return self.model.objects.using(self._using).get(**attributes), False
+
+
+def prefetch(store: Any, project_name: str, record: Any) -> None:
+    """Before the lock is taken: find and remember the stored rows the record's write will look up
+    (its project, executable, repository, ..., tags), so that the write under the lock asks only
+    for what is new. It only reads, and remembers only rows that exist (committed); a value not
+    stored yet is left to the write, which makes it under the lock."""
+    from django.contrib.contenttypes.models import ContentType
+    from django.core.exceptions import MultipleObjectsReturned, ObjectDoesNotExist
+    models = store._get_models()
+    db = store._db_label
+
+    def find(model: str, value: Any, lookup: Callable[[], Any]) -> None:
+        key = _key(store, model, value)
+        with _guard:
+            if key is None or value is None or key in _rows:
+                return
+        try:
+            row = lookup()
+        except (ObjectDoesNotExist, MultipleObjectsReturned):  # new: the write makes it / upstream's error
+            return
+        with _guard:
+            _rows[key] = row
+
+    find("Project", project_name, lambda: models.Project.objects.using(db).get(id=project_name))
+    values = [(model, getattr(record, name, None)) for model, name in LOOKED_UP]
+    values += [(model, item) for model, name in LOOKED_UP_EACH for item in getattr(record, name, None) or ()]
+    lookup = models.SumatraObjectsManager.get_or_create_from_sumatra_object
+    for model, value in values:
+        finder = _Finder(getattr(models, model), db)
+        find(model, value, functools.partial(lambda f, v: lookup(f, v, using=db)[0], finder, value))
+    ContentType.objects.get_for_model(models.Record)  # Django keeps it; tagging asks in every write
+    for name in getattr(record, "tags", None) or ():  # tagging uses Django's default database
+        key = (models.Tag.objects.db, "Tag", pickle.dumps(name, protocol=4))
+        with _guard:
+            known = key in _rows
+        found = None if known else models.Tag.objects.filter(name=name).first()
+        if found is not None:
+            with _guard:
+                _rows[key] = found
+
+
 def forget(store: Any) -> bool:
     """Forget every row remembered for ``store``; True when there were any (a write that failed on a
     foreign key may have used one that no longer exists)."""
@@ -84,3 +179,71 @@ def forget(store: Any) -> bool:
         for key in keys:
             del _rows[key]
     return bool(keys)
+
+
+class _Write:
+    """One write in progress: the labels it claimed as new (no record has them yet)."""
+
+    def __init__(self) -> None:
+        self.new_labels: Set[Tuple[str, str, str]] = set()  # (database label, project, label)
+
+
+_write: contextvars.ContextVar[Optional[_Write]] = contextvars.ContextVar("smtlock_write", default=None)
+_WRITTEN = "_smtlock_written"  # set on a model object: (the write, the database, the values it saved)
+
+
+@contextlib.contextmanager
+def one_write() -> Iterator[None]:
+    """Mark what runs inside as one write: one transaction, under the store's lock (inside another
+    write, it is part of that one)."""
+    if _write.get() is not None:
+        yield
+        return
+    token = _write.set(_Write())
+    try:
+        yield
+    finally:
+        _write.reset(token)
+
+
+def claimed_new(store: Any, project_name: str, label: str) -> None:
+    """Note that the current write gave a record ``label``, which no record of the store has."""
+    write = _write.get()
+    if write is not None:
+        write.new_labels.add((store._db_label, project_name, label))
+
+
+def get_db_record(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``DjangoRecordStore._get_db_record`` that does not look for a record whose label the current
+    write has just claimed as new: upstream's query would find nothing and make the same new row."""
+    def _get_db_record(self: Any, project_name: str, record: Any) -> Any:
+        write = _write.get()
+        if write is None or (self._db_label, project_name, record.label) not in write.new_labels:
+            return original(self, project_name, record)
+        db_record = self._get_models().Record(label=record.label, project=self._get_db_project(project_name))
+        db_record._state.db = self._db_label
+        return db_record
+    return _get_db_record
+
+
+def save_once(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``Model.save`` for Sumatra's models that, inside :func:`one_write`, skips a plain save of an
+    object whose values are exactly those it saved earlier in the same write (no UPDATE, and for a
+    record no second update of its tags)."""
+    def save(self: Any, *args: Any, **kwargs: Any) -> None:
+        write = _write.get()
+        if write is None:
+            return original(self, *args, **kwargs)
+        plain = not args and set(kwargs) <= {"using"}
+        if plain and getattr(self, _WRITTEN, None) == (write, kwargs.get("using") or self._state.db,
+                                                       _values(self)):
+            return None
+        original(self, *args, **kwargs)
+        setattr(self, _WRITTEN, (write, kwargs.get("using") or self._state.db, _values(self)))
+        return None
+    return save
+
+
+def _values(obj: Any) -> tuple:
+    """What a save of ``obj`` writes: each column's value (a record's tags included)."""
+    return tuple(obj.__dict__.get(field.attname) for field in obj._meta.concrete_fields)

@@ -217,3 +217,51 @@ def test_a_remembered_row_merged_away_by_the_doctor_does_not_break_the_next_writ
     db = sqlite3.connect(str(project / ".smt" / "records"))
     assert db.execute("SELECT DISTINCT executable_id FROM django_store_record").fetchall() == [(0,)]
     assert db.execute("PRAGMA foreign_key_check").fetchall() == []
+
+
+UNDER_THE_LOCK = NEW_RECORD + """
+project.record_store._get_models()  # Django configured, as by the first store call
+from django.db import connections
+from smtlock import lock as smtlock_lock
+seen = []
+
+def watch(execute, sql, params, many, context):
+    if any(shared.depth for shared in smtlock_lock._shared.values()):
+        seen.append(sql.split()[0] + " " + next((t for t in sql.replace('"', ' ').split() if t.startswith("django_")), ""))
+    return execute(sql, params, many, context)
+
+def write(x):
+    seen.clear()
+    with connections["default"].execute_wrapper(watch):
+        record = new(x=x)
+    return [s for s in seen if not s.startswith(("SAVEPOINT", "RELEASE"))]
+"""
+
+
+def test_a_write_asks_under_the_lock_only_for_what_is_new_and_saves_each_row_once(project: Path) -> None:
+    """A job's first write (a fresh process) finds the stored rows before it takes the lock; under
+    it, a new record with new parameters claims its label, inserts its parameter set, its row and
+    its tag link, and runs no UPDATE: upstream saved the parameter set and the record twice."""
+    run_python(NEW_RECORD + "new(x=0)", project)  # the project's rows (executable, tags...) are stored
+    done = run_python(UNDER_THE_LOCK + """
+print(json.dumps([write(1), write(2), len(connections["default"].queries)]))
+print(json.dumps([sorted(r.tags) for r in project.find_records()]))
+""", project)
+    first, second, logged = json.loads(done.stdout.splitlines()[0])
+    expected = ["BEGIN ", "SELECT django_store_record",  # the label claim
+                "SELECT django_store_parameterset", "INSERT django_store_parameterset",
+                "INSERT django_store_record",
+                "SELECT django_store_tag", "SELECT django_store_taggeditem", "INSERT django_store_taggeditem"]
+    assert first == expected and second == expected
+    assert logged == 0  # upstream runs Django with DEBUG=True: every query kept in memory
+    assert json.loads(done.stdout.splitlines()[1]) == [["_initialized_"]] * 3
+
+
+def test_labels_with_like_wildcards_are_claimed_exactly(project: Path) -> None:
+    """The label claim finds taken labels with a LIKE query compiled once; a label holding LIKE's
+    wildcards or its escape character must still see its own earlier use."""
+    done = run_python(NEW_RECORD + r"""
+wanted = ["run_1", "run%", "run%", "run\\x", "run\\x", "runX1", "run_1"]
+print(json.dumps([new(label=label, i=i).label for i, label in enumerate(wanted)]))
+""", project)
+    assert json.loads(done.stdout) == ["run_1", "run%", "run%_1", "run\\x", "run\\x_1", "runX1", "run_1_1"]
