@@ -99,7 +99,9 @@ def save(self: Any, project_name: str, record: Any) -> None:
         with rows.one_write(), transaction.atomic(using=self._db_label):
             write_lock(self)
             original("DjangoRecordStore.save")(self, project_name, record)
-    if connections[self._db_label].in_atomic_block:  # inside the write path's transaction: it retries
+    if rows.in_one_write() and connections[self._db_label].in_atomic_block:
+        original("DjangoRecordStore.save")(self, project_name, record)  # transaction() holds the lock
+    elif connections[self._db_label].in_atomic_block:  # in a caller's transaction: it retries
         write()
     else:  # called by itself (smt sync, smtlock postgres)
         without_stale_rows(write, self, lambda: None)

@@ -33,7 +33,7 @@ import pickle
 import threading
 from typing import Any, Callable, Dict, Iterator, Optional, Set, Tuple
 
-__all__ = ["REMEMBERED_MODELS", "get_db_obj", "get_db_project", "forget", "one_write", "save_once",
+__all__ = ["REMEMBERED_MODELS", "get_db_obj", "get_db_project", "forget", "one_write", "in_one_write", "save_once",
            "claimed_new", "get_db_record", "get_or_create_tag", "LOOKED_UP", "LOOKED_UP_EACH", "prefetch"]
 
 #: the models whose rows never change once made (DataKey is left out: a write updates its row)
@@ -204,6 +204,11 @@ def one_write() -> Iterator[None]:
         yield
     finally:
         _write.reset(token)
+
+
+def in_one_write() -> bool:
+    """Whether the caller runs inside :func:`one_write`."""
+    return _write.get() is not None
 
 
 def claimed_new(store: Any, project_name: str, label: str) -> None:
