@@ -1,17 +1,20 @@
 """How long one record write holds the project's lock, with no contention at all, and how many SQL
 statements run while it is held; on SQLite and on a throwaway local PostgreSQL server.
 
-    python benchmarks/held.py [--writes 300] [--label after]     (adds to benchmarks/held.json)
+    python benchmarks/held.py [--writes 300] [--jobs 30] [--label after]   (adds to benchmarks/held.json)
 
 One process makes a project and writes records with the pattern of the README's first example:
 ``new_record`` (outside the lock), then ``with SMTLock(project): add_record; save``. Each write is
 timed from inside (smtlock's own lock statistics, the time between acquiring and releasing), per
 purpose: ``add_record`` (the record write) and ``user`` (the whole ``with`` block around it).
+``first_write``: the same, one after another, in ``--jobs`` fresh processes that each write one
+record, as each job of a sweep does (nothing remembered yet; statements counted for ``add_record``).
 """
 import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,6 +34,7 @@ from sumatra.parameters import SimpleParameterSet
 from sumatra.projects import load_project
 
 writes = int(sys.argv[1])
+first = len(sys.argv) > 2  # one write in a fresh process: counted from the first
 project = load_project()
 statements = []  # per outermost lock acquisition: statements run while it was held
 counting = [0]
@@ -41,15 +45,21 @@ def count(execute, sql, params, many, context):
     return execute(sql, params, many, context)
 
 def write(i):
+    counting[0] = 0
     record = project.new_record(parameters=SimpleParameterSet({"i": i}), main_file="main.py")
     record.outcome = "done"
+    if first:  # the statements of new_record's write
+        statements.append(counting[0])
+        return
     counting[0] = 0
     with smtlock.SMTLock(project):
         project.add_record(record)
         project.save()
     statements.append(counting[0])
 
-write(-1)  # first use: Django set-up, migration check, connection
+if not first:
+    write(-1)  # first use: Django set-up, migration check, connection
+project.record_store._get_models()
 from django.db import connections
 with connections[project.record_store._db_label].execute_wrapper(count):
     smtlock_lock.enable_stats()
@@ -78,14 +88,31 @@ def measure(project: Path, writes: int) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def measure_first(project: Path, jobs: int) -> dict:
+    """One record written by each of ``jobs`` fresh processes, one after another."""
+    held, statements = [], []
+    for _ in range(jobs):
+        done = subprocess.run([sys.executable, "-c", WRITER, "1", "first"], cwd=project, capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(done.stderr)
+        out = json.loads(done.stdout.strip().splitlines()[-1])
+        held.append(out["add_record"]["held_p50_ms"])
+        statements.append(out["statements_under_lock"]["p50"])
+    held.sort()
+    return {"n": jobs, "held_p50_ms": held[len(held) // 2], "held_p99_ms": held[min(jobs - 1, int(0.99 * jobs))],
+            "statements_under_lock": statistics.median(statements)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--writes", type=int, default=300)
+    parser.add_argument("--jobs", type=int, default=30, help="fresh processes for first_write")
     parser.add_argument("--label", default="now", help="the name of this measurement in held.json")
     args = parser.parse_args()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         results["sqlite"] = measure(make_project(Path(tmp) / "sqlite"), args.writes)
+        results["sqlite"]["first_write"] = measure_first(make_project(Path(tmp) / "sqlite-first"), args.jobs)
         from pgserver import Cluster
         server = Cluster()
         try:
@@ -93,12 +120,16 @@ def main() -> None:
             server.sql("CREATE DATABASE held OWNER smt")
             results["postgres"] = measure(make_project(Path(tmp) / "pg", server.uri("smt", "bench", "held")),
                                           args.writes)
+            server.sql("CREATE DATABASE first OWNER smt")
+            results["postgres"]["first_write"] = measure_first(
+                make_project(Path(tmp) / "pg-first", server.uri("smt", "bench", "first")), args.jobs)
         finally:
             server.stop()
     print(json.dumps(results, indent=1))
     out = HERE / "held.json"
     runs = json.loads(out.read_text()) if out.exists() else {}
-    runs[args.label] = {"command": f"python benchmarks/held.py --writes {args.writes} --label {args.label}",
+    runs[args.label] = {"command": f"python benchmarks/held.py --writes {args.writes} --jobs {args.jobs} "
+                                   f"--label {args.label}",
                         "machine": f"{os.cpu_count()} cores, Python {platform.python_version()}",
                         **results}
     out.write_text(json.dumps(runs, indent=1) + "\n")
