@@ -227,7 +227,8 @@ seen = []
 
 def watch(execute, sql, params, many, context):
     if any(shared.depth for shared in smtlock_lock._shared.values()):
-        seen.append(sql.split()[0] + " " + next((t for t in sql.replace('"', ' ').split() if t.startswith("django_")), ""))
+        table = next((t for t in sql.replace('"', ' ').split() if t.startswith("django_")), "")
+        seen.append(sql.split()[0] + " " + table)
     return execute(sql, params, many, context)
 
 def write(x):
