@@ -27,7 +27,7 @@ except ImportError:  # Django is optional for Sumatra and for us
     DjangoConfiguration = DjangoRecordStore = None
 
 __all__ = ["SQLITE_BUSY_TIMEOUT_S", "CONNECT_RETRY_S", "is_django", "transaction", "save", "write_lock",
-           "without_stale_rows", "retrying", "uri_to_db", "tune_registered_databases", "connecting", "hygiene",
+           "without_stale_rows", "retrying", "uri_to_db", "tune_registered_databases", "connecting", "close", "hygiene",
            "sqlite_pragmas", "create_databases", "before_fork", "after_fork_in_child"]
 
 SQLITE_BUSY_TIMEOUT_S = 60.0  # how long an SQLite connection waits for another writer, not fail
@@ -202,6 +202,12 @@ def connecting(call: Callable[[], Any], label: str) -> Any:
                 raise
             time.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, 2.0)
+
+
+def close(store: Any) -> None:
+    """Close this thread's connection to the store's database."""
+    from django.db import connections
+    connections[store._db_label].close()
 
 
 def hygiene(method: Callable) -> Callable:

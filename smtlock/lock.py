@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, List, Optional, Tuple, Union
+from typing import Any, Callable, List, Optional, Tuple, Union
 
 from .backends import FileBackend, LeaseBackend, LockBackend, PostgresBackend
 from .errors import LockTimeout, NoProjectError, SettingError
@@ -153,8 +153,15 @@ class SMTLock:
         """Whether this process holds the lock (in any thread)."""
         return self._shared.depth > 0
 
-    def acquire(self, timeout: Optional[float] = None) -> "_Acquired":
-        """Take the lock, waiting up to ``timeout`` seconds (default: the lock's own timeout)."""
+    def acquire(self, timeout: Optional[float] = None,
+                before_store: Optional[Callable[[], None]] = None) -> "_Acquired":
+        """Take the lock, waiting up to ``timeout`` seconds (default: the lock's own timeout).
+
+        ``before_store`` runs once this host's locks are held and before a PostgreSQL store's advisory
+        lock is waited for (at the end when there is none), and only when this call takes the lock: the
+        write path opens its connection there, so no process that waits for the file lock holds one
+        and no other host waits while it is made.
+        """
         wait = self.timeout if timeout is None else float(timeout)
         start = time.perf_counter()
         deadline = None if wait < 0 else time.monotonic() + wait
@@ -163,7 +170,7 @@ class SMTLock:
             raise LockTimeout(self.lock_file, wait, f"another thread of this process (pid {os.getpid()})")
         if shared.depth == 0:
             try:
-                self._acquire_backends(shared, deadline, wait)
+                self._acquire_backends(shared, deadline, wait, before_store)
             except BaseException:
                 shared.mutex.release()
                 raise
@@ -173,10 +180,14 @@ class SMTLock:
         shared.depth += 1
         return _Acquired(self)
 
-    def _acquire_backends(self, shared: _Shared, deadline: Optional[float], wait: float) -> None:
+    def _acquire_backends(self, shared: _Shared, deadline: Optional[float], wait: float,
+                          before_store: Optional[Callable[[], None]]) -> None:
         taken: List[LockBackend] = []
         try:
             for backend in shared.backends:
+                if before_store is not None and isinstance(backend, PostgresBackend):
+                    before_store()
+                    before_store = None
                 if deadline is None:
                     try:
                         backend.acquire_blocking()
@@ -191,6 +202,8 @@ class SMTLock:
                     time.sleep(delay * random.uniform(0.5, 1.0))
                     delay = min(delay * 2, self.poll_interval)
                 taken.append(backend)
+            if before_store is not None:
+                before_store()
         except BaseException:
             for backend in reversed(taken):
                 backend.release()

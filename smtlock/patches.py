@@ -10,9 +10,11 @@ The path of one record write, top to bottom (:func:`add_record`)::
     Project.new_record            builds the Record, VCS checks        (outside the lock)
       -> Project.add_record       = add_record() below
            prepare_store()        one host per store on a shared fs; Django set up (outside the lock)
-           _prefetch()            Django: find the stored rows the write will use (outside the lock)
-           with SMTLock(project):                                      (inside the lock)
+           with _acquired(SMTLock(project)):
+             rows.prefetch()      Django: the stored rows the write will use (before the lock;
+                                  PostgreSQL: after the file lock, before the store's lock)
              _write()             Django: djangostore.transaction(), shelve: as it is
+                                                                       (inside the lock)
                claim_label()      one query: labels like this one; add a suffix if taken
                store.save()       Django: rows remembered per process (rows.py) / shelve: re-read,
                                   write, close (shelf.py)
@@ -39,7 +41,7 @@ from .atomic import atomic_open
 from .djangostore import DjangoConfiguration, DjangoRecordStore, connecting  # None without Django
 from .hostclaim import one_host
 from .lock import SMTLock
-from .project import RUNNING_DIR, SMT_DIR, store_path
+from .project import RUNNING_DIR, SMT_DIR, postgres_uri, store_path
 from .upstream import is_patched, original, patch
 
 __all__ = ["apply", "is_applied", "add_record", "save_record", "claim_label", "free_label", "prepare_store",
@@ -67,9 +69,7 @@ def add_record(self: Project, record: Any) -> None:
         self._most_recent = record.label  # already stored exactly so by this process: no write
         return
     prepare_store(self.record_store)
-    lock = SMTLock(self, purpose="add_record")
-    _prefetch(self, record, lock)
-    with lock:
+    with _acquired(SMTLock(self, purpose="add_record"), self, record):
         _write(self, record, claim=True)
     _remember(record, _state(record))
     self._most_recent = record.label
@@ -95,12 +95,25 @@ def _write(project: Project, record: Any, claim: bool) -> None:
     djangostore.transaction(store, steps, undo)
 
 
-def _prefetch(project: Project, record: Any, lock: SMTLock) -> None:
-    """Django stores, before the lock: find the rows the write will look up (see rows.prefetch),
-    unless this process holds the lock already (then the write asks for them itself)."""
+def _acquired(lock: SMTLock, project: Project, record: Any) -> Any:
+    """``lock.acquire()``, the rows the write will look up found first (rows.prefetch) for a Django
+    store: on SQLite before the lock, on PostgreSQL once this host's file lock is held and before the
+    store's advisory lock, on the connection the write then uses (upstream connects inside the
+    write; a connection costs more than the whole write). Not when this process holds the lock."""
     store = project.record_store
-    if djangostore.is_django(store) and not lock.is_locked:
-        djangostore.hygiene(rows.prefetch)(store, project.name, record)
+    if not djangostore.is_django(store) or lock.is_locked:
+        return lock.acquire()
+
+    def prefetch() -> None:
+        connecting(lambda: rows.prefetch(store, project.name, record), store._db_label)
+    if not postgres_uri(store):
+        prefetch()
+        return lock.acquire()
+    try:
+        return lock.acquire(before_store=prefetch)
+    except BaseException:  # the write closes it; without the lock, nothing writes
+        djangostore.close(store)
+        raise
 
 
 def claim_label(project: Project, record: Any) -> None:
@@ -149,9 +162,7 @@ def save_record(self: Project, record: Any) -> None:
     # A record whose run has ended waits for the lock as long as it takes, whatever $SMTLOCK_TIMEOUT
     # says: a timeout there would throw away a finished run's result (smt run, @smt_logged, @capture).
     ended = not ENDED_TAGS.isdisjoint(record.tags)
-    lock = SMTLock(self, timeout=-1 if ended else None, purpose="save_record")
-    _prefetch(self, record, lock)
-    with lock:
+    with _acquired(SMTLock(self, timeout=-1 if ended else None, purpose="save_record"), self, record):
         _write(self, record, claim=False)
     _remember(record, state)
     note = os.path.join(self.path, SMT_DIR, RUNNING_DIR, record.label.replace("/", "_"))

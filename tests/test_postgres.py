@@ -243,3 +243,45 @@ def test_a_forked_child_never_ends_its_parents_server_session(pg_uri: str, tmp_p
     finally:
         parent.kill()
         parent.wait()
+
+
+WRITE_ONE = """
+import smtlock
+from sumatra.projects import load_project
+from sumatra.parameters import SimpleParameterSet
+print(load_project().new_record(parameters=SimpleParameterSet({"i": 1}), main_file="main.py").label)
+"""
+
+
+def test_a_write_connects_before_it_waits_for_the_store(pg, pg_uri: str, tmp_path: Path) -> None:
+    """A write opens its database connection once this host's file lock is held and before it waits
+    for the store's advisory lock (held here by another project folder, as by another host): the
+    connection costs more than the write, and no other host should wait while it is made. Before,
+    it connected after taking the store's lock."""
+    import time
+    db = pg_uri.rsplit("/", 1)[1]
+    a, b = make_project(tmp_path / "a", pg_uri), make_project(tmp_path / "b", pg_uri)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(a)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    writer = None
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        writer = subprocess.Popen([sys.executable, "-c", WRITE_ONE], cwd=b, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        waiting = (f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' "
+                   "AND application_name = 'smtlock waiting'")  # the connection that tries the store's lock
+        deadline = time.monotonic() + 120
+        while writer.poll() is None and pg.sql(waiting)[0][0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the writer waits for the store's advisory lock
+        assert writer.poll() is None and pg.sql(waiting)[0][0] == 1, writer.stderr.read()
+        django = f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' AND application_name = ''"
+        assert pg.sql(django)[0][0] == 1  # the write's own connection, open before the store's lock
+        holder.stdin.close()
+        out, err = writer.communicate(timeout=120)
+        assert writer.returncode == 0, err
+    finally:
+        for process in (holder, writer):
+            if process is not None:
+                process.kill()
+                process.wait()
+    assert run_python(LIST, b).stdout.count(out.strip()) == 1
