@@ -44,15 +44,17 @@ _rows: Dict[Tuple[str, str, bytes], Any] = {}  # (database label, model, the val
 _guard = threading.Lock()
 
 
-def _key(store: Any, model: str, value: Any) -> Tuple[str, str, bytes] | None:
+def _key(database: str, model: str, value: Any) -> Tuple[str, str, bytes] | None:
     try:
-        return (store._db_label, model, pickle.dumps(value, protocol=4))
+        return (database, model, pickle.dumps(value, protocol=4))
     except Exception:  # a value that does not pickle is simply not remembered
         return None
 
 
-def _remembered(store: Any, model: str, value: Any, find: Callable[[], Any]) -> Any:
-    key = _key(store, model, value)
+def _remembered(database: str, model: str, value: Any, find: Callable[[], Any]) -> Any:
+    """The row remembered for ``value``, or the one ``find`` returns, remembered once the transaction
+    that found or made it commits."""
+    key = _key(database, model, value)
     if key is None:
         return find()
     with _guard:
@@ -65,7 +67,7 @@ def _remembered(store: Any, model: str, value: Any, find: Callable[[], Any]) -> 
     def remember() -> None:
         with _guard:
             _rows[key] = row
-    transaction.on_commit(remember, using=store._db_label)
+    transaction.on_commit(remember, using=database)
     return row
 
 
@@ -75,14 +77,14 @@ def get_db_obj(original: Callable[..., Any]) -> Callable[..., Any]:
     def _get_db_obj(self: Any, db_class: str, obj: Any) -> Any:
         if db_class not in REMEMBERED_MODELS or obj is None:
             return original(self, db_class, obj)
-        return _remembered(self, db_class, obj, lambda: original(self, db_class, obj))
+        return _remembered(self._db_label, db_class, obj, lambda: original(self, db_class, obj))
     return _get_db_obj
 
 
 def get_db_project(original: Callable[..., Any]) -> Callable[..., Any]:
     """``DjangoRecordStore._get_db_project`` that looks the project's row up once per process."""
     def _get_db_project(self: Any, project_name: str) -> Any:
-        return _remembered(self, "Project", project_name, lambda: original(self, project_name))
+        return _remembered(self._db_label, "Project", project_name, lambda: original(self, project_name))
     return _get_db_project
 
 
@@ -93,19 +95,12 @@ def get_or_create_tag(original: Callable[..., Any]) -> Callable[..., Any]:
     def get_or_create(self: Any, **kwargs: Any) -> Any:
         if set(kwargs) != {"name"}:
             return original(self, **kwargs)
-        key = (self.db, "Tag", pickle.dumps(kwargs["name"], protocol=4))
-        with _guard:
-            row = _rows.get(key)
-        if row is not None:
-            return row, False
-        row, created = original(self, **kwargs)
-        from django.db import transaction
+        created = [False]
 
-        def remember() -> None:
-            with _guard:
-                _rows[key] = row
-        transaction.on_commit(remember, using=self.db)
-        return row, created
+        def find() -> Any:
+            row, created[0] = original(self, **kwargs)
+            return row
+        return _remembered(self.db, "Tag", kwargs["name"], find), created[0]
     return get_or_create
 
 
@@ -141,8 +136,8 @@ def prefetch(store: Any, project_name: str, record: Any) -> None:
     models = store._get_models()
     db = store._db_label
 
-    def find(model: str, value: Any, lookup: Callable[[], Any]) -> None:
-        key = _key(store, model, value)
+    def find(database: str, model: str, value: Any, lookup: Callable[[], Any]) -> None:
+        key = _key(database, model, value)
         with _guard:
             if key is None or value is None or key in _rows:
                 return
@@ -153,22 +148,17 @@ def prefetch(store: Any, project_name: str, record: Any) -> None:
         with _guard:
             _rows[key] = row
 
-    find("Project", project_name, lambda: models.Project.objects.using(db).get(id=project_name))
+    find(db, "Project", project_name, lambda: models.Project.objects.using(db).get(id=project_name))
     values = [(model, getattr(record, name, None)) for model, name in LOOKED_UP]
     values += [(model, item) for model, name in LOOKED_UP_EACH for item in getattr(record, name, None) or ()]
     lookup = models.SumatraObjectsManager.get_or_create_from_sumatra_object
     for model, value in values:
         finder = _Finder(getattr(models, model), db)
-        find(model, value, functools.partial(lambda f, v: lookup(f, v, using=db)[0], finder, value))
+        find(db, model, value, functools.partial(lambda f, v: lookup(f, v, using=db)[0], finder, value))
     ContentType.objects.get_for_model(models.Record)  # Django keeps it; tagging asks in every write
-    for name in getattr(record, "tags", None) or ():  # tagging uses Django's default database
-        key = (models.Tag.objects.db, "Tag", pickle.dumps(name, protocol=4))
-        with _guard:
-            known = key in _rows
-        found = None if known else models.Tag.objects.filter(name=name).first()
-        if found is not None:
-            with _guard:
-                _rows[key] = found
+    tags = models.Tag.objects  # tagging uses Django's default database
+    for name in getattr(record, "tags", None) or ():
+        find(tags.db, "Tag", name, functools.partial(tags.get, name=name))
 
 
 def forget(store: Any) -> bool:
