@@ -148,8 +148,8 @@ def retrying(attempt: Callable[[], Any], store: Any, undo: Callable[[], None]) -
         while True:
             try:
                 return attempt()
-            except (OperationalError, InterfaceError):
-                broken = connection.connection is None or not connection.is_usable()
+            except (OperationalError, InterfaceError) as error:
+                broken = _broke(error)  # not the connection's state now: Django may have reconnected
                 undo()
                 connection.close()
                 if not broken or time.monotonic() > deadline:
@@ -158,6 +158,14 @@ def retrying(attempt: Callable[[], Any], store: Any, undo: Callable[[], None]) -
                 delay = min(delay * 2, 2.0)
     finally:
         connection.close()  # a job holds no connection between writes
+
+
+def _broke(error: BaseException) -> bool:
+    """Whether a database error says the connection broke: no answer from the server (no SQLSTATE),
+    a connection exception (class 08) or the server shutting down (57P01 to 57P03)."""
+    cause = error.__cause__ if error.__cause__ is not None else error
+    code = getattr(cause, "pgcode", None)
+    return code is None or code.startswith("08") or code in ("57P01", "57P02", "57P03")
 
 
 def uri_to_db(self: Any, uri: str) -> dict:

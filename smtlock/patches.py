@@ -105,7 +105,11 @@ def _acquired(lock: SMTLock, project: Project, record: Any) -> Any:
         return lock.acquire()
 
     def prefetch() -> None:
-        connecting(lambda: rows.prefetch(store, project.name, record), store._db_label)
+        from django.db import DatabaseError
+        try:
+            connecting(lambda: rows.prefetch(store, project.name, record), store._db_label)
+        except DatabaseError:  # only a head start (a server restarting mid-query): the write asks itself
+            djangostore.close(store)
     if not postgres_uri(store):
         prefetch()
         return lock.acquire()

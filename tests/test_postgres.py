@@ -285,3 +285,41 @@ def test_a_write_connects_before_it_waits_for_the_store(pg, pg_uri: str, tmp_pat
                 process.kill()
                 process.wait()
     assert run_python(LIST, b).stdout.count(out.strip()) == 1
+
+
+def test_a_write_whose_connection_died_while_it_waited_is_made_again(tmp_path: Path) -> None:
+    """The write connects before it waits for the store's lock; a server restart during that wait
+    breaks the connection, and its first statement fails. Django then reconnects on its own while it
+    cleans up, so the broken connection must be told by the error, not by the connection's state
+    afterwards: the write is made again and the job succeeds (before: "server closed the connection
+    unexpectedly", the record lost)."""
+    import time
+    cluster = Cluster()
+    holder = writer = None
+    try:
+        cluster.sql("CREATE ROLE smt LOGIN PASSWORD 's3cret' CREATEDB")
+        cluster.sql("CREATE DATABASE restart OWNER smt")
+        uri = cluster.uri("smt", "s3cret", "restart")
+        a, b = make_project(tmp_path / "a", uri), make_project(tmp_path / "b", uri)
+        run_python(MAKE_RECORDS, b)  # tables made, rows stored
+        holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(a)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
+        assert holder.stdout.readline().strip() == "held"
+        writer = subprocess.Popen([sys.executable, "-c", WRITE_ONE], cwd=b, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        waiting = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'smtlock waiting'"
+        deadline = time.monotonic() + 120
+        while writer.poll() is None and cluster.sql(waiting)[0][0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the writer, connected, waits for the store's advisory lock
+        assert writer.poll() is None, writer.stderr.read()
+        cluster.restart()  # cuts every session: the holder's lock is freed, the writer's connection dies
+        out, err = writer.communicate(timeout=120)
+        assert writer.returncode == 0, err
+        listed = run_python(LIST, b).stdout
+    finally:
+        for process in (holder, writer):
+            if process is not None:
+                process.kill()
+                process.wait()
+        cluster.stop()
+    assert listed.count(out.strip()) == 1
