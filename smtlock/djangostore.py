@@ -5,13 +5,14 @@ carried across a fork."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import random
 import sqlite3
 import sys
 import time
-from typing import Any, Callable, Dict, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Set, Tuple
 
 from . import postgres, rows
 from .filesystem import is_shared
@@ -26,7 +27,7 @@ try:  # Sumatra's django_store module imports without Django; its store needs it
 except ImportError:  # Django is optional for Sumatra and for us
     DjangoConfiguration = DjangoRecordStore = None
 
-__all__ = ["SQLITE_BUSY_TIMEOUT_S", "CONNECT_RETRY_S", "is_django", "transaction", "save", "write_lock",
+__all__ = ["SQLITE_BUSY_TIMEOUT_S", "CONNECT_RETRY_S", "LABEL_INDEX", "is_django", "transaction", "save", "write_lock",
            "without_stale_rows", "retrying", "uri_to_db", "tune_registered_databases", "connecting", "close", "hygiene",
            "sqlite_pragmas", "create_databases", "before_fork", "after_fork_in_child"]
 
@@ -55,32 +56,44 @@ def transaction(store: Any, steps: Callable[[], Any], undo: Callable[[], None]) 
 
 
 _LABELS_SQL: Dict[str, Tuple[str, Tuple[str, ...]]] = {}  # database label -> (SQL, its parameters' names)
+_ABOVE = "\U0010ffff"  # the highest character: a label that starts with a prefix sorts below prefix + it
 
 
 def labels_starting(store: Any, project_name: str, prefix: str) -> Set[str]:
     """The labels of the project's records that start with ``prefix``, in one query that Django
-    compiles once per process (compiling a query costs more than running it on SQLite)."""
+    compiles once per process (compiling a query costs more than running it on SQLite) and that the
+    store's label index answers (:data:`LABEL_INDEX`): on PostgreSQL with LIKE itself, on SQLite, whose
+    LIKE ignores case and so cannot use an index, as a range of labels."""
     from django.db import connections
     connection = connections[store._db_label]
     compiled = _LABELS_SQL.get(store._db_label) or _compile_labels_query(store, connection)
     if compiled is None:  # a Django whose query is not as expected: compile it each time
-        query = store._manager.filter(project__id=project_name, label__startswith=prefix).order_by()
-        return set(query.values_list("label", flat=True))
+        return set(_labels_query(store, connection, project_name, prefix).values_list("label", flat=True))
     sql, names = compiled
-    values = {"project": project_name, "pattern": connection.ops.prep_for_like_query(prefix) + "%"}
+    values = {"project": project_name, "pattern": connection.ops.prep_for_like_query(prefix) + "%",
+              "prefix": prefix, "above": prefix + _ABOVE}
     with connection.cursor() as cursor:
         cursor.execute(sql, [values[name] for name in names])
         return {row[0] for row in cursor.fetchall()}
 
 
+def _labels_query(store: Any, connection: Any, project_name: str, prefix: str) -> Any:
+    query = store._manager.filter(project__id=project_name, label__startswith=prefix).order_by()
+    if connection.vendor == "sqlite":  # SQLite compares text byte by byte (BINARY): an exact range
+        query = query.filter(label__gte=prefix, label__lt=prefix + _ABOVE)
+    return query
+
+
 def _compile_labels_query(store: Any, connection: Any) -> Optional[Tuple[str, Tuple[str, ...]]]:
     """Compile :func:`labels_starting`'s query for example values; keep it when its parameters are
-    exactly the project and the LIKE pattern of the prefix (so new values can replace them)."""
+    exactly the example's values (so that new values can replace them)."""
     project, prefix = "smtlock-example-project", "smtlock%example_label"
     expected = {project: "project", connection.ops.prep_for_like_query(prefix) + "%": "pattern"}
-    query = store._manager.filter(project__id=project, label__startswith=prefix).order_by()
-    sql, params = query.values_list("label", flat=True).query.get_compiler(using=store._db_label).as_sql()
-    if len(params) != 2 or set(params) != set(expected):
+    if connection.vendor == "sqlite":
+        expected.update({prefix: "prefix", prefix + _ABOVE: "above"})
+    query = _labels_query(store, connection, project, prefix).values_list("label", flat=True)
+    sql, params = query.query.get_compiler(using=store._db_label).as_sql()
+    if len(params) != len(expected) or set(params) != set(expected):
         return None
     _LABELS_SQL[store._db_label] = (sql, tuple(expected[param] for param in params))
     return _LABELS_SQL[store._db_label]
@@ -253,24 +266,83 @@ def sqlite_pragmas(sender: Any, connection: Any, **kwargs: Any) -> None:
     name = str(connection.settings_dict["NAME"])
     journal = "DELETE" if is_shared(os.path.dirname(os.path.abspath(name))) else "WAL"
     with connection.cursor() as cursor:
-        cursor.execute("PRAGMA busy_timeout")
-        waits_ms = cursor.fetchone()[0]
-        cursor.execute("PRAGMA busy_timeout=0")
-        try:
-            cursor.execute("PRAGMA journal_mode=" + journal)
-            journal = cursor.fetchone()[0].upper()
-        except Exception as error:  # Django wraps sqlite3's error in its own class
-            if not isinstance(error.__cause__ or error, sqlite3.OperationalError):
-                raise
-            journal = "unchanged"
-        finally:
-            cursor.execute(f"PRAGMA busy_timeout={int(waits_ms)}")
+        with _not_waiting(cursor, connection.vendor):
+            try:
+                cursor.execute("PRAGMA journal_mode=" + journal)
+                journal = cursor.fetchone()[0].upper()
+            except Exception as error:  # Django wraps sqlite3's error in its own class
+                if not isinstance(error.__cause__ or error, sqlite3.OperationalError):
+                    raise
+                journal = "unchanged"
         if journal == "WAL":
             cursor.execute("PRAGMA synchronous=NORMAL")
 
 
+#: the index smtlock adds to Sumatra's record table (upstream has none on the label, so each lookup
+#: by label that a write makes under the lock, the claim and the record's row, reads every record)
+LABEL_INDEX = "smtlock_record_label"
+
+
+def _label_index_missing(connection: Any) -> bool:
+    """Whether the store's record table exists without :data:`LABEL_INDEX` and this process may add
+    it (PostgreSQL: its role owns the table; SQLite: it may write the file)."""
+    from sumatra.recordstore.django_store.models import Record
+    table = Record._meta.db_table
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SELECT to_regclass(%s) IS NULL AND pg_has_role(relowner, 'USAGE') FROM pg_class"
+                           " WHERE oid = to_regclass(%s)", [LABEL_INDEX, connection.ops.quote_name(table)])
+        elif connection.vendor == "sqlite" and os.access(connection.settings_dict["NAME"], os.W_OK):
+            cursor.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = %s AND NOT EXISTS"
+                           " (SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = %s)", [table, LABEL_INDEX])
+        else:
+            return False
+        row = cursor.fetchone()
+    return bool(row and row[0])
+
+
+def _add_label_index(connection: Any) -> None:
+    """Add :data:`LABEL_INDEX` (the project and the label; on PostgreSQL in the byte order LIKE
+    needs, as Django's own ``_like`` indexes): lookups by label then read only what they find. It is
+    only a matter of speed, so a store busy with a reader (SQLite) or a long write (PostgreSQL) is not
+    waited for: a later connection adds it."""
+    from django.db import DatabaseError
+    from sumatra.recordstore.django_store.models import Record
+    quote = connection.ops.quote_name
+    project, label = (quote(Record._meta.get_field(name).column) for name in ("project", "label"))
+    if connection.vendor == "postgresql":
+        label += " varchar_pattern_ops"
+    with connection.cursor() as cursor, _not_waiting(cursor, connection.vendor):
+        try:
+            cursor.execute(f"CREATE INDEX IF NOT EXISTS {quote(LABEL_INDEX)} ON {quote(Record._meta.db_table)}"
+                           f" ({project}, {label})")
+        except DatabaseError:
+            pass
+
+
+@contextlib.contextmanager
+def _not_waiting(cursor: Any, vendor: str) -> Iterator[None]:
+    """Statements run inside fail at once, rather than wait, when another connection holds a lock
+    they need (SQLite: any reader, for a change of the schema or the journal)."""
+    if vendor == "postgresql":
+        cursor.execute("SET lock_timeout = 1")
+        try:
+            yield
+        finally:
+            cursor.execute("RESET lock_timeout")
+        return
+    cursor.execute("PRAGMA busy_timeout")
+    waits_ms = cursor.fetchone()[0]
+    cursor.execute("PRAGMA busy_timeout=0")
+    try:
+        yield
+    finally:
+        cursor.execute(f"PRAGMA busy_timeout={int(waits_ms)}")
+
+
 def create_databases(self: Any) -> None:
-    """Run Sumatra's ``migrate`` only when a database needs it, and under the store's lock.
+    """Run Sumatra's ``migrate`` only when a database needs it, and under the store's lock; then add
+    the label index (:data:`LABEL_INDEX`) where it is missing.
 
     Upstream migrates on first use in every process: a burst on a new store races to create the
     same tables, and every process pays for it.
@@ -283,7 +355,7 @@ def create_databases(self: Any) -> None:
             executor = MigrationExecutor(connections[label])
             if executor.migration_plan(executor.loader.graph.leaf_nodes()):
                 return True
-        return False
+        return any(_label_index_missing(connections[label]) for label in self._settings["DATABASES"])
 
     db = self._settings["DATABASES"]["default"]
     for settings in self._settings["DATABASES"].values():  # before this process first opens it
@@ -295,6 +367,9 @@ def create_databases(self: Any) -> None:
         with store_lock(db["NAME"] if "sqlite3" in db["ENGINE"] else os.getcwd(), "migrate"):
             if connecting(pending, "default"):
                 original("DjangoConfiguration._create_databases")(self)
+                for label in self._settings["DATABASES"]:
+                    if _label_index_missing(connections[label]):
+                        _add_label_index(connections[label])
     finally:  # a job waiting for the lock must not sit on one of the server's few connections
         for label, settings in self._settings["DATABASES"].items():
             if "postgresql" in settings["ENGINE"]:
