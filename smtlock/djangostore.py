@@ -350,30 +350,36 @@ def create_databases(self: Any) -> None:
     from django.db import connections
     from django.db.migrations.executor import MigrationExecutor
 
-    def pending() -> bool:
+    def unmigrated() -> bool:
         for label in self._settings["DATABASES"]:
             executor = MigrationExecutor(connections[label])
             if executor.migration_plan(executor.loader.graph.leaf_nodes()):
                 return True
-        return any(_label_index_missing(connections[label]) for label in self._settings["DATABASES"])
+        return False
+
+    def unindexed() -> list:
+        return [label for label in self._settings["DATABASES"] if _label_index_missing(connections[label])]
+
+    def close() -> None:  # a job waiting for the lock must not sit on one of the server's few connections
+        for label, settings in self._settings["DATABASES"].items():
+            if "postgresql" in settings["ENGINE"]:
+                connections[label].close()
 
     db = self._settings["DATABASES"]["default"]
     for settings in self._settings["DATABASES"].values():  # before this process first opens it
         if "sqlite3" in settings["ENGINE"]:
             one_host(settings["NAME"])
     try:
-        if not connecting(pending, "default"):
+        if not connecting(lambda: unmigrated() or unindexed(), "default"):
             return
+        close()
         with store_lock(db["NAME"] if "sqlite3" in db["ENGINE"] else os.getcwd(), "migrate"):
-            if connecting(pending, "default"):
+            if connecting(unmigrated, "default"):
                 original("DjangoConfiguration._create_databases")(self)
-                for label in self._settings["DATABASES"]:
-                    if _label_index_missing(connections[label]):
-                        _add_label_index(connections[label])
-    finally:  # a job waiting for the lock must not sit on one of the server's few connections
-        for label, settings in self._settings["DATABASES"].items():
-            if "postgresql" in settings["ENGINE"]:
-                connections[label].close()
+            for label in connecting(unindexed, "default"):
+                _add_label_index(connections[label])
+    finally:
+        close()
 
 
 def before_fork() -> None:
