@@ -46,13 +46,32 @@ def transaction(store: Any, steps: Callable[[], Any], undo: Callable[[], None]) 
     remembered row was merged away (:mod:`smtlock.rows`), ``undo`` what ``steps`` changed in memory and
     run it again, whole: a retry cannot write twice. Upstream's save is ~16 autocommitted queries and
     nothing retries them."""
+    from django.db import connections
     from django.db import transaction as django_transaction
 
     def attempt() -> None:
-        with rows.one_write(), django_transaction.atomic(using=store._db_label):
+        connection = connections[store._db_label]
+        with rows.one_write(), django_transaction.atomic(using=store._db_label), _no_savepoints(connection):
             write_lock(store)
             steps()
     without_stale_rows(lambda: retrying(attempt, store, undo), store, undo)
+
+
+@contextlib.contextmanager
+def _no_savepoints(connection: Any) -> Iterator[None]:
+    """Inside one write, Django makes no savepoints. Upstream's get_or_create calls each wrap their
+    INSERT in one (a SAVEPOINT and a RELEASE: on PostgreSQL, two more round trips under the lock) so
+    that an INSERT that lost a race can be undone alone; under the lock no writer races, and a
+    statement that fails fails the whole write, which is undone whole. ``savepoint()`` returning
+    None is what Django's atomic blocks do where savepoints are not supported."""
+    if "savepoint" in vars(connection):  # inside another write's
+        yield
+        return
+    connection.savepoint = lambda: None
+    try:
+        yield
+    finally:
+        del connection.savepoint
 
 
 _LABELS_SQL: Dict[str, Tuple[str, Tuple[str, ...]]] = {}  # database label -> (SQL, its parameters' names)

@@ -261,6 +261,8 @@ def _patch_models() -> None:
     patch(models.BaseModel, "save", rows.save_once)
     # Upstream looks each status tag up again in every write that changes it (see rows.py).
     patch(models.TagManager, "get_or_create", rows.get_or_create_tag)
+    # Upstream asks for a new record's tag links (it has none), then makes each with get_or_create.
+    patch(models.TagManager, "update_tags", rows.update_tags)
 
 
 def is_applied() -> bool:

@@ -21,7 +21,8 @@ Upstream also saves rows again right after making them: ``_get_db_obj`` saves a 
 ``get_or_create`` has just inserted, and ``save`` writes the record's row a second time, with its
 tags, after adding its many-to-many links. Inside :func:`one_write` (one transaction, under the lock,
 so nobody else can have changed the row) a save that would write exactly what the same object last
-wrote is skipped (:func:`save_once`).
+wrote is skipped (:func:`save_once`), and a row the write inserts gets its tag links in one INSERT
+(:func:`update_tags`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ import threading
 from typing import Any, Callable, Dict, Iterator, Optional, Set, Tuple
 
 __all__ = ["REMEMBERED_MODELS", "get_db_obj", "get_db_project", "forget", "one_write", "in_one_write", "save_once",
-           "claimed_new", "get_db_record", "get_or_create_tag", "LOOKED_UP", "LOOKED_UP_EACH", "prefetch"]
+           "claimed_new", "get_db_record", "get_or_create_tag", "update_tags", "LOOKED_UP", "LOOKED_UP_EACH",
+           "prefetch"]
 
 #: the models whose rows never change once made (DataKey is left out: a write updates its row)
 REMEMBERED_MODELS = frozenset({"Executable", "Repository", "LaunchMode", "Datastore", "ParameterSet",
@@ -180,6 +182,7 @@ class _Write:
 
 _write: contextvars.ContextVar[Optional[_Write]] = contextvars.ContextVar("smtlock_write", default=None)
 _WRITTEN = "_smtlock_written"  # set on a model object: (the write, the database, the values it saved)
+_UNTAGGED = "_smtlock_untagged"  # set on a model object whose row the write inserts: the write, until tagged
 
 
 @contextlib.contextmanager
@@ -233,10 +236,36 @@ def save_once(original: Callable[..., Any]) -> Callable[..., Any]:
         if plain and getattr(self, _WRITTEN, None) == (write, kwargs.get("using") or self._state.db,
                                                        _values(self)):
             return None
+        if self._state.adding and self.pk is None:  # this save inserts its row, under a new id
+            setattr(self, _UNTAGGED, write)
         original(self, *args, **kwargs)
         setattr(self, _WRITTEN, (write, kwargs.get("using") or self._state.db, _values(self)))
         return None
     return save
+
+
+def update_tags(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``TagManager.update_tags`` that links a row the current write has just inserted to its tags
+    with one INSERT. Upstream first asks for the row's current links (a new row has none: ids are
+    never reused, AUTOINCREMENT on SQLite, a sequence on PostgreSQL) and then makes each link with a
+    get_or_create (a lookup, an insert); a later update of the same row's tags is upstream's. Only
+    where the links live in the row's own database: upstream keeps them in Django's default one."""
+    def update_tags(self: Any, obj: Any, tag_names: Any) -> None:
+        from django.db import router
+        from sumatra.recordstore.django_store.tagging import TaggedItem
+        write = _write.get()
+        if (write is None or getattr(obj, _UNTAGGED, None) is not write
+                or obj._state.db != router.db_for_write(TaggedItem)):
+            return original(self, obj, tag_names)
+        from django.contrib.contenttypes.models import ContentType
+        from sumatra.recordstore.django_store.tagging_utils import parse_tag_input
+        content_type = ContentType.objects.get_for_model(obj)
+        TaggedItem._default_manager.bulk_create(
+            [TaggedItem(tag=self.get_or_create(name=name)[0], content_type_id=content_type.pk, object_id=obj.pk)
+             for name in parse_tag_input(tag_names)])
+        delattr(obj, _UNTAGGED)
+        return None
+    return update_tags
 
 
 def _values(obj: Any) -> tuple:

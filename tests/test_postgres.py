@@ -253,6 +253,9 @@ print(load_project().new_record(parameters=SimpleParameterSet({"i": 1}), main_fi
 """
 
 
+SET_UP = "import smtlock; from sumatra.projects import load_project; load_project().record_store._get_models()"
+
+
 def test_a_write_connects_before_it_waits_for_the_store(pg, pg_uri: str, tmp_path: Path) -> None:
     """A write opens its database connection once this host's file lock is held and before it waits
     for the store's advisory lock (held here by another project folder, as by another host): the
@@ -261,6 +264,7 @@ def test_a_write_connects_before_it_waits_for_the_store(pg, pg_uri: str, tmp_pat
     import time
     db = pg_uri.rsplit("/", 1)[1]
     a, b = make_project(tmp_path / "a", pg_uri), make_project(tmp_path / "b", pg_uri)
+    run_python(SET_UP, a)  # the store's set-up (its label index) is done, as after its first use
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(a)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     writer = None
