@@ -1,7 +1,8 @@
 """How long one record write holds the project's lock, with no contention at all, and how many SQL
 statements run while it is held; on SQLite and on a throwaway local PostgreSQL server.
 
-    python benchmarks/held.py [--writes 300] [--jobs 30] [--label after]   (adds to benchmarks/held.json)
+    python benchmarks/held.py [--writes 300] [--jobs 30] [--stored 20000] [--label after]
+                                                              (adds to benchmarks/held.json)
 
 One process makes a project and writes records with the pattern of the README's first example:
 ``new_record`` (outside the lock), then ``with SMTLock(project): add_record; save``. Each write is
@@ -9,6 +10,7 @@ timed from inside (smtlock's own lock statistics, the time between acquiring and
 purpose: ``add_record`` (the record write) and ``user`` (the whole ``with`` block around it).
 ``first_write``: the same, one after another, in ``--jobs`` fresh processes that each write one
 record, as each job of a sweep does (nothing remembered yet; statements counted for ``add_record``).
+``stored_records``: the record write again, in a store that already holds ``--stored`` records.
 """
 import argparse
 import json
@@ -34,7 +36,8 @@ from sumatra.parameters import SimpleParameterSet
 from sumatra.projects import load_project
 
 writes = int(sys.argv[1])
-first = len(sys.argv) > 2  # one write in a fresh process: counted from the first
+first = sys.argv[2:] == ["first"]  # one write in a fresh process: counted from the first
+stored = int(sys.argv[2]) if sys.argv[2:3] and sys.argv[2].isdigit() else 0  # records put in the store first
 project = load_project()
 statements = []  # per outermost lock acquisition: statements run while it was held
 counting = [0]
@@ -61,6 +64,17 @@ if not first:
     write(-1)  # first use: Django set-up, migration check, connection
 project.record_store._get_models()
 from django.db import connections
+if stored:  # copies of the first record under other labels, the store's statistics brought up to date
+    connection = connections[project.record_store._db_label]
+    fields = [f.column for f in project.record_store._get_models().Record._meta.concrete_fields if f.column != "db_id"]
+    columns = ", ".join(connection.ops.quote_name(f) for f in fields)
+    copied = ", ".join("%s" if f == "label" else connection.ops.quote_name(f) for f in fields)
+    first_label = project.record_store.labels(project.name)[0]
+    with connection.cursor() as cursor:
+        cursor.executemany(f"INSERT INTO django_store_record ({columns}) SELECT {copied} FROM django_store_record"
+                           " WHERE label = %s", [(f"stored-{n}", first_label) for n in range(stored)])
+        cursor.execute("ANALYZE")
+    connection.close()
 with connections[project.record_store._db_label].execute_wrapper(count):
     smtlock_lock.enable_stats()
     for i in range(writes):
@@ -80,9 +94,9 @@ print(json.dumps(out))
 """
 
 
-def measure(project: Path, writes: int) -> dict:
-    done = subprocess.run([sys.executable, "-c", WRITER, str(writes)], cwd=project, capture_output=True,
-                          text=True)
+def measure(project: Path, writes: int, stored: int = 0) -> dict:
+    done = subprocess.run([sys.executable, "-c", WRITER, str(writes), str(stored)], cwd=project,
+                          capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(done.stderr)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -103,16 +117,24 @@ def measure_first(project: Path, jobs: int) -> dict:
             "statements_under_lock": statistics.median(statements)}
 
 
+def stored_records(project: Path, args: argparse.Namespace) -> dict:
+    """The record write (``add_record``) with ``--stored`` records already in the store."""
+    return {"records": args.stored, **measure(project, args.writes, args.stored)["add_record"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--writes", type=int, default=300)
     parser.add_argument("--jobs", type=int, default=30, help="fresh processes for first_write")
+    parser.add_argument("--stored", type=int, default=20000,
+                        help="records in the store for the stored_records measurement")
     parser.add_argument("--label", default="now", help="the name of this measurement in held.json")
     args = parser.parse_args()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         results["sqlite"] = measure(make_project(Path(tmp) / "sqlite"), args.writes)
         results["sqlite"]["first_write"] = measure_first(make_project(Path(tmp) / "sqlite-first"), args.jobs)
+        results["sqlite"]["stored_records"] = stored_records(make_project(Path(tmp) / "sqlite-stored"), args)
         from pgserver import Cluster
         server = Cluster()
         try:
@@ -123,13 +145,16 @@ def main() -> None:
             server.sql("CREATE DATABASE first OWNER smt")
             results["postgres"]["first_write"] = measure_first(
                 make_project(Path(tmp) / "pg-first", server.uri("smt", "bench", "first")), args.jobs)
+            server.sql("CREATE DATABASE stored OWNER smt")
+            results["postgres"]["stored_records"] = stored_records(
+                make_project(Path(tmp) / "pg-stored", server.uri("smt", "bench", "stored")), args)
         finally:
             server.stop()
     print(json.dumps(results, indent=1))
     out = HERE / "held.json"
     runs = json.loads(out.read_text()) if out.exists() else {}
     runs[args.label] = {"command": f"python benchmarks/held.py --writes {args.writes} --jobs {args.jobs} "
-                                   f"--label {args.label}",
+                                   f"--stored {args.stored} --label {args.label}",
                         "machine": f"{os.cpu_count()} cores, Python {platform.python_version()}",
                         **results}
     out.write_text(json.dumps(runs, indent=1) + "\n")
