@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from typing import List
+import json
+import pickle
+import subprocess
+import sys
+import tempfile
+from typing import Any, Dict, List
 from urllib.parse import urlsplit
 
 from .errors import StoreError
@@ -11,6 +16,21 @@ from .postgres import check_server, check_uri, create_database, mask_uri
 from .project import describe_store, load
 
 __all__ = ["move_project"]
+
+
+def _copy(uri: str, project_name: str, records: List[Any]) -> Dict[str, List[str]]:
+    """Save ``records`` in the store at ``uri`` from a process where it is Django's only database;
+    return the labels it then holds, with their tags. The caller holds the project's lock, and has
+    set the store up (migrations, label index) while taking it."""
+    with tempfile.TemporaryDirectory() as elsewhere:  # not the project: its lock is held by the caller
+        done = subprocess.run([sys.executable, "-m", "smtlock._copy", uri, project_name], cwd=elsewhere,
+                              input=pickle.dumps(records), capture_output=True)
+    if done.returncode:
+        last = (done.stderr.decode(errors="replace").strip().splitlines() or ["no message"])[-1]
+        password = urlsplit(uri).password
+        last = last.replace(uri, mask_uri(uri)).replace(password, "***") if password else last
+        raise StoreError(f"copying to {mask_uri(uri)} failed: {last} (the project still uses its old store)")
+    return json.loads(done.stdout)
 
 
 def move_project(path: str, uri: str, dry_run: bool = False) -> List[str]:
@@ -34,18 +54,15 @@ def move_project(path: str, uri: str, dry_run: bool = False) -> List[str]:
         lines.append(f"created database {urlsplit(uri).path.lstrip('/')!r} at {where}")
     new = DjangoRecordStore(uri)  # before the old store is used: Django is configured only once
     with SMTLock(project):
-        labels = old.labels(project.name) if old.has_project(project.name) else []
-        present = set(new.labels(project.name)) if new.has_project(project.name) else set()
-        for label in labels:
-            if label not in present:
-                new.save(project.name, old.get(project.name, label))
-        copied = set(new.labels(project.name))
-        missing = set(labels) - copied
-        if missing:
-            raise StoreError(f"{len(missing)} records did not arrive in {where} "
-                             "(the project still uses its old store)")
-        lines.append(f"copied {len(labels) - len(present & set(labels))} records of project "
-                     f"{project.name}; verified: {len(labels)} in the old store, all {len(labels)} in {where}")
+        records = [old.get(project.name, label) for label in old.labels(project.name)] \
+            if old.has_project(project.name) else []
+        copied = _copy(uri, project.name, records)  # in a process of its own (see _copy.py)
+        wrong = [r.label for r in records if copied.get(r.label) != sorted(r.tags)]
+        if wrong:
+            raise StoreError(f"{len(wrong)} records did not arrive in {where} with their tags, "
+                             f"e.g. {wrong[0]} (the project still uses its old store)")
+        lines.append(f"copied {len(records)} records of project {project.name} with their tags; verified: "
+                     f"{len(records)} in the old store, all {len(records)} in {where}")
         project.record_store = new
         project.save()
     lines.append(f"project {project.name} now uses {where}; {describe_store(old)} is kept untouched "

@@ -102,7 +102,9 @@ from sumatra.projects import load_project
 from sumatra.parameters import SimpleParameterSet
 p = load_project()
 for i in range(3):
-    p.new_record(parameters=SimpleParameterSet({"i": i}), main_file="main.py", label=f"run{i}")
+    record = p.new_record(parameters=SimpleParameterSet({"i": i}), main_file="main.py", label=f"run{i}")
+    record.tags.add(f"tag{i}")
+    p.add_record(record)
 """
 LIST = """
 import json
@@ -126,6 +128,9 @@ def test_smtlock_postgres_moves_a_sqlite_project(pg, project: Path) -> None:
     assert "created database 'moved'" in done.stdout and "all 3 in" in done.stdout and "s3cret" not in done.stdout
     on_pg, records = json.loads(run_python(LIST, project).stdout)
     assert on_pg and records == [["run0", 0], ["run1", 1], ["run2", 2]]
+    tags = "print(sorted((r.label, sorted(r.tags)) for r in load_project().find_records()))"
+    assert run_python("from sumatra.projects import load_project; " + tags, project).stdout.strip() == str(
+        [(f"run{i}", ["_initialized_", f"tag{i}"]) for i in range(3)])  # before: no tags arrived
     assert hashlib.sha256(sqlite_file.read_bytes()).hexdigest() == before  # the old store is the backup
     again = cli("postgres", uri, cwd=project)
     assert again.returncode == 0 and "nothing to do" in again.stdout

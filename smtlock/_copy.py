@@ -1,0 +1,28 @@
+"""The copying half of ``smtlock postgres``, run as a process of its own (never imported).
+
+    python -m smtlock._copy URI PROJECT_NAME < pickled records
+
+Sumatra's tagging keeps the tag links of every store's records in Django's default database, the
+first store a process opens. Copied in the process that reads the old store, the records arrived
+without their tags. Here the new store is the only one: each record is saved with its tags, then the
+labels and tags it holds are written to stdout (JSON) for the parent to verify.
+"""
+
+import json
+import pickle
+import sys
+
+
+def main(uri: str, project_name: str) -> None:
+    from sumatra.recordstore.django_store import DjangoRecordStore
+
+    import smtlock  # noqa: F401  (the safe write path)
+    store = DjangoRecordStore(uri)
+    for record in pickle.load(sys.stdin.buffer):
+        store.save(project_name, record)
+    stored = store.list(project_name) if store.has_project(project_name) else []
+    json.dump({record.label: sorted(record.tags) for record in stored}, sys.stdout)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])
