@@ -2,9 +2,11 @@
 
     python pool_sweep.py LAUNCHER CALLS WORKERS
 
-LAUNCHER: futures-spawn, futures-fork, mp-pool (fork) or joblib (loky). Prints each call's label.
+LAUNCHER: futures-spawn, futures-fork, mp-pool (fork) or joblib (loky). Prints the calls' labels on
+one line, "labels [...]" (JSON), written at once: the workers share stdout and print as they like.
 """
 
+import json
 import sys
 
 from smtlock import current_label, smt_logged
@@ -36,4 +38,4 @@ def sweep(launcher: str, calls: int, workers: int) -> list:
 
 if __name__ == "__main__":
     launcher, calls, workers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    print("\n".join(sweep(launcher, calls, workers)))
+    print("labels " + json.dumps(sweep(launcher, calls, workers)), flush=True)
