@@ -8,7 +8,7 @@ import subprocess
 import sys
 import tempfile
 from typing import Any, Dict, List
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from .errors import StoreError
 from .lock import SMTLock
@@ -26,9 +26,9 @@ def _copy(uri: str, project_name: str, records: List[Any]) -> Dict[str, List[str
         done = subprocess.run([sys.executable, "-m", "smtlock._copy", uri, project_name], cwd=elsewhere,
                               input=pickle.dumps(records), capture_output=True)
     if done.returncode:
-        last = (done.stderr.decode(errors="replace").strip().splitlines() or ["no message"])[-1]
-        password = urlsplit(uri).password
-        last = last.replace(uri, mask_uri(uri)).replace(password, "***") if password else last
+        last = mask_uri((done.stderr.decode(errors="replace").strip().splitlines() or ["no message"])[-1])
+        password = unquote(urlsplit(uri).password or "")
+        last = last.replace(password, "***") if password else last  # even outside a URI
         raise StoreError(f"copying to {mask_uri(uri)} failed: {last} (the project still uses its old store)")
     return json.loads(done.stdout)
 
