@@ -12,7 +12,7 @@ from urllib.parse import unquote, urlsplit
 
 from .errors import StoreError
 from .lock import SMTLock
-from .postgres import check_server, check_uri, create_database, mask_uri
+from .postgres import check_server, check_uri, create_database, keep_password_apart, mask_uri, without_password
 from .project import describe_store, load
 
 __all__ = ["move_project"]
@@ -41,7 +41,7 @@ def move_project(path: str, uri: str, dry_run: bool = False) -> List[str]:
     project = load(path)
     old = project.record_store
     where = mask_uri(uri)
-    if getattr(old, "_db_file", None) == uri:
+    if getattr(old, "_db_file", None) in (uri, without_password(uri)):
         return [f"{project.name} already uses {where} (nothing to do)"]
     check_server(uri, must_exist=False)
     if dry_run:
@@ -52,6 +52,8 @@ def move_project(path: str, uri: str, dry_run: bool = False) -> List[str]:
     lines = []
     if create_database(uri):
         lines.append(f"created database {urlsplit(uri).path.lstrip('/')!r} at {where}")
+    uri, kept = keep_password_apart(uri)  # the project's files get the URI without it
+    lines += [kept] if kept else []
     new = DjangoRecordStore(uri)  # before the old store is used: Django is configured only once
     with SMTLock(project):
         records = [old.get(project.name, label) for label in old.labels(project.name)] \

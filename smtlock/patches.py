@@ -24,9 +24,11 @@ The path of one record write, top to bottom (:func:`add_record`)::
 from __future__ import annotations
 
 import functools
+import json
 import os
 import pickle
 import socket
+import sys
 import weakref
 from typing import Any, Callable, Dict, Optional, Set, Tuple
 
@@ -38,10 +40,14 @@ from sumatra.recordstore.shelve_store import ShelveRecordStore
 
 from . import djangostore, rows, shelf
 from .atomic import atomic_open
+from .backends import FileBackend
 from .djangostore import DjangoConfiguration, DjangoRecordStore, connecting  # None without Django
+from .errors import SMTLockError
 from .hostclaim import one_host
 from .lock import SMTLock
-from .project import RUNNING_DIR, SMT_DIR, postgres_uri, store_path
+from .pgpass import password_file
+from .postgres import is_postgres, keep_password_apart, mask_uri, without_password
+from .project import LOCK_FILE_NAME, RUNNING_DIR, SMT_DIR, postgres_uri, store_path
 from .upstream import is_patched, original, patch
 
 __all__ = ["apply", "is_applied", "add_record", "save_record", "claim_label", "free_label", "prepare_store",
@@ -235,6 +241,76 @@ def _locked(method: Callable, purpose: str) -> Callable:
     return wrapper
 
 
+# --- passwords ------------------------------------------------------------------------------------
+
+def _state_without_password(orig: Callable) -> Callable:
+    """``DjangoRecordStore.__getstate__``: upstream writes the store's URI, password and all, into
+    ``.smt/project`` (readable by every user who can read the project). The password goes to libpq's
+    password file instead (never replacing one already there), saying so once."""
+    @functools.wraps(orig)
+    def getstate(self: Any) -> dict:
+        state = dict(orig(self))
+        if is_postgres(state.get("db_file")):
+            uri, line = keep_password_apart(state["db_file"], replace=False)
+            if line:
+                print(f"smtlock: {line}", file=sys.stderr)
+            state["db_file"] = uri  # not self._db_file: Django's settings for this process are keyed by it
+        return state
+    return getstate
+
+
+def _masked_str(orig: Callable) -> Callable:
+    """``DjangoRecordStore.__str__``: upstream's shows the URI with its password (``smt info``, smtweb)."""
+    @functools.wraps(orig)
+    def text(self: Any) -> str:
+        return mask_uri(orig(self))
+    return text
+
+
+def _load_without_password(orig: Callable) -> Callable:
+    """``sumatra.projects._load_project_from_json``: a project moved to PostgreSQL by an earlier
+    smtlock (or by ``smt configure -s URI``) has the password in ``.smt/project``; it is moved out at
+    its first load, once (under this host's lock of the project), saying so in one line, where this user may write
+    the project (else it is left as it is, for one who may)."""
+    @functools.wraps(orig)
+    def load(path: str) -> Any:
+        project = orig(path)
+        uri = getattr(getattr(project, "record_store", None), "_db_file", None)
+        if not (isinstance(uri, str) and is_postgres(uri) and uri != without_password(uri)):
+            return project
+        project_file = os.path.join(project.path, SMT_DIR, "project")
+        # This host's file lock of the project, tried once: never the store's lock (every job of a burst
+        # would wait here), never waited for (busy in a burst, or held by this process: a later load does it)
+        lock = FileBackend(os.path.join(project.path, SMT_DIR, LOCK_FILE_NAME))
+        try:
+            if lock.try_acquire():
+                try:
+                    _move_password_out(project_file, uri)
+                finally:
+                    lock.release()
+        except (OSError, ValueError, SMTLockError):
+            pass  # not this user's to write: whoever may write it moves the password out
+        finally:
+            lock.abandon()
+        return project
+    return load
+
+
+def _move_password_out(project_file: str, uri: str) -> None:
+    """Rewrite ``.smt/project`` (and its last-good copy) with the store's URI without its password,
+    which goes to libpq's password file; unless another process did it already."""
+    with open(project_file) as text:
+        settings = json.load(text)
+    if settings.get("record_store", {}).get("db_file") != uri:
+        return
+    keep_password_apart(uri, replace=False)
+    settings["record_store"]["db_file"] = without_password(uri)
+    with atomic_open(project_file, "w") as text:
+        json.dump(settings, text, indent=2)
+    print(f"smtlock: moved the password of {mask_uri(uri)} out of {project_file} into {password_file()} "
+          "(readable by you only)", file=sys.stderr)
+
+
 # --- applying -------------------------------------------------------------------------------------
 
 
@@ -309,6 +385,9 @@ def apply() -> None:
         patch(DjangoConfiguration, "uri_to_db", lambda orig: djangostore.uri_to_db)
         patch(DjangoConfiguration, "_create_databases", lambda orig: djangostore.create_databases)
         patch(DjangoConfiguration, "configure", _configure)
+        patch(DjangoRecordStore, "__getstate__", _state_without_password)
+        patch(DjangoRecordStore, "__str__", _masked_str)
+        patch(sumatra.projects, "_load_project_from_json", _load_without_password)
         from sumatra.recordstore.django_store import db_config
         if db_config.configured:  # the store was used before smtlock was imported
             _patch_models()

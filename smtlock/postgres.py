@@ -7,15 +7,18 @@ anything smtlock prints (:func:`mask_uri`).
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import re
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 from urllib.parse import unquote, urlsplit
 
+from . import pgpass
 from .errors import StoreError
 
-__all__ = ["is_postgres", "mask_uri", "check_uri", "connect_kwargs", "connect", "check_server", "advisory_key",
-           "create_database", "drop_database", "KEEPALIVES", "SERVER_KEEPALIVES", "CONNECT_TIMEOUT_S"]
+__all__ = ["is_postgres", "mask_uri", "check_uri", "without_password", "keep_password_apart", "connect_kwargs",
+           "connect", "check_server", "advisory_key", "create_database", "drop_database", "KEEPALIVES",
+           "SERVER_KEEPALIVES", "CONNECT_TIMEOUT_S"]
 
 #: TCP keepalives for every connection (client side, and the server's side via SET): a host that
 #: dies while holding the advisory lock is noticed in about idle + interval * count = 60 s.
@@ -66,6 +69,31 @@ def check_uri(uri: str) -> str:
     return uri
 
 
+def without_password(uri: str) -> str:
+    """The URI with no password in it (libpq then finds the password in its password file)."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    user, _, host = parts.netloc.rpartition("@")
+    return parts._replace(netloc=f"{user.split(':', 1)[0]}@{host}").geturl()
+
+
+def keep_password_apart(uri: str, replace: bool = True) -> Tuple[str, Optional[str]]:
+    """The URI without its password, which goes to libpq's password file (0600) so that no project
+    file holds it: first for this server, database and user (``replace``), or only where the file
+    has none for them yet. Also a line saying so, when the file changed."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri, None
+    # any database of that server: `smtlock postgres` also connects to the maintenance database
+    changed = pgpass.remember(parts.hostname or "localhost", parts.port or 5432, "*",
+                              unquote(parts.username or getpass.getuser()), unquote(parts.password), replace)
+    where = pgpass.password_file()
+    line = (f"the password of {mask_uri(uri)} is kept in {where} (readable by you only), not in the "
+            "project's files") if changed else None
+    return without_password(uri), line
+
+
 def connect_kwargs(uri: str, dbname: Optional[str] = None) -> Dict[str, Any]:
     """psycopg2 keyword arguments for a URI (optionally another database on the same server)."""
     parts = urlsplit(check_uri(uri))
@@ -83,7 +111,11 @@ def _explain(err: Exception, uri: str) -> StoreError:
     """One line that says what went wrong with the server at ``uri`` and what to check."""
     text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     where = mask_uri(uri)
-    if "password authentication failed" in text or "no password supplied" in text:
+    if "no password supplied" in text:
+        return StoreError(f"PostgreSQL at {where} asks for a password and none was found: put it in "
+                          f"{pgpass.password_file()} (mode 0600; `smtlock postgres postgres://USER:PASSWORD@...` "
+                          "does it) or in the URL")
+    if "password authentication failed" in text:
         return StoreError(f"PostgreSQL at {where} refused the login: {text.split('FATAL:')[-1].strip()} "
                           "(check the user name and password)")
     if "does not exist" in text and "database" in text:

@@ -3,6 +3,7 @@
 Django is configured once per process, so anything that opens a Django store runs in a subprocess.
 """
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -40,6 +41,15 @@ def run_python(code: str, cwd: Path, check: bool = True, **kwargs) -> subprocess
     if check and done.returncode:
         pytest.fail(f"exit {done.returncode}\n{done.stdout}\n{done.stderr}")
     return done
+
+
+@pytest.fixture(autouse=True, scope="session")
+def password_file(tmp_path_factory) -> Path:
+    """libpq's password file for the whole run (``$PGPASSFILE``, inherited by every process the tests
+    start): `smtlock postgres` puts passwords there, never in the ~/.pgpass of whoever runs the tests."""
+    path = tmp_path_factory.mktemp("pgpass") / "pgpass"
+    os.environ["PGPASSFILE"] = str(path)
+    return path
 
 
 @pytest.fixture(scope="session")

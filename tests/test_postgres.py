@@ -332,3 +332,50 @@ def test_a_write_whose_connection_died_while_it_waited_is_made_again(tmp_path: P
                 process.wait()
         cluster.stop()
     assert listed.count(out.strip()) == 1
+
+
+def _no_password_in_the_project(project: Path, password: str) -> None:
+    for name in ("project", "project.last-good"):
+        path = project / ".smt" / name
+        assert not path.exists() or password not in path.read_text(), name
+
+
+def test_a_password_given_to_smtlock_postgres_stays_out_of_the_project(pg, project: Path,
+                                                                      password_file: Path) -> None:
+    """Before: the URI, password and all, in .smt/project and .smt/project.last-good (0644 in a 0755
+    home: readable by every local user), and in `smt info`."""
+    pg.sql("DO $$ BEGIN CREATE ROLE kept LOGIN PASSWORD 'k33p-s3cret' CREATEDB; "
+           "EXCEPTION WHEN duplicate_object THEN END $$")
+    done = cli("postgres", pg.uri("kept", "k33p-s3cret", "kept_apart"), cwd=project)
+    assert done.returncode == 0, done.stderr
+    assert f"is kept in {password_file} (readable by you only)" in done.stdout
+    assert "k33p-s3cret" not in done.stdout + done.stderr
+    _no_password_in_the_project(project, "k33p-s3cret")
+    assert f"postgres://kept@127.0.0.1:{pg.port}/kept_apart" in (project / ".smt" / "project").read_text()
+    assert (password_file.stat().st_mode & 0o777) == 0o600 and "k33p-s3cret" in password_file.read_text()
+    listed = subprocess.run([os.path.join(os.path.dirname(sys.executable), "smt"), "list"], cwd=project,
+                            capture_output=True, text=True)
+    assert listed.returncode == 0, listed.stderr
+
+
+def test_a_project_moved_by_an_earlier_version_has_its_password_moved_out(pg, new_project) -> None:
+    pg.sql("DO $$ BEGIN CREATE ROLE old LOGIN PASSWORD '0ld-s3cret' CREATEDB; "
+           "EXCEPTION WHEN duplicate_object THEN END $$")
+    pg.sql("DROP DATABASE IF EXISTS moved_before")
+    pg.sql("CREATE DATABASE moved_before OWNER old")
+    project = new_project(pg.uri("old", "0ld-s3cret", "moved_before"))  # plain Sumatra's smt init -s URI
+    assert "0ld-s3cret" in (project / ".smt" / "project").read_text()
+    info = subprocess.run([os.path.join(os.path.dirname(sys.executable), "smt"), "info"], cwd=project,
+                          capture_output=True, text=True)
+    assert "0ld-s3cret" in info.stdout  # plain Sumatra prints it
+    load = "import smtlock; from sumatra.projects import load_project; print(load_project().record_store)"
+    first = run_python(load, project)
+    assert first.stderr.strip().splitlines() == [
+        f"smtlock: moved the password of postgres://old:***@127.0.0.1:{pg.port}/moved_before out of "
+        f"{project / '.smt' / 'project'} into {os.environ['PGPASSFILE']} (readable by you only)"]
+    assert first.stdout.strip() == f"Django (postgres://old:***@127.0.0.1:{pg.port}/moved_before)"
+    _no_password_in_the_project(project, "0ld-s3cret")
+    again = run_python(load + "; from smtlock import smt_logged", project)
+    assert again.stderr == ""
+    run_python(MAKE_RECORDS, project)  # the store works without the password in the project
+    assert json.loads(run_python(LIST, project).stdout)[1] == [["run0", 0], ["run1", 1], ["run2", 2]]
