@@ -18,11 +18,12 @@ import time
 from abc import ABC, abstractmethod
 from typing import Any, NamedTuple, Optional
 
-from .errors import LockFileError, SettingError, StoreError
-from .postgres import advisory_key, connect, mask_uri
+from .errors import LockFileError, ServerUnreachable, SettingError
+from .postgres import advisory_key, connect, connect_kwargs, mask_uri
 
 __all__ = ["LockBackend", "FileBackend", "LeaseBackend", "Holder", "lease_setting", "FILE_MODE",
-           "replacement_mode", "LEASE_VARIABLE", "CLOCK_SLOP_S", "PostgresBackend", "HOLDER_SUFFIX"]
+           "replacement_mode", "LEASE_VARIABLE", "CLOCK_SLOP_S", "PostgresBackend", "HOLDER_SUFFIX",
+           "connection_trouble", "probe"]
 
 HOLDER_SUFFIX = ".holder"  # <lock file>.holder: who holds a file lock, for waiters and the doctor
 _HOLDER_SIZE = 256  # fixed-size slot, rewritten in place with one pwrite: no truncation, no torn reads
@@ -356,11 +357,19 @@ class PostgresBackend(LockBackend):
         self._conn: Any = None
         self.last_error: Optional[str] = None
 
+    def connect(self) -> bool:
+        """Open the connection the lock is waited for on, if it is not open; False when the server
+        has no free connection. A server that is not reachable raises :class:`ServerUnreachable`
+        (SMTLock then waits for it holding nothing)."""
+        if self._conn is None:
+            self._conn = self._failing_over(lambda: _connect(self.uri, "smtlock waiting")) or None
+        return self._conn is not None
+
     def try_acquire(self) -> bool:
-        import psycopg2
-        try:
-            if self._conn is None:
-                self._conn = connect(self.uri, application_name="smtlock waiting")
+        if not self.connect():
+            return False
+
+        def take() -> bool:
             with self._conn.cursor() as cur:
                 cur.execute("SELECT pg_try_advisory_lock(%s)", (self.key,))
                 if not cur.fetchone()[0]:
@@ -368,13 +377,30 @@ class PostgresBackend(LockBackend):
                 cur.execute("SELECT set_config('application_name', %s, false)",
                             (f"smtlock {Holder.me()}",))
             return True
-        except (StoreError, psycopg2.Error) as err:  # no free connection, server restarting: wait on
-            self.last_error = str(err).splitlines()[0]
+        return bool(self._failing_over(take))
+
+    def _failing_over(self, step: Any) -> Any:
+        """Run ``step``; a server with no free connection makes it False (wait on), one that is down
+        or went away :class:`ServerUnreachable`, and any other refusal (a wrong password) a
+        :class:`StoreError` at once: waiting would not help."""
+        import psycopg2
+        try:
+            return step()
+        except psycopg2.Error as err:
+            self.last_error = str(err).splitlines()[0] if str(err) else type(err).__name__
             self._close()
-            return False
+            trouble = connection_trouble(err)
+            if trouble == "busy":
+                return False
+            if trouble == "down":
+                raise ServerUnreachable(mask_uri(self.uri), _reason(err)) from None
+            connect(self.uri).close()  # refused: raises the one line that says what is wrong
+            raise
 
     def release(self) -> None:
         import psycopg2
+        if self._conn is None:  # the connection broke and was closed
+            return
         try:
             with self._conn.cursor() as cur:
                 cur.execute("SELECT pg_advisory_unlock(%s)", (self.key,))
@@ -416,3 +442,52 @@ class PostgresBackend(LockBackend):
             return self.last_error and f"unknown ({self.last_error})"
         name, addr = row
         return f"{name.removeprefix('smtlock ')}" + (f" (client {addr})" if addr else "")
+
+
+#: what a server that cannot take one more client says; it is up: wait for a free connection
+_BUSY = ("too many clients", "remaining connection slots are reserved")
+#: what a server says when waiting cannot help: a wrong or missing password, no such role or database
+_REFUSED = ("password", "authentication", "does not exist", "pg_hba.conf", "permission denied")
+
+
+def connection_trouble(error: BaseException) -> str:
+    """What a failed PostgreSQL connection (or a query on a connection that broke) says of the
+    server: "busy" (no free connection), "refused" (the login: waiting will not help) or "down" (not
+    running, restarting, unreachable, or gone mid-query: wait for it)."""
+    text = str(error.__cause__ if error.__cause__ is not None else error).lower()
+    if any(marker in text for marker in _BUSY):
+        return "busy"
+    if any(marker in text for marker in _REFUSED):
+        return "refused"
+    return "down"
+
+
+def _reason(error: BaseException) -> str:
+    """The part of a connection error that says why, in one line ("Connection refused")."""
+    text = str(error.__cause__ if error.__cause__ is not None else error).strip()
+    line = text.splitlines()[0].split(" failed: ")[-1] if text else type(error).__name__
+    return mask_uri(line.replace("FATAL:", "").strip())
+
+
+def _connect(uri: str, application_name: str, timeout: Optional[int] = None) -> Any:
+    """A psycopg2 connection (autocommit) with smtlock's settings; psycopg2's own error if not."""
+    import psycopg2
+    kwargs = connect_kwargs(uri)
+    if timeout is not None:
+        kwargs["connect_timeout"] = max(2, timeout)  # libpq waits at least 2 s
+    conn = psycopg2.connect(application_name=application_name, **kwargs)
+    conn.autocommit = True
+    return conn
+
+
+def probe(uri: str, timeout: int = 2) -> Optional[str]:
+    """Whether the PostgreSQL server at ``uri`` accepts a connection now: None when it does, else why
+    not ("Connection refused", "too many clients already"). A login it refuses raises StoreError."""
+    import psycopg2
+    try:
+        _connect(uri, "smtlock probe", timeout).close()
+    except psycopg2.Error as err:
+        if connection_trouble(err) == "refused":
+            connect(uri).close()  # raises the one line that says what is wrong with the login
+        return _reason(err)
+    return None

@@ -11,13 +11,16 @@ import os
 import random
 import sqlite3
 import sys
+import threading
 import time
 from typing import Any, Callable, Dict, Iterator, Optional, Set, Tuple
+from urllib.parse import quote
 
 from . import postgres, rows
+from .backends import connection_trouble
 from .filesystem import is_shared
 from .hostclaim import one_host
-from .lock import store_lock, timeout_setting
+from .lock import current_hold, in_before_store, server_wait, store_lock, wait_for_server
 from .project import postgres_uri
 from .upstream import original
 
@@ -27,12 +30,14 @@ try:  # Sumatra's django_store module imports without Django; its store needs it
 except ImportError:  # Django is optional for Sumatra and for us
     DjangoConfiguration = DjangoRecordStore = None
 
-__all__ = ["SQLITE_BUSY_TIMEOUT_S", "CONNECT_RETRY_S", "LABEL_INDEX", "is_django", "transaction", "save", "write_lock",
-           "without_stale_rows", "retrying", "uri_to_db", "tune_registered_databases", "connecting", "close", "hygiene",
-           "sqlite_pragmas", "create_databases", "before_fork", "after_fork_in_child"]
+__all__ = ["SQLITE_BUSY_TIMEOUT_S", "READ_WAIT_S", "LABEL_INDEX", "is_django", "transaction", "save", "write_lock",
+           "without_stale_rows", "retrying", "uri_to_db", "tune_registered_databases", "connecting", "reading",
+           "close", "hygiene", "sqlite_pragmas", "create_databases", "before_fork", "after_fork_in_child"]
 
 SQLITE_BUSY_TIMEOUT_S = 60.0  # how long an SQLite connection waits for another writer, not fail
-CONNECT_RETRY_S = 300.0  # how long a PostgreSQL connection is retried ($SMTLOCK_TIMEOUT overrides)
+#: how long a process that has only read (``smt list``, smtweb, ``smtlock doctor``) waits for a
+#: PostgreSQL server that is down; a job waits :data:`smtlock.lock.SERVER_WAIT_S`
+READ_WAIT_S = 5.0
 
 
 def is_django(store: Any) -> bool:
@@ -168,13 +173,19 @@ def write_lock(store: Any) -> None:
 
 def retrying(attempt: Callable[[], Any], store: Any, undo: Callable[[], None]) -> Any:
     """Run ``attempt`` (one whole transaction); when the PostgreSQL connection broke or could not be
-    made, ``undo`` what it changed in memory and run it again, with backoff, within the timeout.
-    Any other error raises at once; the connection is closed after (see :func:`hygiene`)."""
+    made, ``undo`` what it changed in memory and run it again. A server that is down is waited for
+    holding no lock when the write holds the lock once (its own hold: the write is redone whole
+    after, so letting others in meanwhile is safe), else holding the caller's; a finished run's
+    write waits as long as it takes. Any other error raises at once; the connection is closed after
+    (see :func:`hygiene`)."""
     from django.db import InterfaceError, OperationalError, connections
-    if not postgres_uri(store):
+    uri = postgres_uri(store)
+    if not uri:
         return attempt()
     connection = connections[store._db_label]
-    deadline = time.monotonic() + timeout_setting(CONNECT_RETRY_S)
+    hold = current_hold()
+    seconds = hold[2] if hold else server_wait()
+    deadline = time.monotonic() + seconds
     delay = 0.05
     try:
         while True:
@@ -184,12 +195,28 @@ def retrying(attempt: Callable[[], Any], store: Any, undo: Callable[[], None]) -
                 broken = _broke(error)  # not the connection's state now: Django may have reconnected
                 undo()
                 connection.close()
-                if not broken or time.monotonic() > deadline:
+                trouble = connection_trouble(error)
+                if not broken or trouble == "refused":
+                    raise
+                if trouble == "down" and hold is not None and hold[1] == 1:
+                    hold[0].let_go_until_reachable(_reason(error))
+                    continue
+                left = deadline - time.monotonic()
+                if trouble == "down":  # in a caller's block that holds the lock: wait holding it
+                    wait_for_server(uri, _reason(error), max(0.0, left))
+                elif left <= 0:
                     raise
                 time.sleep(delay * random.uniform(0.5, 1.0))
                 delay = min(delay * 2, 2.0)
     finally:
         connection.close()  # a job holds no connection between writes
+
+
+def _reason(error: BaseException) -> str:
+    """Why a connection failed, in a few words ("Connection refused")."""
+    text = str(error).strip()
+    return postgres.mask_uri(text.splitlines()[0].split(" failed: ")[-1].replace("FATAL:", "").strip()
+                             if text else type(error).__name__)
 
 
 def _broke(error: BaseException) -> bool:
@@ -228,20 +255,80 @@ def tune_registered_databases() -> None:
         _tune_database(db)
 
 
+_local = threading.local()  # .reads: inside a call that only reads (see reading())
+_wrote = False  # whether this process has begun a write: its reads too then wait as a job does
+
+
+@contextlib.contextmanager
+def reading() -> Iterator[None]:
+    """Store calls inside only read: in a process that has not begun a write (``smt list``, smtweb,
+    ``smtlock doctor``) they wait :data:`READ_WAIT_S` at most for a server that is down, not a job's
+    :func:`~smtlock.lock.server_wait`."""
+    depth = getattr(_local, "reads", 0)
+    _local.reads = depth + 1
+    try:
+        yield
+    finally:
+        _local.reads = depth
+
+
+def _wait_s() -> float:
+    global _wrote
+    if not getattr(_local, "reads", 0):
+        _wrote = True
+    elif not _wrote:
+        return min(READ_WAIT_S, server_wait())
+    return server_wait()
+
+
 def connecting(call: Callable[[], Any], label: str) -> Any:
-    """Run ``call``; while the database connection cannot be made (too many clients, a server
-    restarting) retry with backoff within the timeout. Errors on an open connection raise at once."""
+    """Run ``call``; while the database connection cannot be made, or broke outside a transaction,
+    retry: a PostgreSQL server that is down is waited for (a job: :func:`~smtlock.lock.server_wait`,
+    saying so on stderr; a process that only reads: :data:`READ_WAIT_S`), then
+    :class:`~smtlock.errors.ServerUnreachable`; one with no free connection is retried with backoff.
+    A refused login, or an error on an open connection, raises at once; so does anything inside
+    :meth:`SMTLock.acquire`'s ``before_store``, where the host's lock is held."""
     from django.db import InterfaceError, OperationalError, connections
-    deadline = time.monotonic() + timeout_setting(CONNECT_RETRY_S)
+    deadline: Optional[float] = None
+    seconds = 0.0
     delay = 0.05
     while True:
         try:
             return call()
-        except (OperationalError, InterfaceError):
-            if connections[label].connection is not None or time.monotonic() > deadline:
+        except (OperationalError, InterfaceError) as error:
+            connection = connections[label]  # Django is configured now: call() configures it
+            if connection.in_atomic_block or in_before_store():
+                raise  # a transaction is redone whole by retrying(); before_store is only a head start
+            if connection.vendor != "postgresql":
+                if connection.connection is not None:
+                    raise
+                trouble = "busy"  # an SQLite file that cannot be opened yet: as it always was
+            else:
+                if connection.connection is not None and not _broke(error):
+                    raise  # a query failed, not the connection
+                trouble = connection_trouble(error)
+                if trouble == "refused":
+                    raise
+            connection.close()
+            if deadline is None:
+                seconds = _wait_s() if connection.vendor == "postgresql" else server_wait()
+                deadline = time.monotonic() + seconds
+            left = deadline - time.monotonic()
+            if trouble == "down":
+                wait_for_server(_uri_of(connection), _reason(error), max(0.0, left),
+                                quiet=bool(getattr(_local, "reads", 0)) and not _wrote)
+            elif left <= 0:
                 raise
             time.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, 2.0)
+
+
+def _uri_of(connection: Any) -> str:
+    """A PostgreSQL connection's URI, as Sumatra writes it (masked in every message)."""
+    settings = connection.settings_dict
+    password = f":{quote(settings['PASSWORD'], safe='')}" if settings.get("PASSWORD") else ""
+    return (f"postgres://{quote(settings.get('USER') or '', safe='')}{password}@"
+            f"{settings.get('HOST') or 'localhost'}:{settings.get('PORT') or 5432}/{settings.get('NAME')}")
 
 
 def close(store: Any) -> None:
@@ -251,22 +338,27 @@ def close(store: Any) -> None:
 
 
 def hygiene(method: Callable) -> Callable:
-    """PostgreSQL stores: retry calls whose connection could not be made, and close the connection
+    """PostgreSQL stores: retry calls whose connection could not be made (a server that is down is
+    waited for, see :func:`connecting`; a call that only reads, briefly), and close the connection
     after each call. Upstream keeps one connection open for each process's whole life, so a few
-    hundred jobs exhaust the server's max_connections ("sorry, too many clients already")."""
+    hundred jobs exhaust the server's max_connections ("sorry, too many clients already"), and
+    waits for a server that is down with no word for minutes."""
+    only_reads = method is not save
+
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
         if not postgres_uri(self):
             return method(self, *args, **kwargs)
         from django.db import connections
-        connecting(self._get_models, self._db_label)
-        connection = connections[self._db_label]
-        if connection.in_atomic_block:  # inside another call's transaction: it closes
-            return method(self, *args, **kwargs)
-        try:
-            return connecting(lambda: method(self, *args, **kwargs), self._db_label)
-        finally:
-            connection.close()
+        with reading() if only_reads else contextlib.nullcontext():
+            connecting(self._get_models, self._db_label)
+            connection = connections[self._db_label]
+            if connection.in_atomic_block:  # inside another call's transaction: it closes
+                return method(self, *args, **kwargs)
+            try:
+                return connecting(lambda: method(self, *args, **kwargs), self._db_label)
+            finally:
+                connection.close()
     return wrapper
 
 

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
+# Sumatra's `smt` prints a RecordStoreAccessError as one line ("Error: ...", exit 1) and any other
+# error as a traceback: ServerUnreachable is one too. Sumatra is loaded already (smtlock patches it).
+from sumatra.recordstore.base import RecordStoreAccessError
+
 __all__ = [
     "SMTLockError",
     "NoProjectError",
@@ -10,6 +16,7 @@ __all__ = [
     "LockTimeout",
     "StoreError",
     "SettingError",
+    "ServerUnreachable",
 ]
 
 
@@ -56,3 +63,20 @@ class LockTimeout(SMTLockError, TimeoutError):
     def __reduce__(self) -> tuple:
         # pickle rebuilds an exception from self.args (the message alone), which this __init__ refuses
         return type(self), (self.lock_file, self.timeout, self.holder)
+
+
+class ServerUnreachable(StoreError, RecordStoreAccessError):
+    """The store's PostgreSQL server did not accept a connection within the wait; ``where`` is its
+    URI, masked, ``reason`` what the last attempt said and ``waited`` how long it was waited for."""
+
+    def __init__(self, where: str, reason: str, waited: float = 0.0) -> None:
+        self.where, self.reason, self.waited = where, reason, waited
+        after = f"; waited {waited:.0f} s" if waited and not math.isinf(waited) else ""
+        super().__init__(f"PostgreSQL at {where} is not reachable ({reason}{after}); if it is your own "
+                         "server: smtlock server start")
+
+    def __str__(self) -> str:  # OSError's would be "[Errno ...]"-shaped for several arguments
+        return str(self.args[0])
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.where, self.reason, self.waited)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,16 +20,20 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Callable, List, Optional, Tuple, Union
 
-from .backends import FileBackend, LeaseBackend, LockBackend, PostgresBackend
-from .errors import LockTimeout, NoProjectError, SettingError
+from .backends import FileBackend, LeaseBackend, LockBackend, PostgresBackend, probe
+from .errors import LockTimeout, NoProjectError, ServerUnreachable, SettingError
 from .filesystem import is_shared
+from .postgres import mask_uri
 from .project import LEASE_SUFFIX, LOCK_FILE_NAME, SMT_DIR, postgres_uri, project_root
 
-__all__ = ["SMTLock", "store_lock", "TIMEOUT_VARIABLE", "timeout_setting", "enable_stats", "collected_stats"]
+__all__ = ["SMTLock", "store_lock", "TIMEOUT_VARIABLE", "timeout_setting", "enable_stats", "collected_stats",
+           "SERVER_WAIT_S", "server_wait", "wait_for_server", "current_hold", "in_before_store"]
 
 _MIN_POLL = 0.0005  # seconds; the wait between tries doubles up to poll_interval, with jitter
 _FOREVER = -1.0
 TIMEOUT_VARIABLE = "SMTLOCK_TIMEOUT"
+#: how long a job waits for its store's PostgreSQL server when it is down ($SMTLOCK_TIMEOUT overrides)
+SERVER_WAIT_S = 300.0
 
 
 @dataclass
@@ -41,6 +46,10 @@ class _Shared:
     wait_s: float = 0.0
     held_since: float = 0.0
     purpose: str = ""
+    taken: List[LockBackend] = field(default_factory=list)  # the backends held now
+    owner: Optional["SMTLock"] = None  # the SMTLock whose acquire took the backends
+    thread: int = 0  # the thread that holds it
+    server_waits: List[float] = field(default_factory=list)  # each acquisition's wait for the server
 
 
 _shared: dict = {}
@@ -72,6 +81,12 @@ def enable_stats() -> None:
 def collected_stats() -> List[Tuple[str, float, float]]:
     """The statistics recorded since :func:`enable_stats` (empty when not enabled)."""
     return list(_stats or [])
+
+
+def server_wait() -> float:
+    """How long a job waits for a PostgreSQL server that is down: ``$SMTLOCK_TIMEOUT``, else
+    :data:`SERVER_WAIT_S`; ``math.inf`` for as long as it takes."""
+    return timeout_setting(SERVER_WAIT_S)
 
 
 def timeout_setting(default: float = math.inf) -> float:
@@ -124,6 +139,8 @@ class SMTLock:
         self._store_uri = store_uri
         wait = timeout_setting() if timeout is None else float(timeout)
         self.timeout = _FOREVER if wait < 0 or math.isinf(wait) else wait
+        #: how long to wait for the store's server when it is down, holding no lock meanwhile
+        self.server_wait_s = server_wait() if timeout is None else (math.inf if wait < 0 else wait)
         self.poll_interval = poll_interval
         self.purpose = purpose
 
@@ -177,17 +194,33 @@ class SMTLock:
             shared.held_since = time.perf_counter()
             shared.wait_s = shared.held_since - start
             shared.purpose = self.purpose
+            shared.owner, shared.thread = self, threading.get_ident()
         shared.depth += 1
+        shared.server_waits.append(self.server_wait_s)
         return _Acquired(self)
 
     def _acquire_backends(self, shared: _Shared, deadline: Optional[float], wait: float,
                           before_store: Optional[Callable[[], None]]) -> None:
+        """Take every backend in order. When the store's server is down, let go of the host's locks
+        and wait for it holding nothing (up to :attr:`server_wait_s`), then start again: a job never
+        keeps the others of its host waiting while it waits for the server."""
+        while True:
+            try:
+                shared.taken = self._take(shared.backends, deadline, wait, before_store)
+                return
+            except ServerUnreachable as down:
+                wait_for_server(self._store_uri or "", down.reason, self.server_wait_s)
+
+    def _take(self, backends: List[LockBackend], deadline: Optional[float], wait: float,
+              before_store: Optional[Callable[[], None]]) -> List[LockBackend]:
         taken: List[LockBackend] = []
         try:
-            for backend in shared.backends:
-                if before_store is not None and isinstance(backend, PostgresBackend):
-                    before_store()
-                    before_store = None
+            for backend in backends:
+                if isinstance(backend, PostgresBackend):
+                    backend.connect()  # the server is down: ServerUnreachable before anything else
+                    if before_store is not None:
+                        _before_store(before_store)
+                        before_store = None
                 if deadline is None:
                     try:
                         backend.acquire_blocking()
@@ -203,11 +236,24 @@ class SMTLock:
                     delay = min(delay * 2, self.poll_interval)
                 taken.append(backend)
             if before_store is not None:
-                before_store()
+                _before_store(before_store)
         except BaseException:
             for backend in reversed(taken):
                 backend.release()
             raise
+        return taken
+
+    def let_go_until_reachable(self, reason: str) -> None:
+        """Called by this lock's holder, which holds it once (the write path's own hold, whose write
+        is redone whole after): let go of every backend, wait for the store's server holding nothing
+        (up to :attr:`server_wait_s`), and take them again as :meth:`acquire` did."""
+        shared = self._shared
+        for backend in reversed(shared.taken):
+            backend.release()
+        shared.taken = []
+        wait_for_server(self._store_uri or "", reason, self.server_wait_s)
+        deadline = None if self.timeout < 0 else time.monotonic() + self.timeout
+        self._acquire_backends(shared, deadline, self.timeout, None)
 
     def release(self) -> None:
         """Undo one :meth:`acquire`; the last one lets other processes in."""
@@ -215,10 +261,12 @@ class SMTLock:
         if shared.depth <= 0:
             raise RuntimeError(f"release of {self.lock_file}, which this process does not hold")
         shared.depth -= 1
+        shared.server_waits.pop()
         try:
             if shared.depth == 0:
                 held = time.perf_counter() - shared.held_since
-                for backend in reversed(shared.backends):
+                taken, shared.taken, shared.owner = shared.taken, [], None
+                for backend in reversed(taken):
                     backend.release()
                 if _stats is not None:
                     _stats.append((shared.purpose, shared.wait_s, held))
@@ -255,6 +303,58 @@ class _Acquired:
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Optional[TracebackType]) -> None:
         self.lock.release()
+
+
+_acquiring = threading.local()  # .before_store: this thread runs a before_store, holding a host's lock
+
+
+def _before_store(call: Callable[[], None]) -> None:
+    _acquiring.before_store = True
+    try:
+        call()
+    finally:
+        _acquiring.before_store = False
+
+
+def in_before_store() -> bool:
+    """Whether this thread runs an :meth:`SMTLock.acquire` ``before_store``, holding the host's lock:
+    code there must not wait for a server (SMTLock does that, holding nothing)."""
+    return bool(getattr(_acquiring, "before_store", False))
+
+
+def current_hold() -> Optional[Tuple[SMTLock, int, float]]:
+    """The lock this thread holds, if any: the SMTLock that took it, how many times it is held, and
+    the longest wait for the store's server any of its holders asked for."""
+    with _shared_guard:
+        held = list(_shared.values())
+    for shared in held:
+        if shared.depth > 0 and shared.owner is not None and shared.thread == threading.get_ident():
+            return shared.owner, shared.depth, max(shared.server_waits, default=server_wait())
+    return None
+
+
+def wait_for_server(uri: str, reason: str, seconds: float, quiet: bool = False) -> None:
+    """Wait until the PostgreSQL server at ``uri`` accepts a connection, trying with backoff (up to
+    2 s apart) for ``seconds`` (``math.inf``: as long as it takes). Unless ``quiet``, say once on
+    stderr what is waited for. Call it holding no lock. At the end: :class:`ServerUnreachable`."""
+    start = time.monotonic()
+    delay, told = 0.05, quiet
+    while True:
+        why = probe(uri, timeout=2 if math.isinf(seconds) else int(min(10, max(2, seconds))))
+        if why is None:
+            return
+        reason = why
+        waited = time.monotonic() - start
+        if waited >= seconds:
+            raise ServerUnreachable(mask_uri(uri), reason, seconds)
+        if not told:
+            told = True
+            how_long = "as long as it takes (a finished run is kept)" if math.isinf(seconds) else \
+                f"up to {seconds:g} s ({TIMEOUT_VARIABLE})"
+            print(f"smtlock: PostgreSQL at {mask_uri(uri)} is not reachable ({reason}); waiting {how_long}; "
+                  "if it is your own server: smtlock server start", file=sys.stderr, flush=True)
+        time.sleep(min(delay * random.uniform(0.5, 1.0), max(0.0, seconds - waited)))
+        delay = min(delay * 2, 2.0)
 
 
 def store_lock(path: str, purpose: str) -> SMTLock:
