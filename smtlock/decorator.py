@@ -110,10 +110,11 @@ def _record_call(func: Callable, options: _Options, args: tuple, kwargs: dict) -
         record.stdout_stderr = output.getvalue()
         record.output_data = record.datastore.find_new_data(record.timestamp)
         record.add_tag(STATUS_FORMAT % status)
-        # The run is over: its record waits for the lock as long as it takes, whatever
-        # $SMTLOCK_TIMEOUT says (a timeout here would throw away a finished run's result).
+        # The run is over: its record waits for the lock, and for a server that is down, as long as
+        # it takes, whatever $SMTLOCK_TIMEOUT says (a timeout here would throw away a finished run's
+        # result). It takes the lock itself, so it can let go of it while it waits for the server.
+        prj.save_record(record)
         with SMTLock(prj, timeout=-1, purpose="final save"):
-            prj.save_record(record)
             prj.save()
 
 

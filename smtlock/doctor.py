@@ -17,10 +17,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List
 
-from .backends import CLOCK_SLOP_S, FILE_MODE, HOLDER_SUFFIX, Holder, LeaseBackend, PostgresBackend
+from . import djangostore
+from .backends import CLOCK_SLOP_S, FILE_MODE, HOLDER_SUFFIX, Holder, LeaseBackend, PostgresBackend, probe
+from .errors import StoreError
 from .filesystem import mount_of
 from .lock import SMTLock
 from .patches import RUNNING_TAGS, free_label
+from .postgres import mask_uri
 from .project import (
     LAST_GOOD_SUFFIX,
     LEASE_SUFFIX,
@@ -338,10 +341,28 @@ def diagnose(path: str = ".", repair: bool = False) -> List[Finding]:
                                 "can be repaired (see writable)"))
     elif findings[0].status != PROBLEM:
         project = load(root)
-        with SMTLock(project) if repair else contextlib.nullcontext():
-            findings += _store_checks(project, project.record_store, repair)
+        server = _check_server(postgres_uri(project.record_store))
+        if server is not None:
+            findings.append(server)
+        if server is None or server.status != PROBLEM:
+            with SMTLock(project) if repair else djangostore.reading():
+                findings += _store_checks(project, project.record_store, repair)
     findings.append(_check_filesystem(smt))
     return findings
+
+
+def _check_server(uri: str | None) -> Finding | None:
+    """A PostgreSQL store's server: one try to connect (seconds, not a job's wait for it)."""
+    if not uri:
+        return None
+    try:
+        why = probe(uri)
+    except StoreError as err:  # a refused login
+        return Finding("server", PROBLEM, str(err), 1)
+    if why is not None:
+        return Finding("server", PROBLEM, f"PostgreSQL at {mask_uri(uri)} is not reachable ({why}); the store "
+                       "was not checked; if it is your own server: smtlock server start", 1)
+    return Finding("server", OK, f"PostgreSQL at {mask_uri(uri)} is reachable")
 
 
 def _check_server_holder(uri: str) -> Finding:

@@ -11,9 +11,12 @@ options.
 import os
 
 from . import patches
+from .backends import probe
+from .errors import StoreError
 from .filesystem import is_shared, mount_of
 from .lock import SMTLock
-from .project import describe_store, load
+from .postgres import mask_uri
+from .project import describe_store, load, postgres_uri
 
 __all__ = ["PLUGIN"]
 
@@ -63,14 +66,27 @@ def status(path: str = ".") -> str:
         plugin = "not enabled: only code that imports smtlock is protected (run `smtlock enable`)"
     label = (f"{project.label_generator} ({project.timestamp_format}); a label taken already gets "
              "_1, _2...")
+    uri = postgres_uri(store)
     return "\n".join([
         f"project    {project.name} at {project.path}",
         f"plugin     {plugin}",
         f"store      {describe_store(store)}{_journal(store)}",
+        *([f"server     {_server(uri)}"] if uri else []),
         f"filesystem {_filesystem(project.path)}",
         f"lock file  {lock.lock_file} ({'held by ' + holder if holder else 'free'})",
         f"labels     {label}",
     ])
+
+
+def _server(uri: str) -> str:
+    """A PostgreSQL store's server, masked, and whether it accepts a connection now (one try)."""
+    try:
+        why = probe(uri)
+    except StoreError as err:  # it answers, and refuses the login
+        return f"{mask_uri(uri)}: reachable, but {err}"
+    if why is None:
+        return f"{mask_uri(uri)}: reachable"
+    return f"{mask_uri(uri)}: not reachable ({why}); if it is your own server: smtlock server start"
 
 
 def _filesystem(path: str) -> str:
