@@ -20,8 +20,11 @@ from .postgres import mask_uri
 __all__ = ["main", "build_parser"]
 
 ENVIRONMENT = f"""environment:
-  {TIMEOUT_VARIABLE}     seconds to wait for the project's lock or a database connection
-                      (a number; -1 waits forever; unset: the lock waits as long as it takes)
+  {TIMEOUT_VARIABLE}     seconds to wait for the project's lock, or for a PostgreSQL server
+                      that is down (a number; -1 waits forever). Unset: the lock waits as
+                      long as it takes, a job waits 300 s for the server (holding no lock,
+                      its simulation not started), a finished run as long as it takes,
+                      and commands that only read (smt list) 5 s
   {FILESYSTEM_VARIABLE}  local or shared: overrides what the mount table says of .smt's
                       filesystem (an unknown type counts as shared)
   {LEASE_VARIABLE}       seconds a lease across hosts lasts unless renewed, on a shared
