@@ -27,14 +27,18 @@ import functools
 import json
 import os
 import pickle
+import signal
 import socket
+import subprocess
 import sys
+import threading
 import weakref
 from typing import Any, Callable, Dict, Optional, Set, Tuple
 
 import sumatra.commands
+import sumatra.programs
 import sumatra.projects
-from sumatra.core import STATUS_FORMAT
+from sumatra.core import STATUS_FORMAT, get_encoding
 from sumatra.projects import Project
 from sumatra.recordstore.shelve_store import ShelveRecordStore
 
@@ -311,6 +315,35 @@ def _move_password_out(project_file: str, uri: str) -> None:
           "(readable by you only)", file=sys.stderr)
 
 
+# --- threads --------------------------------------------------------------------------------------
+
+def _run_in_any_thread(orig: Callable) -> Callable:
+    """``sumatra.programs.run`` (``sumatra.core.run``, which ``PythonExecutable._get_version`` calls for
+    every record): upstream times the command out with ``SIGALRM``, which Python allows only in the
+    main thread, so every record made in a thread pool or a dask worker fails with "signal only works
+    in main thread". Outside the main thread the command runs with subprocess's own timeout, which
+    needs no signal, and gives what upstream gives (-9 and no output once timed out, the process
+    group killed); the main thread keeps upstream's."""
+    @functools.wraps(orig)
+    def run(args: Any, cwd: Optional[str] = None, shell: bool = False, kill_tree: bool = True,
+            timeout: float = -1, env: Optional[dict] = None) -> Tuple[int, str, str]:
+        if timeout == -1 or threading.current_thread() is threading.main_thread():
+            return orig(args, cwd=cwd, shell=shell, kill_tree=kill_tree, timeout=timeout, env=env)
+        with subprocess.Popen(args, cwd=cwd, shell=shell, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, start_new_session=kill_tree) as child:
+            try:
+                out, err = child.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                try:  # kill_tree: the command's own process group, it and its children
+                    os.killpg(child.pid, signal.SIGKILL) if kill_tree else child.kill()
+                except ProcessLookupError:
+                    pass  # gone already
+                child.communicate()
+                return -9, "", ""
+        return child.returncode, out.decode(get_encoding()), err.decode(get_encoding())
+    return run
+
+
 # --- applying -------------------------------------------------------------------------------------
 
 
@@ -320,14 +353,24 @@ def _configure(original: Callable) -> Callable:
     Upstream configures Django with ``DEBUG=True`` for every command: Django then keeps each query in
     memory (up to 9000 per connection) and, on SQLite, runs one more query per query to quote its
     parameters for that log. Only smtweb (which adds ``sumatra.web``) keeps it.
+
+    Upstream is not thread-safe either: a second thread finds Django's settings configured while the
+    first is still in ``django.setup()``, and fails with AppRegistryNotReady (two records begun at
+    once in a thread pool or a dask worker). The threads configure one at a time.
     """
     @functools.wraps(original)
     def configure(self: Any) -> None:
-        if "sumatra.web" not in self._settings["INSTALLED_APPS"]:
-            self._settings["DEBUG"] = False
-        original(self)
-        _patch_models()
+        with _configuring:
+            if self.configured:  # another thread did it while this one waited
+                return
+            if "sumatra.web" not in self._settings["INSTALLED_APPS"]:
+                self._settings["DEBUG"] = False
+            original(self)
+            _patch_models()
     return configure
+
+
+_configuring = threading.RLock()  # re-entrant: the set-up's migration check uses the store it sets up
 
 
 def _patch_models() -> None:
@@ -364,6 +407,8 @@ def apply() -> None:
     for module in (sumatra.projects, sumatra.commands):
         if getattr(module, "open", None) is not atomic_open:
             setattr(module, "open", atomic_open)  # noqa: B010 (a module attribute mypy cannot see)
+
+    patch(sumatra.programs, "run", _run_in_any_thread)
 
     patch(ShelveRecordStore, "accepts_uri", lambda orig: classmethod(shelf.accepts_uri))
     patch(ShelveRecordStore, "__init__", lambda orig: shelf.locked_init)
