@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
-import io
 import json
 import os
 import sys
+import threading
 import time
 import traceback
+from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, Callable, Iterable, Optional, TypeVar, Union, overload
+from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar, Union, overload
 
 from sumatra.core import STATUS_FORMAT
 from sumatra.parameters import JSONParameterSet, ParameterSet
 from sumatra.programs import PythonExecutable
 from sumatra.projects import Project
 
+from .capture import Captured
 from .lock import SMTLock
 from .project import load
 
@@ -48,7 +51,7 @@ def smt_logged(func: Optional[F] = None, *, project: Union[Project, str, None] =
     ``_failed_`` with the exception in the outcome, re-raised) and the output data found in the
     datastore. ``project`` is a Project or a path (default: the project of the working directory).
     The decorated function pickles, so process pools (multiprocessing, concurrent.futures, joblib)
-    can run it.
+    and dask can run it; calls may run in threads at once, each capturing only what its thread prints.
     """
     if func is None:
         return functools.partial(smt_logged, project=project, tags=tags, reason=reason)
@@ -59,7 +62,8 @@ def smt_logged(func: Optional[F] = None, *, project: Union[Project, str, None] =
     # names, and a ContextVar among them cannot be pickled.
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        return _record_call(func, options, args, kwargs)
+        with _synchronous_under_a_loop():
+            return _record_call(func, options, args, kwargs)
 
     return wrapper
 
@@ -92,7 +96,7 @@ def _record_call(func: Callable, options: _Options, args: tuple, kwargs: dict) -
     token = _label.set(record.label)
     start = time.time()
     status = "failed"
-    output = _Captured()
+    output = Captured()
     try:
         with output:
             result = func(*args, **kwargs)
@@ -145,39 +149,43 @@ def _main_file(func: Callable, prj: Project) -> Optional[str]:
     return source if relative.startswith("..") else relative
 
 
-class _Tee(io.TextIOBase):
-    """Writes to the terminal stream and to a shared buffer."""
-
-    def __init__(self, stream: Any, buffer: io.StringIO) -> None:
-        self.stream, self.buffer = stream, buffer
-
-    def write(self, text: str) -> int:
-        self.buffer.write(text)
-        return self.stream.write(text)
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-    def isatty(self) -> bool:
-        return self.stream.isatty()
-
-    def fileno(self) -> int:
-        return self.stream.fileno()
+_ASYNC_UNSAFE = "DJANGO_ALLOW_ASYNC_UNSAFE"
+_under_loops = 0  # decorated calls running now under an event loop, in any thread of this process
+_unsafe_before: Optional[str] = None  # $DJANGO_ALLOW_ASYNC_UNSAFE as it was before the first of them
+_loop_guard = threading.Lock()
 
 
-class _Captured:
-    """Captures what Python code prints to stdout and stderr, and still shows it."""
+@contextmanager
+def _synchronous_under_a_loop() -> Iterator[None]:
+    """Under an event loop in this thread (a Jupyter/IPython kernel runs each cell in one), let the
+    call's Django queries run; elsewhere, nothing.
 
-    def __init__(self) -> None:
-        self.buffer = io.StringIO()
-
-    def getvalue(self) -> str:
-        return self.buffer.getvalue()
-
-    def __enter__(self) -> "_Captured":
-        self.saved = sys.stdout, sys.stderr
-        sys.stdout, sys.stderr = _Tee(sys.stdout, self.buffer), _Tee(sys.stderr, self.buffer)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        sys.stdout, sys.stderr = self.saved
+    Django refuses an ORM call (SynchronousOnlyOperation) made while the calling thread runs an
+    event loop, so that coroutines sharing that thread's connection cannot interleave inside a
+    transaction. A decorated call never yields to the loop (it is synchronous code; the cell waits
+    for it), so nothing can interleave: $DJANGO_ALLOW_ASYNC_UNSAFE, the setting Django's documentation
+    gives for notebooks, is set for the call's duration only. Running the queries in a worker thread
+    instead would take the write path's lock in a thread other than the caller's: a call made inside
+    the caller's own ``with SMTLock(...)`` would wait for itself.
+    """
+    global _under_loops, _unsafe_before
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        yield
+        return
+    with _loop_guard:
+        if _under_loops == 0:
+            _unsafe_before = os.environ.get(_ASYNC_UNSAFE)
+            os.environ[_ASYNC_UNSAFE] = "true"
+        _under_loops += 1
+    try:
+        yield
+    finally:
+        with _loop_guard:
+            _under_loops -= 1
+            if _under_loops == 0:
+                if _unsafe_before is None:
+                    os.environ.pop(_ASYNC_UNSAFE, None)
+                else:
+                    os.environ[_ASYNC_UNSAFE] = _unsafe_before
