@@ -21,7 +21,7 @@ LINTERS = ["ruff>=0.15,<0.18", "mypy>=1.14,<3"]
 OTHERS = ["3.9", "3.10", "3.12", "3.13"]
 FIELD = ["tests/test_burst.py", "tests/test_writepath.py", "tests/test_lock.py", "tests/test_pools.py",
          "tests/test_plugin.py", "tests/test_stress.py", "tests/test_decorator.py", "tests/test_core.py",
-         "tests/test_group_project.py"]
+         "tests/test_group_project.py", "tests/test_launchers.py"]
 
 
 def _pytest(session: nox.Session, *paths: str) -> None:
