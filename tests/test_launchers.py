@@ -39,14 +39,13 @@ def simulate(x, lines=3):
         if x >= 0:
             together.wait()  # the 4 running calls print each line at once: the lines interleave
         print(f"x={x} line={n}\\n", end="")  # one write: the terminal shows whole lines too
+    with SMTLock("."), SMTLock("."):  # re-entrant in each thread; the threads take turns
+        pass
     return current_label()
 
 with ThreadPoolExecutor(4) as pool:  # the first records of the process: Django is set up in a thread
     labels = list(pool.map(simulate, range(8)))
 main = simulate(-1, lines=1)
-with SMTLock("."):  # still re-entrant, from the main thread
-    with SMTLock("."):
-        pass
 print("labels " + json.dumps([main] + labels), flush=True)
 '''
 
