@@ -333,7 +333,7 @@ def start(folder: Optional[Path] = None) -> List[str]:
     folder = _folder(folder)
     settings = _settings(folder)
     pg_ctl = _tool(folder, settings, "pg_ctl")
-    lines = []
+    lines = _clear_dead_server(folder)
     if _running(folder, pg_ctl):
         lines.append(f"the server in {folder} is already running")
     else:
@@ -357,6 +357,16 @@ def start(folder: Optional[Path] = None) -> List[str]:
                      "superuser: make a new one (smtlock server init --folder NEW), start it and move each "
                      "project to it (smtlock postgres --server NEW)")
     return lines
+
+
+def _clear_dead_server(folder: Path) -> List[str]:
+    """Remove the lock file of a server that was killed and whose process is a zombie (see
+    :func:`_zombie`): PostgreSQL would refuse to start ("lock file already exists")."""
+    pid = _zombie(folder)
+    if pid is None:
+        return []
+    (folder / "data" / "postmaster.pid").unlink()
+    return [f"the server in {folder} had died (its process {pid} is a zombie): removed its lock file"]
 
 
 def _set_up_projects_role(folder: Path, settings: Dict[str, Any]) -> None:
@@ -453,7 +463,21 @@ def url(folder: Optional[Path] = None, show_password: bool = False) -> str:
     return f"postgres://{USER}{password}@{host}:{settings['port']}/{DATABASE}"
 
 
+def _zombie(folder: Path) -> Optional[int]:
+    """The pid in the server's lock file when that process has died but was not reaped: an init that
+    reaps no orphans (a container's) keeps it, and to ``pg_ctl`` and PostgreSQL it looks alive."""
+    try:
+        pid = int((folder / "data" / "postmaster.pid").read_text().split()[0])
+        with open(f"/proc/{pid}/stat") as stat:
+            state = stat.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if state == "Z" else None
+
+
 def _running(folder: Path, pg_ctl: str) -> bool:
+    if _zombie(folder) is not None:
+        return False
     return subprocess.run([pg_ctl, "-D", str(folder / "data"), "status"], capture_output=True).returncode == 0
 
 
