@@ -22,6 +22,7 @@ from .errors import (
     LockTimeout,
     NoProjectError,
     ProjectFileError,
+    ServerUnreachable,
     SettingError,
     SMTLockError,
     StoreError,
@@ -40,6 +41,7 @@ __all__ = [
     "ProjectFileError",
     "LockFileError",
     "StoreError",
+    "ServerUnreachable",
     "SettingError",
     "__version__",
 ]
