@@ -280,3 +280,27 @@ def test_init_on_a_full_disk_says_so(home: Path) -> None:
         assert not (disk / "server").exists()
     finally:
         subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_stop_says_when_the_server_panicked(home: Path) -> None:
+    """A server whose disk filled up PANICs in its shutdown checkpoint; `stop` said "stopped"."""
+    disk = home / "small"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=120m", "tmpfs", str(disk)], check=True)
+    try:
+        os.chown(disk, NOBODY, NOBODY)
+        folder = ["--folder", str(disk / "server")]
+        assert as_user(home, "server", "init", *folder, "--port", str(free_port())).returncode == 0
+        assert as_user(home, "server", "start", *folder).returncode == 0
+        with open(disk / "filler", "wb") as filler:  # the disk full
+            with pytest.raises(OSError):
+                while True:
+                    filler.write(b"\0" * (1 << 20))
+                    filler.flush()
+        done = as_user(home, "server", "stop", *folder)
+        assert done.returncode == 2 and " PANIC: " in done.stderr and "No space left on device" in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1 and "stopped, after an error" in done.stderr
+    finally:
+        (disk / "filler").unlink(missing_ok=True)
+        as_user(home, "server", "stop", "--folder", str(disk / "server"))  # if it did not crash
+        subprocess.run(["umount", str(disk)], check=True)
