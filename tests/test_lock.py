@@ -118,6 +118,36 @@ def test_threads_of_one_process_take_turns(bare_project: Path) -> None:
     assert "another thread of this process" in seen[0]
 
 
+def test_threads_released_together_never_overlap_and_each_reenters(bare_project: Path, tmp_path: Path) -> None:
+    """4 threads x 25 sections, released by a barrier; each holder logs enter/leave with O_APPEND,
+    re-entering the lock inside its section (as a write inside a user's ``with`` block does)."""
+    log = tmp_path / "sections.log"
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    start = threading.Barrier(4)
+    errors = []
+
+    def sections(who: int) -> None:
+        try:
+            start.wait(timeout=120)
+            for n in range(25):
+                with SMTLock(bare_project):
+                    os.write(fd, f"enter {who}.{n}\n".encode())
+                    with SMTLock(bare_project):  # re-entrant in the thread that holds it
+                        pass
+                    os.write(fd, f"leave {who}.{n}\n".encode())
+        except BaseException as err:  # reported by the test, not lost in the thread
+            errors.append(err)
+
+    threads = [threading.Thread(target=sections, args=(who,)) for who in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    os.close(fd)
+    assert errors == []
+    assert overlaps(log) == 0 and log.read_text().count("enter ") == 100
+
+
 def test_not_in_a_project(tmp_path: Path) -> None:
     with pytest.raises(NoProjectError, match=r"no Sumatra project at .* \(run `smt init`\)"):
         SMTLock(tmp_path)
