@@ -3,6 +3,7 @@ or uids 2001 and 2002 for two users, keeping only CAP_DAC_READ_SEARCH to read th
 under /root), then a project moved onto it and a burst written to it; what another local user can
 and cannot do; and each trap a new user fell into."""
 
+import contextlib
 import os
 import re
 import shutil
@@ -11,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, Iterator, List
 
 import pytest
 from pgserver import free_port
@@ -268,27 +269,33 @@ print(f"ssl={cur.fetchone()[0]}")
 """
 
 
-def test_init_on_a_full_disk_says_so(home: Path) -> None:
+@contextlib.contextmanager
+def small_disk(home: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` in the user's home, theirs; unmounted at the end (its server stopped first)."""
     disk = home / "small"
     disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)], check=True)
     try:
         os.chown(disk, NOBODY, NOBODY)
+        yield disk
+    finally:
+        (disk / "filler").unlink(missing_ok=True)
+        if (disk / "server").exists():
+            as_user(home, "server", "stop", "--folder", str(disk / "server"))  # if it is still running
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_init_on_a_full_disk_says_so(home: Path) -> None:
+    with small_disk(home, "1m") as disk:
         done = as_user(home, "server", "init", "--folder", str(disk / "server"), "--port", str(free_port()))
         assert done.returncode == 2 and "No space left on device" in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
         assert not (disk / "server").exists()
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
 
 
 def test_stop_says_when_the_server_panicked(home: Path) -> None:
     """A server whose disk filled up PANICs in its shutdown checkpoint; `stop` said "stopped"."""
-    disk = home / "small"
-    disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=120m", "tmpfs", str(disk)], check=True)
-    try:
-        os.chown(disk, NOBODY, NOBODY)
+    with small_disk(home, "120m") as disk:
         folder = ["--folder", str(disk / "server")]
         assert as_user(home, "server", "init", *folder, "--port", str(free_port())).returncode == 0
         assert as_user(home, "server", "start", *folder).returncode == 0
@@ -300,7 +307,3 @@ def test_stop_says_when_the_server_panicked(home: Path) -> None:
         done = as_user(home, "server", "stop", *folder)
         assert done.returncode == 2 and " PANIC: " in done.stderr and "No space left on device" in done.stderr
         assert len(done.stderr.strip().splitlines()) == 1 and "stopped, after an error" in done.stderr
-    finally:
-        (disk / "filler").unlink(missing_ok=True)
-        as_user(home, "server", "stop", "--folder", str(disk / "server"))  # if it did not crash
-        subprocess.run(["umount", str(disk)], check=True)
