@@ -255,7 +255,7 @@ def _state_without_password(orig: Callable) -> Callable:
     def getstate(self: Any) -> dict:
         state = dict(orig(self))
         if is_postgres(state.get("db_file")):
-            uri, line = keep_password_apart(state["db_file"], replace=False)
+            uri, line = keep_password_apart(state["db_file"])
             if line:
                 print(f"smtlock: {line}", file=sys.stderr)
             state["db_file"] = uri  # not self._db_file: Django's settings for this process are keyed by it
@@ -274,8 +274,10 @@ def _masked_str(orig: Callable) -> Callable:
 def _load_without_password(orig: Callable) -> Callable:
     """``sumatra.projects._load_project_from_json``: a project moved to PostgreSQL by an earlier
     smtlock (or by ``smt configure -s URI``) has the password in ``.smt/project``; it is moved out at
-    its first load, once (under this host's lock of the project), saying so in one line, where this user may write
-    the project (else it is left as it is, for one who may)."""
+    its first load, once (under this host's lock of the project), saying so in one line, where this
+    user may write the project (else it is left as it is, for one who may). In a project shared by a
+    group it goes to that member's password file: the others then get the one line that says where
+    to put theirs."""
     @functools.wraps(orig)
     def load(path: str) -> Any:
         project = orig(path)
@@ -307,7 +309,7 @@ def _move_password_out(project_file: str, uri: str) -> None:
         settings = json.load(text)
     if settings.get("record_store", {}).get("db_file") != uri:
         return
-    keep_password_apart(uri, replace=False)
+    keep_password_apart(uri)
     settings["record_store"]["db_file"] = without_password(uri)
     with atomic_open(project_file, "w") as text:
         json.dump(settings, text, indent=2)

@@ -78,16 +78,17 @@ def without_password(uri: str) -> str:
     return parts._replace(netloc=f"{user.split(':', 1)[0]}@{host}").geturl()
 
 
-def keep_password_apart(uri: str, replace: bool = True) -> Tuple[str, Optional[str]]:
+def keep_password_apart(uri: str) -> Tuple[str, Optional[str]]:
     """The URI without its password, which goes to libpq's password file (0600) so that no project
-    file holds it: first for this server, database and user (``replace``), or only where the file
-    has none for them yet. Also a line saying so, when the file changed."""
+    file holds it, as the one libpq takes for this server and user; also a line saying so, when the
+    file changed."""
     parts = urlsplit(uri)
     if parts.password is None:
         return uri, None
-    # any database of that server: `smtlock postgres` also connects to the maintenance database
+    # The host as libpq is given it (Sumatra's Django settings and connect_kwargs: urlsplit's
+    # hostname, lower case); any database: `smtlock postgres` also connects to the maintenance one.
     changed = pgpass.remember(parts.hostname or "localhost", parts.port or 5432, "*",
-                              unquote(parts.username or getpass.getuser()), unquote(parts.password), replace)
+                              unquote(parts.username or getpass.getuser()), unquote(parts.password))
     where = pgpass.password_file()
     line = (f"the password of {mask_uri(uri)} is kept in {where} (readable by you only), not in the "
             "project's files") if changed else None

@@ -358,7 +358,13 @@ def test_a_password_given_to_smtlock_postgres_stays_out_of_the_project(pg, proje
     assert listed.returncode == 0, listed.stderr
 
 
-def test_a_project_moved_by_an_earlier_version_has_its_password_moved_out(pg, new_project) -> None:
+def test_a_project_moved_by_an_earlier_version_has_its_password_moved_out(pg, new_project, tmp_path: Path,
+                                                                         monkeypatch) -> None:
+    """Also where the password file has a line libpq would take for that user already (an old
+    password): the project's, which works, takes its place (before: stripped and kept nowhere)."""
+    monkeypatch.setenv("PGPASSFILE", str(tmp_path / "pgpass"))
+    (tmp_path / "pgpass").write_text("*:*:*:old:an-old-password\n")
+    (tmp_path / "pgpass").chmod(0o600)
     pg.sql("DO $$ BEGIN CREATE ROLE old LOGIN PASSWORD '0ld-s3cret' CREATEDB; "
            "EXCEPTION WHEN duplicate_object THEN END $$")
     pg.sql("DROP DATABASE IF EXISTS moved_before")
