@@ -20,6 +20,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import socket
 import subprocess
@@ -122,7 +123,7 @@ def _settings(folder: Path) -> Dict[str, Any]:
 
 def _folder_option(folder: Path) -> str:
     """`` --folder FOLDER`` for a command line, unless ``folder`` is the default."""
-    return "" if folder == _folder(None) else f" --folder {folder}"
+    return "" if folder == _folder(None) else f" --folder {shlex.quote(str(folder))}"
 
 
 def _secret(path: Path) -> str:
@@ -147,8 +148,8 @@ def _tool(folder: Path, settings: Dict[str, Any], name: str) -> str:
     except (OSError, ValueError):
         raise ServerError(f"the server in {folder} has no readable data folder ({folder / 'data'}): make a new "
                           "one with `smtlock server init --folder NEW`") from None
-    made_by = Path(settings.get("binaries", ""))
-    if not (made_by / name).exists() or _version(made_by) != version:
+    made_by = Path(settings["binaries"]) if "binaries" in settings else None  # smtlock 0.2 said none
+    if made_by is None or not (made_by / name).exists() or _version(made_by) != version:
         made_by = binaries(version)
     return str(made_by / name)
 
@@ -206,7 +207,9 @@ def _check_port(host: str, port: int, folder: Path) -> None:
 
 
 def _bind_address(listen: str) -> str:
-    return "0.0.0.0" if listen in WILDCARDS else ("127.0.0.1" if listen == "localhost" else listen)
+    if listen in WILDCARDS:
+        return "::" if listen == "::" else "0.0.0.0"
+    return "127.0.0.1" if listen == "localhost" else listen
 
 
 def _is_loopback(name: str) -> bool:
@@ -224,7 +227,7 @@ def _url_host(listen: str, host: Optional[str]) -> str:
     other hosts would reach themselves)."""
     if host:
         return host
-    if listen in LOOPBACK:
+    if listen == "localhost":
         return "127.0.0.1"
     if listen not in WILDCARDS:
         return listen
@@ -309,9 +312,9 @@ def _make_cluster(folder: Path, tools: Path, beyond: bool, url_host: str) -> boo
         os.chmod(folder / "data" / "server.key", 0o600)
         with open(folder / "data" / "postgresql.conf", "a") as conf:
             conf.write("ssl = on\n")
-    kind = "hostssl" if tls else "host"  # other hosts: a password, over TLS where there is TLS
+    kind = "hostssl" if tls else "host"  # other hosts: the projects' role only, a password, TLS where there is
     with open(folder / "data" / "pg_hba.conf", "a") as hba:
-        hba.write(f"{kind} all all 0.0.0.0/0 scram-sha-256\n{kind} all all ::/0 scram-sha-256\n")
+        hba.write(f"{kind} all {USER} 0.0.0.0/0 scram-sha-256\n{kind} all {USER} ::/0 scram-sha-256\n")
     return tls
 
 
@@ -365,8 +368,28 @@ def _clear_dead_server(folder: Path) -> List[str]:
     pid = _zombie(folder)
     if pid is None:
         return []
-    (folder / "data" / "postmaster.pid").unlink()
-    return [f"the server in {folder} had died (its process {pid} is a zombie): removed its lock file"]
+    lock = folder / "data" / "postmaster.pid"
+    if _attached(lock.read_text()):  # PostgreSQL's own check, which a removed lock file would skip
+        raise ServerError(f"the server in {folder} died, but one of its processes still runs (it is attached "
+                          "to the server's shared memory): start it again once that process has ended")
+    if _zombie(folder) == pid:  # not started meanwhile by another `smtlock server start`
+        for socket_lock in folder.glob(".s.PGSQL.*.lock"):  # its unix socket's, which names it too
+            if socket_lock.read_text().split()[:1] == [str(pid)]:
+                socket_lock.unlink(missing_ok=True)
+        lock.unlink(missing_ok=True)
+    return [f"the server in {folder} had died (its process {pid} is a zombie): removed its lock files"]
+
+
+def _attached(lock_text: str) -> int:
+    """How many processes are attached to the shared memory a server's lock file names (its 7th
+    line: key and id), from /proc/sysvipc/shm; 0 when it names none or that is gone."""
+    try:
+        shmid = lock_text.splitlines()[6].split()[1]
+        with open("/proc/sysvipc/shm") as table:
+            rows = [line.split() for line in table.readlines()[1:]]
+    except (OSError, IndexError):
+        return 0
+    return next((int(row[6]) for row in rows if row[1] == shmid), 0)
 
 
 def _set_up_projects_role(folder: Path, settings: Dict[str, Any]) -> None:
@@ -374,6 +397,7 @@ def _set_up_projects_role(folder: Path, settings: Dict[str, Any]) -> None:
     the superuser over the server's unix socket; the role's password into libpq's password file."""
     import psycopg2
     from psycopg2 import sql
+    from psycopg2.extensions import encrypt_password
     admin = settings.get("admin", USER)  # a server of smtlock 0.2 has no other superuser
     role_password = folder / ("role-password" if "admin" in settings else "password")
     try:
@@ -388,15 +412,17 @@ def _set_up_projects_role(folder: Path, settings: Dict[str, Any]) -> None:
         with conn.cursor() as cur:
             cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (USER,))
             if not cur.fetchone():
+                verifier = encrypt_password(password, USER, conn, "scram-sha-256")  # no clear text in the SQL
                 cur.execute(sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
-                                    "PASSWORD %s").format(sql.Identifier(USER)), (password,))
+                                    "PASSWORD %s").format(sql.Identifier(USER)), (verifier,))
             cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,))
             if not cur.fetchone():
                 cur.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(DATABASE),
                                                                          sql.Identifier(USER)))
     finally:
         conn.close()
-    pgpass.remember(settings.get("host") or _legacy_host(settings), settings["port"], "*", USER, password)
+    host = (settings.get("host") or _legacy_host(settings)).lower()  # as libpq gets it (Sumatra: urlsplit)
+    pgpass.remember(host, settings["port"], "*", USER, password)
 
 
 def _legacy_host(settings: Dict[str, Any]) -> str:

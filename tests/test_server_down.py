@@ -208,13 +208,16 @@ def test_kill_9_of_your_own_server_mid_burst_then_smtlock_server_start(tmp_path:
         postmaster = int((folder / "data" / "postmaster.pid").read_text().split()[0])
         processes = [postmaster, *_children(postmaster)]
         os.kill(postmaster, signal.SIGKILL)
+        deadline = time.monotonic() + 120  # only so that a broken run fails instead of hanging
         while not all(_dead(pid) for pid in processes):  # its backends end when they see it die
+            assert time.monotonic() < deadline, "the server's processes did not end"
             time.sleep(0.01)
 
         def settled(job: int) -> bool:  # finished, or said that it waits for the server
             log = jobs / f"job-{job}.log"
             return (jobs / f"job-{job}.json").exists() or (log.exists() and "is not reachable" in log.read_text())
         while not all(settled(job) for job in range(8)):
+            assert thread.is_alive(), "the burst ended before every job settled"
             time.sleep(0.05)
         with open(project / ".smt" / "smtlock.lock", "a") as lock:  # nobody holds it while they wait
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -225,6 +228,8 @@ def test_kill_9_of_your_own_server_mid_burst_then_smtlock_server_start(tmp_path:
         rows = recount(uri, project)["records"]
     finally:
         as_user(home, "server", "stop")
+        if "thread" in locals():
+            thread.join()  # the jobs end (they give up within $SMTLOCK_TIMEOUT) before their folder goes
         shutil.rmtree(home)
     logs = {job: (jobs / f"job-{job}.log").read_text() for job in range(8)}
     assert burst["codes"] == {job: 0 for job in range(8)}, [log[-1500:] for log in logs.values()]
