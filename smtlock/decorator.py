@@ -8,7 +8,6 @@ import inspect
 import json
 import os
 import sys
-import threading
 import time
 import traceback
 from contextlib import contextmanager
@@ -149,12 +148,6 @@ def _main_file(func: Callable, prj: Project) -> Optional[str]:
     return source if relative.startswith("..") else relative
 
 
-_ASYNC_UNSAFE = "DJANGO_ALLOW_ASYNC_UNSAFE"
-_under_loops = 0  # decorated calls running now under an event loop, in any thread of this process
-_unsafe_before: Optional[str] = None  # $DJANGO_ALLOW_ASYNC_UNSAFE as it was before the first of them
-_loop_guard = threading.Lock()
-
-
 @contextmanager
 def _synchronous_under_a_loop() -> Iterator[None]:
     """Under an event loop in this thread (a Jupyter/IPython kernel runs each cell in one), let the
@@ -163,29 +156,18 @@ def _synchronous_under_a_loop() -> Iterator[None]:
     Django refuses an ORM call (SynchronousOnlyOperation) made while the calling thread runs an
     event loop, so that coroutines sharing that thread's connection cannot interleave inside a
     transaction. A decorated call never yields to the loop (it is synchronous code; the cell waits
-    for it), so nothing can interleave: $DJANGO_ALLOW_ASYNC_UNSAFE, the setting Django's documentation
-    gives for notebooks, is set for the call's duration only. Running the queries in a worker thread
-    instead would take the write path's lock in a thread other than the caller's: a call made inside
-    the caller's own ``with SMTLock(...)`` would wait for itself.
+    for it), so nothing can interleave: for the call's duration this thread has no running loop
+    (asyncio's own per-thread record of it, put back after), which is what Django asks. Not
+    $DJANGO_ALLOW_ASYNC_UNSAFE, which would lift the check in every thread of the process; not a
+    worker thread, which would take the write path's lock in a thread other than the caller's (a
+    call made inside the caller's own ``with SMTLock(...)`` would wait for itself).
     """
-    global _under_loops, _unsafe_before
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
+    loop = asyncio._get_running_loop()
+    if loop is None:
         yield
         return
-    with _loop_guard:
-        if _under_loops == 0:
-            _unsafe_before = os.environ.get(_ASYNC_UNSAFE)
-            os.environ[_ASYNC_UNSAFE] = "true"
-        _under_loops += 1
+    asyncio._set_running_loop(None)
     try:
         yield
     finally:
-        with _loop_guard:
-            _under_loops -= 1
-            if _under_loops == 0:
-                if _unsafe_before is None:
-                    os.environ.pop(_ASYNC_UNSAFE, None)
-                else:
-                    os.environ[_ASYNC_UNSAFE] = _unsafe_before
+        asyncio._set_running_loop(loop)
