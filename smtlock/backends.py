@@ -395,7 +395,7 @@ class PostgresBackend(LockBackend):
             if trouble == "down":
                 raise ServerUnreachable(mask_uri(self.uri), _reason(err)) from None
             connect(self.uri).close()  # refused: raises the one line that says what is wrong
-            raise
+            return False  # it connects now (the refusal has passed): wait on, as when busy
 
     def release(self) -> None:
         import psycopg2

@@ -327,8 +327,10 @@ def _uri_of(connection: Any) -> str:
     """A PostgreSQL connection's URI, as Sumatra writes it (masked in every message)."""
     settings = connection.settings_dict
     password = f":{quote(settings['PASSWORD'], safe='')}" if settings.get("PASSWORD") else ""
+    host = settings.get("HOST") or "localhost"
+    host = f"[{host}]" if ":" in host else host  # an IPv6 address, as a URI writes it
     return (f"postgres://{quote(settings.get('USER') or '', safe='')}{password}@"
-            f"{settings.get('HOST') or 'localhost'}:{settings.get('PORT') or 5432}/{settings.get('NAME')}")
+            f"{host}:{settings.get('PORT') or 5432}/{settings.get('NAME')}")
 
 
 def close(store: Any) -> None:
