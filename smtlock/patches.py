@@ -36,13 +36,15 @@ import weakref
 from typing import Any, Callable, Dict, Optional, Set, Tuple
 
 import sumatra.commands
+import sumatra.dependency_finder.python
+import sumatra.launch
 import sumatra.programs
 import sumatra.projects
 from sumatra.core import STATUS_FORMAT, get_encoding
 from sumatra.projects import Project
 from sumatra.recordstore.shelve_store import ShelveRecordStore
 
-from . import djangostore, rows, shelf
+from . import djangostore, provenance, rows, shelf
 from .atomic import atomic_open
 from .backends import FileBackend
 from .djangostore import DjangoConfiguration, DjangoRecordStore, connecting  # None without Django
@@ -346,6 +348,18 @@ def _run_in_any_thread(orig: Callable) -> Callable:
     return run
 
 
+# --- provenance -----------------------------------------------------------------------------------
+
+def _memo_in_project(orig: Callable) -> Callable:
+    """``Project.new_record`` (which also registers the record): as upstream, with the project's
+    ``.smt`` as the place where the scans' memo is shared between processes."""
+    @functools.wraps(orig)
+    def new_record(self: Project, *args: Any, **kwargs: Any) -> Any:
+        with provenance.in_project(self.path):
+            return orig(self, *args, **kwargs)
+    return new_record
+
+
 # --- applying -------------------------------------------------------------------------------------
 
 
@@ -411,6 +425,14 @@ def apply() -> None:
             setattr(module, "open", atomic_open)  # noqa: B010 (a module attribute mypy cannot see)
 
     patch(sumatra.programs, "run", _run_in_any_thread)
+
+    # Upstream repeats for every record a dependency scan, `python --version`, `file -b`, `uname -p`
+    # and an HTTP probe whose answers rarely change: remembered while what they read is unchanged
+    # (see provenance.py); the project's memo is in its .smt, so new_record says which project.
+    patch(Project, "new_record", _memo_in_project)
+    patch(sumatra.dependency_finder.python, "run_script", provenance.run_script)
+    patch(sumatra.programs.Executable, "_get_version", provenance.executable_version)
+    patch(sumatra.launch.LaunchMode, "get_platform_information", provenance.platform_information)
 
     patch(ShelveRecordStore, "accepts_uri", lambda orig: classmethod(shelf.accepts_uri))
     patch(ShelveRecordStore, "__init__", lambda orig: shelf.locked_init)

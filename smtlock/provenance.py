@@ -1,0 +1,362 @@
+"""What a record's provenance costs, paid once while its answer cannot have changed.
+
+Sumatra 0.8.1 repeats for every record work whose answer rarely changes: its dependency scan runs
+two Python subprocesses (ModuleFinder over the main file, then one importing every dependency for
+its version), ``python --version`` runs in a subprocess, and platform information runs ``file -b``,
+``uname -p`` and an HTTP probe with a 1 s timeout. Here Sumatra's own functions still compute every
+answer; their outputs are remembered, and reused only while what they read is unchanged:
+
+- the scan's two subprocesses (:func:`run_script`), keyed on the interpreter, the script Sumatra
+  built (it names the main file or the modules), the working directory and the environment that
+  shapes ``sys.path``; valid while a ``stat`` shows unchanged every module file ModuleFinder found,
+  their folders and every ``sys.path`` folder (a new module there could shadow one found, a new
+  distribution change a version), each distribution's metadata, and the interpreter. Remembered
+  per process and in ``.smt/smtlock-memo/`` (written atomically, never trusted unvalidated), so the
+  next ``smt run`` process reuses the first one's scan. What Sumatra computes from them in-process
+  (version control of each dependency, egg-info) still runs for every record.
+- an executable's version (:func:`executable_version`): its path, the file it resolves to and its stat.
+- platform information with its internet probe (:func:`platform_information`): once per process.
+
+``SMTLOCK_MEMO=0`` in the environment turns all of it off.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import copy
+import functools
+import hashlib
+import json
+import os
+import stat
+import tempfile
+import threading
+import time
+from modulefinder import Module
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from .atomic import AtomicFile
+from .project import SMT_DIR
+
+__all__ = ["enabled", "run_script", "executable_version", "platform_information", "in_project",
+           "MEMO_DIR", "MEMO_SWITCH", "stats"]
+
+#: the folder under ``.smt`` that holds the memo shared by the project's processes
+MEMO_DIR = "smtlock-memo"
+#: the environment variable that turns the memo off when set to 0 (or "off", "no", "false")
+MEMO_SWITCH = "SMTLOCK_MEMO"
+#: environment variables that change the interpreter's ``sys.path`` (so what ModuleFinder finds)
+_PATH_ENV = ("PYTHONPATH", "PYTHONHOME", "PYTHONNOUSERSITE", "PYTHONUSERBASE", "PYTHONSAFEPATH",
+             "PYTHONPLATLIBDIR", "PATH", "HOME")
+#: the names in a folder that an import could find (and folders: packages, namespace packages)
+_IMPORTABLE = (".py", ".pyc", ".pyw", ".so", ".pyd", ".pth", ".zip", ".egg", ".egg-info", ".dist-info",
+               ".egg-link")
+_FORMAT = 1  # of a memo file; another number is not read
+_RACY_NS = 2_000_000_000  # a file changed this close to its stamp is compared by content too (as git does)
+
+#: what this process did, for tests and ``smtlock`` diagnostics: scans run, scans reused
+stats: Dict[str, int] = {"scans": 0, "reused": 0, "memo_read": 0, "memo_written": 0}
+
+_lock = threading.Lock()
+_memo: Dict[str, Dict[str, Any]] = {}  # key -> entry (see _new_entry), this process
+_local = threading.local()  # .entry: the scan this thread's next versions script follows
+_project = threading.local()  # .path: the project whose record this thread is making
+
+
+def enabled() -> bool:
+    """Whether the memo is on (it is unless ``SMTLOCK_MEMO`` is 0, off, no or false)."""
+    return os.environ.get(MEMO_SWITCH, "1").strip().lower() not in {"0", "off", "no", "false"}
+
+
+@contextlib.contextmanager
+def in_project(path: Optional[str]) -> Any:
+    """While a record of the project at ``path`` is made: its memo lives in ``path/.smt``."""
+    before = getattr(_project, "path", None)
+    _project.path = path
+    try:
+        yield
+    finally:
+        _project.path = before
+
+
+# --- stamps: what a stat says about a path, compared before each reuse ------------------------------
+
+def _stamp(path: str, now_ns: int) -> Any:
+    """What a stat says of a file (None when absent): identity, size, change times; with its
+    content's digest when it changed within 2 s of ``now_ns``, where a later change may share the
+    timestamp (as git does for "racily clean" files). A folder: the names in it that could be
+    imported (a folder's own mtime changes with every file a run writes there)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        return [st.st_ino, "dir", _importable(path)]
+    stamp: List[Any] = [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    if now_ns - max(st.st_mtime_ns, st.st_ctime_ns) < _RACY_NS:
+        stamp.append(_digest(path))
+    return stamp
+
+
+def _importable(folder: str) -> Optional[str]:
+    """A digest of the names in ``folder`` an import could find (modules, packages, .pth files,
+    distributions' metadata), or None if it cannot be listed."""
+    try:
+        names = [entry.name for entry in os.scandir(folder)
+                 if entry.name.endswith(_IMPORTABLE) or entry.is_dir()]
+    except OSError:
+        return None
+    return hashlib.sha256("\0".join(sorted(names)).encode()).hexdigest()
+
+
+def _digest(path: str) -> Optional[str]:
+    try:
+        with open(path, "rb") as file:
+            return hashlib.sha256(file.read()).hexdigest()
+    except OSError:
+        return None
+
+
+def _same(path: str, stamp: Any) -> bool:
+    """Whether ``path`` is as it was when ``stamp`` was taken."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return stamp is None
+    if stamp is None:
+        return False
+    if stat.S_ISDIR(st.st_mode):
+        return stamp[:2] == [st.st_ino, "dir"] and stamp[2] == _importable(path)
+    if stamp[:4] != [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]:
+        return False
+    return len(stamp) == 4 or stamp[4] == _digest(path)
+
+
+def _valid(entry: Dict[str, Any]) -> bool:
+    return all(os.path.realpath(link) == target for link, target in entry["links"].items()) and \
+        all(_same(path, stamp) for path, stamp in entry["stamps"].items())
+
+
+# --- the dependency scan ------------------------------------------------------------------------------
+
+_SEEN = '''
+try:
+    import json as _smtlock_json
+    with open({out!r}, "w") as _smtlock_out:
+        _smtlock_json.dump({{"path": sys.path, "executable": sys.executable, "prefix": sys.prefix,
+                            "cwd": os.getcwd(),
+                            "files": [m.__file__ for m in finder.modules.values() if m.__file__]}},
+                           _smtlock_out)
+except Exception:
+    pass
+'''
+
+
+def _kind(script: str) -> Optional[str]:
+    """Which of Sumatra's two dependency-scan scripts ``script`` is, if either."""
+    if "ModuleFinder(" in script and "finder.run_script(" in script:
+        return "finder"
+    if "find_version_by_attribute" in script and "module_names" in script:
+        return "versions"
+    return None
+
+
+def _key(executable_path: str, script: str) -> str:
+    env = {name: os.environ.get(name) for name in _PATH_ENV}
+    text = json.dumps([_FORMAT, executable_path, script, os.getcwd(), env], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def run_script(orig: Callable[[str, str], Any]) -> Callable[[str, str], Any]:
+    """``sumatra.dependency_finder.python.run_script``: upstream starts a Python subprocess for each
+    of the two scans of every record. Here each output is remembered and reused while what the scan
+    read is unchanged (see the module's docstring); the ModuleFinder script also writes, to a
+    temporary file, the module files it found and the ``sys.path`` it searched."""
+    @functools.wraps(orig)
+    def memoised(executable_path: str, script: str) -> Any:
+        kind = _kind(script) if enabled() else None
+        if kind == "finder":
+            return _finder(orig, executable_path, script)
+        entry = getattr(_local, "entry", None)
+        _local.entry = None
+        if kind == "versions" and entry is not None:
+            return _versions(orig, entry, executable_path, script)
+        return orig(executable_path, script)
+    return memoised
+
+
+def _finder(orig: Callable[[str, str], Any], executable_path: str, script: str) -> Any:
+    key = _key(executable_path, script)
+    entry = _lookup(key)
+    if entry is not None:
+        stats["reused"] += 1
+        _local.entry = entry
+        return {name: Module(name, file, path) for name, file, path in entry["modules"]}
+    _local.entry = None
+    fd, seen_file = tempfile.mkstemp(prefix="smtlock-scan-", suffix=".json")
+    os.close(fd)
+    try:
+        packages = orig(executable_path, script + _SEEN.format(out=seen_file))
+        stats["scans"] += 1
+        with open(seen_file) as text:
+            seen = json.loads(text.read() or "null")
+    except (OSError, ValueError):
+        seen = None
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(seen_file)
+    if not seen or not isinstance(packages, dict) or not all(isinstance(m, Module) for m in packages.values()):
+        return packages  # the scan did not run to its end (as upstream says, with a warning): nothing kept
+    entry = _new_entry(key, executable_path, seen, packages)
+    _store(entry)
+    _local.entry = entry
+    return packages
+
+
+def _new_entry(key: str, executable_path: str, seen: Dict[str, Any], packages: Dict[str, Module]) -> Dict[str, Any]:
+    """What the scan found and the stamps of everything that would change it."""
+    now = time.time_ns()
+    cwd = seen["cwd"]
+    folders = {os.path.normpath(os.path.join(cwd, p)) for p in seen["path"]}
+    files = {os.path.normpath(os.path.join(cwd, f)) for f in seen["files"]}
+    folders |= {os.path.dirname(f) for f in files}
+    for module in packages.values():
+        folders |= {os.path.dirname(p) for p in vars(module).get("__path__") or []}
+    metadata = set()
+    for folder in list(folders):
+        with contextlib.suppress(OSError):
+            for name in os.listdir(folder):
+                if name.endswith((".dist-info", ".egg-info", ".egg")):
+                    metadata.add(os.path.join(folder, name))
+                    for inner in ("METADATA", "PKG-INFO", "EGG-INFO"):
+                        metadata.add(os.path.join(folder, name, inner))
+    prefix_cfg = os.path.join(seen["prefix"], "pyvenv.cfg")
+    watched = files | folders | metadata | {seen["executable"], prefix_cfg}
+    resolved = os.path.realpath(executable_path) if os.path.isabs(executable_path) else None
+    if resolved:
+        watched.add(resolved)
+    return {
+        "format": _FORMAT, "key": key,
+        "modules": [[name, vars(m).get("__file__"), vars(m).get("__path__")] for name, m in packages.items()],
+        "links": {executable_path: resolved} if resolved else {},
+        "stamps": {path: _stamp(path, now) for path in sorted(watched)},
+        "versions": {},
+    }
+
+
+def _versions(orig: Callable[[str, str], Any], entry: Dict[str, Any], executable_path: str,
+              script: str) -> Any:
+    """The versions found by importing each dependency: valid while the scan they follow is."""
+    key = _key(executable_path, script)
+    if key in entry["versions"]:
+        return ast.literal_eval(entry["versions"][key])
+    versions = orig(executable_path, script)
+    try:
+        text = repr(versions)
+        if ast.literal_eval(text) != versions:
+            return versions
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return versions  # not a plain literal: asked again next time
+    entry["versions"][key] = text
+    _store(entry)
+    return versions
+
+
+def _lookup(key: str) -> Optional[Dict[str, Any]]:
+    """The valid entry for ``key``: this process's, else the project's memo file's."""
+    with _lock:
+        entry = _memo.get(key)
+    if entry is not None and _valid(entry):
+        return entry
+    entry = _read(key)
+    if entry is not None and _valid(entry):
+        with _lock:
+            _memo[key] = entry
+        return entry
+    with _lock:
+        _memo.pop(key, None)
+    return None
+
+
+def _memo_file(key: str) -> Optional[str]:
+    project = getattr(_project, "path", None)
+    if not project:
+        return None
+    return os.path.join(project, SMT_DIR, MEMO_DIR, f"scan-{key[:32]}.json")
+
+
+def _read(key: str) -> Optional[Dict[str, Any]]:
+    path = _memo_file(key)
+    if path is None:
+        return None
+    try:
+        with open(path) as text:
+            entry = json.load(text)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(entry, dict) or entry.get("format") != _FORMAT or entry.get("key") != key:
+        return None
+    stats["memo_read"] += 1
+    return entry
+
+
+def _store(entry: Dict[str, Any]) -> None:
+    """Keep ``entry`` in this process and in the project's memo file (last writer wins; a reader
+    sees one whole file; a folder the user may not write keeps no file)."""
+    with _lock:
+        _memo[entry["key"]] = entry
+    path = _memo_file(entry["key"])
+    if path is None:
+        return
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with AtomicFile(path, "w", cache=True, encoding="utf-8") as out:
+            json.dump(entry, out)
+        stats["memo_written"] += 1
+    except OSError:
+        pass  # a cache: the next process scans again
+
+
+# --- the executable and the platform --------------------------------------------------------------
+
+_versions_seen: Dict[Tuple[str, str], Tuple[Optional[str], Any, Any]] = {}
+
+
+def executable_version(orig: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``Executable._get_version``: upstream runs ``<path> --version`` in a subprocess for every
+    Executable made (``@smt_logged`` makes one per call). Reused while the path resolves to the same
+    file with the same stat."""
+    @functools.wraps(orig)
+    def version(self: Any) -> Any:
+        path = self.path
+        if not enabled() or not isinstance(path, str) or not os.path.isabs(path):
+            return orig(self)
+        key = (type(self).__qualname__, path)
+        resolved = os.path.realpath(path)
+        known = _versions_seen.get(key)
+        if known is not None and known[0] == resolved and _same(resolved, known[1]):
+            return known[2]
+        stamp = _stamp(resolved, time.time_ns())
+        found = orig(self)
+        _versions_seen[key] = (resolved, stamp, found)
+        return found
+    return version
+
+
+_platform: Dict[str, Any] = {}
+
+
+def platform_information(orig: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``LaunchMode.get_platform_information`` of a serial launch: upstream runs ``file -b`` and
+    ``uname -p`` and probes an outside address over HTTP (1 s timeout) for every record. The host's
+    answer is taken once per process."""
+    @functools.wraps(orig)
+    def information(self: Any) -> Any:
+        if not enabled() or type(self).get_platform_information is not information:
+            return orig(self)  # a launch mode with its own way (MPI: the remote nodes)
+        with _lock:
+            if "serial" not in _platform:
+                _platform["serial"] = orig(self)
+            return copy.deepcopy(_platform["serial"])
+    return information

@@ -1,0 +1,352 @@
+"""The provenance memo: a record made with the memo warm equals plain Sumatra's, every change that
+would alter Sumatra's answer makes the next record equal plain Sumatra's again, and `smt run`
+processes share the memo (one after another, and eight at once).
+
+Two long-lived workers make records in the same project, one plain Sumatra, one with smtlock; each
+record is compared field by field (all but label, timestamp, duration). The smtlock worker reports
+provenance.stats, so each test also shows the memo was used before the change and not after.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import pytest
+
+from smtlock.burst import _smt, make_project, start_together
+from smtlock.provenance import MEMO_DIR
+
+BIN = os.path.dirname(sys.executable)
+GIT = ["git", "-c", "user.name=smtlock", "-c", "user.email=smtlock@localhost"]
+PYENV = Path.home() / ".pyenv" / "versions"
+
+WORKER = r'''
+import json, os, sys
+if os.environ["WITH_SMTLOCK"] == "1":
+    import smtlock
+    from smtlock import provenance
+from sumatra.programs import PythonExecutable
+from sumatra.projects import load_project
+
+def plain(x, depth=0):
+    if isinstance(x, (str, int, float, bool, type(None))) or depth > 6:
+        return x if depth <= 6 else repr(x)
+    if isinstance(x, dict):
+        return {str(k): plain(v, depth + 1) for k, v in sorted(x.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(x, (list, tuple)):
+        return [plain(v, depth + 1) for v in x]
+    if isinstance(x, (set, frozenset)):
+        return sorted(plain(v, depth + 1) for v in x)
+    state = x.__getstate__() if hasattr(x, "__getstate__") else vars(x)
+    return {"type": type(x).__name__, **plain(state if isinstance(state, dict) else {"state": state}, depth + 1)}
+
+project = load_project()
+for line in sys.stdin:
+    ask = json.loads(line)
+    record = project.new_record(main_file=ask["main"], executable=PythonExecutable(path=ask["python"]))
+    fields = {k: v for k, v in vars(record).items() if k not in ("label", "timestamp", "duration")
+              and not k.startswith("_smtlock")}
+    fields["dependencies"] = [[d.name, d.path, d.version, d.diff, d.source, d.module]
+                              for d in record.dependencies]
+    if ask.get("write"):  # the simulation writes a file, right after its record
+        with open(ask["write"][0], "w") as f:
+            f.write(ask["write"][1])
+    stats = dict(provenance.stats) if os.environ["WITH_SMTLOCK"] == "1" else {}
+    print(json.dumps({"fields": plain(fields), "stats": stats}), flush=True)
+'''
+
+MAIN = "import helper\nimport localpkg\nimport metapkg\nimport shadowed\n"
+HELPER = "import attrpkg\n"
+
+
+def wheel(where: Path, version: str) -> Path:
+    """A real wheel of the tiny package ``metapkg``, versioned only by its distribution's metadata."""
+    path = where / f"metapkg-{version}-py3-none-any.whl"
+    info = f"metapkg-{version}.dist-info"
+    files = {
+        "metapkg/__init__.py": "from importlib.metadata import version\n__version__ = version('metapkg')\n",
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: metapkg\nVersion: {version}\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    with zipfile.ZipFile(path, "w") as whl:
+        for name, text in files.items():
+            whl.writestr(name, text)
+        whl.writestr(f"{info}/RECORD", "".join(f"{name},,\n" for name in files) + f"{info}/RECORD,,\n")
+    return path
+
+
+def pip_install(whl: Path, site: Path) -> None:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--upgrade",
+                    "--disable-pip-version-check", "--target", str(site), str(whl)], check=True,
+                   capture_output=True)
+
+
+def write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+class Workers:
+    """A plain Sumatra worker and a smtlock worker making records in one project, on request."""
+
+    def __init__(self, project: Path, env: Dict[str, str]) -> None:
+        self.procs = {name: subprocess.Popen([sys.executable, "-c", WORKER], cwd=project, text=True,
+                                             env={**env, "WITH_SMTLOCK": flag}, stdin=subprocess.PIPE,
+                                             stdout=subprocess.PIPE)
+                      for name, flag in (("plain", "0"), ("memo", "1"))}
+
+    def record(self, name: str, main: str, python: str, write: Optional[List[str]] = None) -> Dict[str, Any]:
+        proc = self.procs[name]
+        assert proc.stdin and proc.stdout
+        proc.stdin.write(json.dumps({"main": main, "python": python, "write": write}) + "\n")
+        proc.stdin.flush()
+        line = proc.stdout.readline()
+        assert line, f"the {name} worker ended (exit {proc.wait()})"
+        return json.loads(line)
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            if proc.stdin:
+                proc.stdin.close()
+            proc.wait(timeout=60)
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Any:
+    """A project whose main.py imports a local module (which imports a package with __version__), a
+    local package under version control with uncommitted changes, a package versioned only by its
+    metadata (pip-installed into a folder on PYTHONPATH) and a package a later module may shadow."""
+    project = make_project(tmp_path / "project")
+    write(project / "main.py", MAIN)
+    write(project / "helper.py", HELPER)
+    write(project / "localpkg" / "__init__.py", "VALUE = 1\n")
+    subprocess.run(GIT + ["add", "main.py", "helper.py", "localpkg"], cwd=project, check=True)
+    subprocess.run(GIT + ["commit", "-qm", "code"], cwd=project, check=True)
+    write(project / "localpkg" / "__init__.py", "VALUE = 2  # not committed\n")
+    _smt(["configure", "--on-changed", "store-diff"], project)
+    site = tmp_path / "site"
+    write(site / "attrpkg" / "__init__.py", "__version__ = '1.2.3'\n")
+    write(site / "othrpkg" / "__init__.py", "__version__ = '4.5.6'\n")
+    write(site / "shadowed" / "__init__.py", "__version__ = 'site'\n")
+    write(site / "interppkg" / "__init__.py", "import sys\n__version__ = '%d.%d' % sys.version_info[:2]\n")
+    pip_install(wheel(tmp_path, "1.0"), site)
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    env.pop("SMTLOCK_MEMO", None)
+    workers = Workers(project, env)
+    yield project, site, workers, tmp_path
+    workers.close()
+
+
+def both(workers: Workers, main: str = "main.py", python: str = sys.executable,
+         write: Optional[List[str]] = None) -> tuple:
+    """One record from each worker: plain Sumatra's fields, smtlock's fields and its stats."""
+    plain = workers.record("plain", main, python)
+    memo = workers.record("memo", main, python, write)
+    return plain["fields"], memo["fields"], memo["stats"]
+
+
+def deps(fields: Dict[str, Any]) -> Dict[str, List[Any]]:
+    return {d[0]: d[1:] for d in fields["dependencies"]}
+
+
+def test_a_record_with_the_memo_warm_is_plain_sumatras(setup: Any) -> None:
+    project, site, workers, _ = setup
+    both(workers)  # the first record scans
+    plain, memo, stats = both(workers)
+    assert stats["reused"] == 1 and stats["scans"] == 1
+    assert memo == plain
+    found = deps(memo)
+    assert found["attrpkg"][:2] == [str(site / "attrpkg"), "1.2.3"]  # through the local module
+    assert found["metapkg"][:2] == [str(site / "metapkg"), "1.0"]  # only its metadata says so
+    assert found["localpkg"][1] == memo["version"] and "not committed" in found["localpkg"][2]
+    assert "not committed" in memo["diff"]
+    assert memo["executable"]["version"] and memo["platforms"] and memo["main_file"] == "main.py"
+
+
+def _edit_module(project: Path, site: Path, tmp: Path) -> None:
+    write(project / "helper.py", "import othrpkg\n")
+
+
+def _install_another_version(project: Path, site: Path, tmp: Path) -> None:
+    # pip install --target --upgrade leaves the old dist-info beside the new one, and pip uninstall
+    # refuses a folder outside its environment: the old version's files go first, as uninstall would
+    shutil.rmtree(site / "metapkg-1.0.dist-info")
+    pip_install(wheel(tmp, "2.0"), site)
+
+
+def _only_the_metadata_changes(project: Path, site: Path, tmp: Path) -> None:
+    (site / "metapkg-1.0.dist-info").rename(site / "metapkg-3.0.dist-info")
+    write(site / "metapkg-3.0.dist-info" / "METADATA", "Metadata-Version: 2.1\nName: metapkg\nVersion: 3.0\n")
+
+
+def _shadow(project: Path, site: Path, tmp: Path) -> None:
+    write(project / "shadowed" / "__init__.py", "__version__ = 'project'\n")
+
+
+def _commit(project: Path, site: Path, tmp: Path) -> None:
+    write(project / "localpkg" / "__init__.py", "VALUE = 3\n")
+    subprocess.run(GIT + ["commit", "-qam", "three"], cwd=project, check=True)
+
+
+def _commit_as_it_is(project: Path, site: Path, tmp: Path) -> None:
+    subprocess.run(GIT + ["commit", "-qam", "two"], cwd=project, check=True)
+
+
+CHANGES: Dict[str, Callable[[Path, Path, Path], None]] = {
+    "edit a local module": _edit_module,
+    "install another version": _install_another_version,
+    "only the metadata changes": _only_the_metadata_changes,
+    "a module shadows one found": _shadow,
+    "change and commit a tracked file": _commit,
+    "commit the uncommitted change": _commit_as_it_is,
+}
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_a_change_makes_the_next_record_plain_sumatras_again(setup: Any, change: str) -> None:
+    project, site, workers, tmp = setup
+    both(workers)
+    before, memo, stats = both(workers)
+    assert memo == before and stats["reused"] == 1
+    CHANGES[change](project, site, tmp)
+    plain, memo, stats = both(workers)
+    assert plain != before  # the change shows in plain Sumatra's record...
+    assert memo == plain  # ...and in smtlock's, the first one after it
+    if change != "commit the uncommitted change":  # what the scan read changed: it ran again
+        assert stats["scans"] == 2 and stats["reused"] == 1
+    else:  # no module file changed: the scan was reused, version control asked again (as upstream)
+        assert stats["reused"] == 2
+        assert deps(memo)["localpkg"][1:3] == [memo["version"], ""] and memo["version"] != before["version"]
+
+
+def test_a_simulation_that_writes_a_tracked_file(setup: Any) -> None:
+    """The run rewrites the tracked helper.py right after its record, with content of the same size
+    (it may share the timestamp the memo's stat saw)."""
+    project, site, workers, _ = setup
+    both(workers)
+    new = "import othrpkg\n"
+    assert len(new) == len(HELPER)
+    before, memo, _ = both(workers, write=[str(project / "helper.py"), new])
+    assert memo == before
+    plain, memo, stats = both(workers)
+    assert "othrpkg" in deps(plain) and "attrpkg" not in deps(plain) and "helper.py" in plain["diff"]
+    assert memo == plain and stats["scans"] == 2
+
+
+def test_another_interpreter_at_the_same_path(setup: Any) -> None:
+    """The record's executable is a link; pointing it to another Python changes its version and the
+    version a dependency computes from it."""
+    project, site, workers, tmp = setup
+    pythons = sorted(PYENV.glob("3.1[12].*/bin/python3.1[12]"))
+    if len(pythons) < 2:
+        pytest.skip("needs pyenv's Python 3.11 and 3.12")
+    write(project / "interp.py", "import interppkg\n")
+    subprocess.run(GIT + ["add", "interp.py"], cwd=project, check=True)
+    link = tmp / "bin" / "python"
+    link.parent.mkdir()
+    link.symlink_to(pythons[0])
+    both(workers, "interp.py", str(link))
+    before, memo, stats = both(workers, "interp.py", str(link))
+    assert memo == before and stats["reused"] == 1
+    link.unlink()
+    link.symlink_to(pythons[1])
+    plain, memo, stats = both(workers, "interp.py", str(link))
+    assert plain["executable"]["version"] != before["executable"]["version"]
+    assert deps(plain)["interppkg"][1] != deps(before)["interppkg"][1]
+    assert memo == plain and stats["scans"] == 2
+
+
+# --- across processes: smt run ------------------------------------------------------------------------
+
+COUNTING_PYTHON = """#!/bin/sh
+[ $# -eq 0 ] && echo scan >> {log}
+exec {python} "$@"
+"""
+
+
+def _smt_run_project(tmp_path: Path) -> tuple:
+    """A project with the plugin enabled whose executable is a wrapper that logs each scan it runs
+    (Sumatra's scans feed their script on stdin: no arguments)."""
+    project = make_project(tmp_path / "project", plugin=True)
+    write(project / "main.py", "import helper\n")
+    write(project / "helper.py", HELPER)
+    subprocess.run(GIT + ["add", "main.py", "helper.py"], cwd=project, check=True)
+    subprocess.run(GIT + ["commit", "-qm", "code"], cwd=project, check=True)
+    site = tmp_path / "site"
+    write(site / "attrpkg" / "__init__.py", "__version__ = '1.2.3'\n")
+    log = tmp_path / "scans.log"
+    python = tmp_path / "bin" / "python"
+    write(python, COUNTING_PYTHON.format(log=log, python=sys.executable))
+    python.chmod(0o755)
+    env = {**os.environ, "PYTHONPATH": str(site), "PATH": BIN + os.pathsep + os.environ["PATH"]}
+    env.pop("SMTLOCK_MEMO", None)
+    return project, env, log, str(python)
+
+
+def _records(project: Path) -> List[Dict[str, Any]]:
+    code = ("import json; from sumatra.projects import load_project; p = load_project(); "
+            "print(json.dumps([[r.label, [[d.name, d.path, d.version, d.diff, d.source] for d in "
+            "r.dependencies], r.parameters.as_dict()] for r in p.find_records()]))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=project, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)
+
+
+def test_two_smt_runs_in_a_row_share_the_scan(tmp_path: Path) -> None:
+    project, env, log, python = _smt_run_project(tmp_path)
+    for job in range(2):
+        subprocess.run(["smt", "run", "-e", python, "params.txt", f"job={job}"], cwd=project, env=env,
+                       check=True, capture_output=True)
+        assert log.read_text().split() == ["scan", "scan"]  # the second process ran no scan
+    memo_files = list((project / ".smt" / MEMO_DIR).glob("scan-*.json"))
+    assert len(memo_files) == 1
+    first, second = sorted(_records(project), key=lambda r: r[2]["job"])
+    assert first[1] == second[1] and [d[0] for d in first[1]] == ["attrpkg"]
+    env["SMTLOCK_MEMO"] = "0"  # off: the scan runs again
+    subprocess.run(["smt", "run", "-e", python, "params.txt", "job=2"], cwd=project, env=env, check=True,
+                   capture_output=True)
+    assert log.read_text().split() == ["scan"] * 4
+
+
+JOB = """
+import os, sys
+from sumatra.cli import smt
+os.write(int(sys.argv[1]), b"r")
+os.read(int(sys.argv[2]), 1)
+sys.argv = ["smt", "run", "-e", sys.argv[4], "params.txt", "job=" + sys.argv[3]]
+sys.exit(smt())
+"""
+
+
+def test_eight_smt_runs_at_once_share_the_memo(tmp_path: Path) -> None:
+    project, env, log, python = _smt_run_project(tmp_path)
+    subprocess.run(["smt", "run", "-e", python, "params.txt", "job=0"], cwd=project, env=env, check=True,
+                   capture_output=True)
+    write(project / "helper.py", "import attrpkg\nimport shadowed\n")  # every job of the burst scans again
+    write(tmp_path / "site" / "shadowed" / "__init__.py", "__version__ = '7'\n")
+    subprocess.run(GIT + ["commit", "-qam", "more"], cwd=project, check=True)
+    jobs = range(1, 9)
+    commands = [[sys.executable, "-c", JOB, "{ready}", "{go}", str(job), python] for job in jobs]
+    logs = [tmp_path / f"job{job}.log" for job in jobs]
+    burst = start_together(commands, logs, cwd=project, env=env)
+    assert burst["codes"] == {i: 0 for i in range(8)}, [p.read_text()[-800:] for p in logs]
+    records = _records(project)
+    assert sorted(r[2]["job"] for r in records) == list(range(9))
+    expected = [["attrpkg", str(tmp_path / "site" / "attrpkg"), "1.2.3", "", "attribute"],
+                ["shadowed", str(tmp_path / "site" / "shadowed"), "7", "", "attribute"]]
+    assert all(sorted(r[1]) == expected for r in records if r[2]["job"] > 0)
+    memo_dir = project / ".smt" / MEMO_DIR
+    assert [p.name for p in memo_dir.iterdir() if not p.name.startswith("scan-")] == []  # no temporary file
+    for memo_file in memo_dir.iterdir():
+        json.loads(memo_file.read_text())  # whole
+    scans = len(log.read_text().split())
+    subprocess.run(["smt", "run", "-e", python, "params.txt", "job=9"], cwd=project, env=env, check=True,
+                   capture_output=True)
+    assert len(log.read_text().split()) == scans  # the burst's memo is reused
+    shutil.rmtree(memo_dir)
