@@ -16,7 +16,7 @@ import time
 from typing import Any, Callable, Dict, Iterator, Optional, Set, Tuple
 from urllib.parse import quote
 
-from . import postgres, rows
+from . import postgres, rows, uniques
 from .backends import connection_trouble
 from .filesystem import is_shared
 from .hostclaim import one_host
@@ -433,6 +433,15 @@ def _add_label_index(connection: Any) -> None:
             pass
 
 
+def _add_unique_indexes(connection: Any) -> None:
+    """Add the missing unique indexes (:mod:`smtlock.uniques`) without waiting for a busy store; a
+    table with duplicate rows refuses its index until ``smtlock doctor --repair`` merges them."""
+    names = uniques.to_add(connection)
+    if names:
+        with connection.cursor() as cursor, _not_waiting(cursor, connection.vendor):
+            uniques.add(connection, names)
+
+
 @contextlib.contextmanager
 def _not_waiting(cursor: Any, vendor: str) -> Iterator[None]:
     """Statements run inside fail at once, rather than wait, when another connection holds a lock
@@ -455,7 +464,8 @@ def _not_waiting(cursor: Any, vendor: str) -> Iterator[None]:
 
 def create_databases(self: Any) -> None:
     """Run Sumatra's ``migrate`` only when a database needs it, and under the store's lock; then add
-    the label index (:data:`LABEL_INDEX`) where it is missing.
+    the label index (:data:`LABEL_INDEX`) and the unique indexes (:mod:`smtlock.uniques`) where they
+    are missing.
 
     Upstream migrates on first use in every process: a burst on a new store races to create the
     same tables, and every process pays for it.
@@ -471,7 +481,8 @@ def create_databases(self: Any) -> None:
         return False
 
     def unindexed() -> list:
-        return [label for label in self._settings["DATABASES"] if _label_index_missing(connections[label])]
+        return [label for label in self._settings["DATABASES"]
+                if _label_index_missing(connections[label]) or uniques.to_add(connections[label])]
 
     def close() -> None:  # a job waiting for the lock must not sit on one of the server's few connections
         for label, settings in self._settings["DATABASES"].items():
@@ -491,6 +502,7 @@ def create_databases(self: Any) -> None:
                 original("DjangoConfiguration._create_databases")(self)
             for label in connecting(unindexed, "default"):
                 _add_label_index(connections[label])
+                _add_unique_indexes(connections[label])
     finally:
         close()
 

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List
 
-from . import djangostore
+from . import djangostore, uniques
 from .backends import CLOCK_SLOP_S, FILE_MODE, HOLDER_SUFFIX, Holder, LeaseBackend, PostgresBackend, probe
 from .errors import StoreError
 from .filesystem import mount_of
@@ -67,8 +67,7 @@ def _exit_status(findings: List[Finding]) -> int:
 
 def _identity_fields(model: Any) -> list:
     """The columns get_or_create matches on: every concrete column but the key and record links."""
-    return [f.attname for f in model._meta.concrete_fields
-            if not f.primary_key and f.name != "output_from_record"]
+    return [f.attname for f in uniques.identity_fields(model)]
 
 
 def _duplicate_groups(store: Any, model: Any) -> List[List[int]]:
@@ -204,6 +203,34 @@ def _check_duplicates(store: Any, repair: bool) -> Finding:
     merge_duplicate_rows(store)
     return Finding("duplicate rows", REPAIRED, f"merged {total} extra rows ({names}); no record deleted",
                    total)
+
+
+def _check_uniques(store: Any, repair: bool, duplicates_left: bool) -> Finding:
+    """Sumatra's get_or_create tables with smtlock's unique indexes (:mod:`smtlock.uniques`): without
+    them a writer not under smtlock's lock (a plain-Sumatra folder, smtweb) can add duplicate rows."""
+    from django.db import connections
+    connection = connections[store._db_label]
+    absent = uniques.missing(connection)
+    if not absent:
+        return Finding("unique indexes", OK, f"Sumatra's {len(uniques.UNIQUE_MODELS)} get_or_create tables (the "
+                       "records' labels included) have unique indexes: no writer can add a duplicate row")
+    tables, n = ", ".join(absent), len(absent)
+    risk = f"{n} tables lack smtlock's unique index ({tables}): a writer without smtlock can add duplicate rows"
+    if duplicates_left:
+        return Finding("unique indexes", WARN, f"{risk}; they are added once the duplicate rows are merged "
+                       "and shared labels are given their own (`--repair`)", n)
+    if not uniques.may_add(connection):
+        return Finding("unique indexes", WARN, f"{risk}; this role may not add them (it does not own the "
+                       "tables): their owner can, with `smtlock doctor --repair`", n)
+    if not repair:
+        return Finding("unique indexes", WARN, f"{risk}; `--repair` adds them", n)
+    outcome = uniques.add(connection, absent)
+    refused = {name: why for name, why in outcome.items() if why != "added"}
+    if refused:
+        return Finding("unique indexes", PROBLEM, "could not add the unique index of " + "; ".join(
+            f"{name} ({why})" for name, why in sorted(refused.items())), len(refused))
+    return Finding("unique indexes", REPAIRED, f"added the unique index of {n} tables ({tables}): no writer can "
+                   "add a duplicate row now", n)
 
 
 def _check_labels(store: Any, project_name: str, repair: bool) -> Finding:
@@ -384,6 +411,7 @@ def _store_checks(project: Any, store: Any, repair: bool) -> List[Finding]:
         with transaction.atomic(using=store._db_label):
             findings.append(_check_duplicates(store, repair))
             findings.append(_check_labels(store, project.name, repair))
+            findings.append(_check_uniques(store, repair, PROBLEM in (findings[-1].status, findings[-2].status)))
     elif hasattr(store, "_shelf_name"):
         findings.append(_check_shelve(store, project.name))
     findings.append(_check_running(project, repair))

@@ -63,7 +63,7 @@ def test_poisoned_postgres_store_is_repaired(pg, pg_uri: str, tmp_path: Path) ->
     assert found["duplicate rows"]["status"] == "problem" and "Executable" in found["duplicate rows"]["detail"]
     assert found["shared labels"]["status"] == "problem"
     code, found = doctor(project, "--repair")
-    assert code == 0 and found["duplicate rows"]["status"] == "repaired"
+    assert code == 0 and found["duplicate rows"]["status"] == "repaired", found
     assert found["shared labels"]["status"] == "repaired"
     assert pg.sql(COUNT, db)[0][0] == rows_before  # no record row deleted
     labels = pg.sql("SELECT label FROM django_store_record", db)
