@@ -1,0 +1,230 @@
+"""The same sweep of short calls under ``@smt_logged``, under MLflow and untracked, side by side.
+
+    python benchmarks/sweep.py [--workers 2 8] [--calls 16 32] [--repeats 1] [--label now]
+                                                        (adds to benchmarks/sweep.json)
+
+Needs MLflow: ``pip install -e '.[bench]'``. Each tracker gets a project of its own in a temporary
+folder, made as a user makes one: for ``@smt_logged`` a git repository, ``smt init`` (Sumatra's
+default SQLite store) and the task module committed; for MLflow an SQLite tracking store
+(``sqlite:///.../mlflow.db``), created before the workers start (two workers creating one at once
+crash in its schema migration). The task takes a parameter and gives a metric and does nothing else:
+``@smt_logged`` records the call (its argument, what it prints, its duration); MLflow's ``start_run``,
+``log_param``, ``log_metric``. For each pool size W and its call count C, a fork pool of W workers is
+started and each worker makes one call (imports, connections, first queries) before the clock starts;
+then the pool makes C calls. Every run is counted afterwards: a call whose record or run is missing
+fails the benchmark. Calls/s is C / wall time; the ratio is each tracker's calls/s over MLflow's.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, List
+
+ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+
+from smtlock.burst import make_project  # noqa: E402
+
+GIT = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
+TRACKERS = ("smt_logged", "mlflow", "untracked")
+
+# One module per tracker, so Sumatra's dependency scan of the task's file sees only what that file
+# imports (ModuleFinder finds imports inside functions too).
+TASKS = {
+    "smt_logged": '''"""A short call recorded by @smt_logged."""
+from smtlock import smt_logged
+
+
+@smt_logged
+def task(x):
+    y = 2 * x + 1
+    print(f"y={y}")
+    return y
+''',
+    "mlflow": '''"""The same short call tracked by MLflow."""
+import mlflow
+
+
+def task(x):
+    y = 2 * x + 1
+    with mlflow.start_run():
+        mlflow.log_param("x", x)
+        mlflow.log_metric("y", y)
+    return y
+''',
+    "untracked": '''"""The same short call, untracked."""
+
+
+def task(x):
+    y = 2 * x + 1
+    return y
+''',
+}
+
+
+def make_folders(base: Path) -> Dict[str, Path]:
+    """A folder per tracker, with its task module; the Sumatra project made as a user makes it."""
+    folders = {}
+    for tracker, source in TASKS.items():
+        folder = base / tracker
+        if tracker == "smt_logged":
+            make_project(folder)  # git init, main.py committed, `smt init` by plain Sumatra
+        else:
+            folder.mkdir(parents=True)
+        (folder / "sweep_task.py").write_text(source)
+        if tracker == "smt_logged":
+            subprocess.run(GIT + ["add", "sweep_task.py"], cwd=folder, check=True)
+            subprocess.run(GIT + ["commit", "-qm", "sweep task"], cwd=folder, check=True)
+        if tracker == "mlflow":
+            _python("import mlflow; mlflow.set_tracking_uri(sys.argv[1]); mlflow.search_experiments()",
+                    folder, mlflow_uri(folder))
+        folders[tracker] = folder
+    return folders
+
+
+def mlflow_uri(folder: Path) -> str:
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def _python(code: str, cwd: Path, *args: str) -> str:
+    done = subprocess.run([sys.executable, "-c", "import sys\n" + code, *args], cwd=cwd, capture_output=True,
+                          text=True)
+    if done.returncode:
+        raise RuntimeError(f"{code!r} failed in {cwd}:\n{done.stdout}{done.stderr}")
+    return done.stdout
+
+
+def count(tracker: str, folder: Path) -> Dict[str, int]:
+    """What the tracker kept: records (distinct labels) or runs."""
+    if tracker == "smt_logged":
+        labels = json.loads(_python("import json; from sumatra.projects import load_project; "
+                                    "print(json.dumps(load_project().get_labels()))", folder))
+        return {"kept": len(labels), "distinct": len(set(labels))}
+    if tracker == "mlflow":
+        ids = json.loads(_python("import json, mlflow; mlflow.set_tracking_uri(sys.argv[1]); "
+                                 "print(json.dumps(list(mlflow.search_runs(search_all_experiments=True)"
+                                 "['run_id'])))", folder, mlflow_uri(folder)))
+        return {"kept": len(ids), "distinct": len(set(ids))}
+    return {}
+
+
+def one_run(tracker: str, folder: Path, workers: int, calls: int) -> dict:
+    """One timed pool in a fresh process (this one imports neither MLflow nor Django)."""
+    out = subprocess.run([sys.executable, __file__, "--pool", tracker, str(workers), str(calls)], cwd=folder,
+                         capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"{tracker} pool of {workers} failed:\n{out.stdout[-2000:]}{out.stderr[-4000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# --- in the pool's process --------------------------------------------------------------------------
+
+_task: Callable = None  # type: ignore[assignment]
+
+
+def _warm(barrier: "multiprocessing.synchronize.Barrier", uri: str) -> None:
+    """Each worker: import the task, make one call, wait until every worker has."""
+    global _task
+    if uri:
+        import mlflow
+        mlflow.set_tracking_uri(uri)
+    sys.path.insert(0, os.getcwd())
+    from sweep_task import task
+    _task = task
+    task(-1 - os.getpid())
+    barrier.wait()
+
+
+def _call(x: int) -> int:
+    return _task(x)
+
+
+def pool(tracker: str, workers: int, calls: int) -> dict:
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(workers + 1)
+    uri = mlflow_uri(Path.cwd()) if tracker == "mlflow" else ""
+    with context.Pool(workers, initializer=_warm, initargs=(barrier, uri)) as workers_pool:
+        barrier.wait(timeout=600)  # every worker warm
+        start = time.perf_counter()
+        results = workers_pool.map(_call, range(calls), chunksize=1)
+        wall = time.perf_counter() - start
+    assert results == [2 * x + 1 for x in range(calls)], results
+    return {"wall_s": round(wall, 3), "calls_per_s": round(calls / wall, 2)}
+
+
+# --- the benchmark ----------------------------------------------------------------------------------
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, nargs="+", default=[2, 8])
+    parser.add_argument("--calls", type=int, nargs="+", default=[16, 32], help="calls for each pool size")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--trackers", nargs="+", default=list(TRACKERS), choices=TRACKERS)
+    parser.add_argument("--label", default="now")
+    parser.add_argument("--pool", nargs=3, help=argparse.SUPPRESS)  # tracker workers calls: one timed pool
+    args = parser.parse_args()
+    if args.pool:
+        print(json.dumps(pool(args.pool[0], int(args.pool[1]), int(args.pool[2]))))
+        return
+    if len(args.calls) == 1:
+        args.calls = args.calls * len(args.workers)
+    import mlflow
+    sizes: List[dict] = []
+    with tempfile.TemporaryDirectory(prefix="smtlock-sweep-") as tmp:
+        folders = make_folders(Path(tmp))
+        expected = {tracker: 0 for tracker in args.trackers}
+        for workers, calls in zip(args.workers, args.calls):
+            size: dict = {"workers": workers, "calls": calls}
+            for repeat in range(args.repeats):
+                for tracker in args.trackers:  # interleaved, so a busy minute hits each alike
+                    run = one_run(tracker, folders[tracker], workers, calls)
+                    size.setdefault(tracker, {"runs": []})["runs"].append(run)
+                    expected[tracker] += calls + workers  # one warm-up call per worker
+                    print(json.dumps({"workers": workers, "tracker": tracker, "repeat": repeat, **run}),
+                          flush=True)
+            for tracker in args.trackers:
+                rates = [run["calls_per_s"] for run in size[tracker]["runs"]]
+                size[tracker]["calls_per_s"] = round(statistics.median(rates), 2)
+            if "mlflow" in args.trackers:
+                for tracker in args.trackers:
+                    size[tracker]["vs_mlflow"] = round(size[tracker]["calls_per_s"] / size["mlflow"]["calls_per_s"],
+                                                       3)
+            sizes.append(size)
+        for tracker in ("smt_logged", "mlflow"):
+            if tracker in args.trackers:
+                kept = count(tracker, folders[tracker])
+                assert kept == {"kept": expected[tracker], "distinct": expected[tracker]}, (tracker, kept, expected)
+    command = ["python benchmarks/sweep.py", "--workers", *map(str, args.workers), "--calls", *map(str, args.calls),
+               "--repeats", str(args.repeats), "--label", args.label]
+    result = {"command": " ".join(command),
+              "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
+              "mlflow": mlflow.__version__, "all_kept": True, "sizes": sizes}
+    print(table(result))
+    out = HERE / "sweep.json"
+    runs = json.loads(out.read_text()) if out.exists() else {}
+    runs[args.label] = result
+    out.write_text(json.dumps(runs, indent=1) + "\n")
+
+
+def table(result: dict) -> str:
+    lines = ["workers  calls  tracker     calls/s  vs MLflow"]
+    for size in result["sizes"]:
+        for tracker in TRACKERS:
+            if tracker in size:
+                lines.append(f"{size['workers']:7}  {size['calls']:5}  {tracker:10}  {size[tracker]['calls_per_s']:7}  "
+                             f"{size[tracker].get('vs_mlflow', '-'):>9}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
