@@ -2,6 +2,7 @@
 
     python benchmarks/sweep.py [--workers 2 8] [--calls 16 32] [--repeats 1] [--label now]
                                                         (adds to benchmarks/sweep.json)
+    python benchmarks/sweep.py --profile 20             (where one @smt_logged call's time goes)
 
 Needs MLflow: ``pip install -e '.[bench]'``. Each tracker gets a project of its own in a temporary
 folder, made as a user makes one: for ``@smt_logged`` a git repository, ``smt init`` (Sumatra's
@@ -13,6 +14,8 @@ crash in its schema migration). The task takes a parameter and gives a metric an
 started and each worker makes one call (imports, connections, first queries) before the clock starts;
 then the pool makes C calls. Every run is counted afterwards: a call whose record or run is missing
 fails the benchmark. Calls/s is C / wall time; the ratio is each tracker's calls/s over MLflow's.
+``--profile N``: one process, one warm-up call, then N ``@smt_logged`` calls under cProfile; prints
+each part's milliseconds per call (cumulative, so nested parts are inside their callers).
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, Iterable, List
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
@@ -72,10 +75,11 @@ def task(x):
 }
 
 
-def make_folders(base: Path) -> Dict[str, Path]:
+def make_folders(base: Path, trackers: Iterable[str] = TRACKERS) -> Dict[str, Path]:
     """A folder per tracker, with its task module; the Sumatra project made as a user makes it."""
     folders = {}
-    for tracker, source in TASKS.items():
+    for tracker in trackers:
+        source = TASKS[tracker]
         folder = base / tracker
         if tracker == "smt_logged":
             make_project(folder)  # git init, main.py committed, `smt init` by plain Sumatra
@@ -162,6 +166,66 @@ def pool(tracker: str, workers: int, calls: int) -> dict:
     return {"wall_s": round(wall, 3), "calls_per_s": round(calls / wall, 2)}
 
 
+# --- one call, profiled ----------------------------------------------------------------------------
+
+#: (what, file ending, function): the parts of a call, cumulative ms per call
+PARTS = [
+    ("the whole call", "smtlock/decorator.py", "_record_call"),
+    ("  load the project (load_project)", "sumatra/projects.py", "load_project"),
+    ("  Project.new_record", "sumatra/projects.py", "new_record"),
+    ("    update_code (VCS)", "sumatra/projects.py", "update_code"),
+    ("    add_record (write 1)", "smtlock/patches.py", "add_record"),
+    ("    Record.register", "sumatra/records.py", "register"),
+    ("      dependency scan", "sumatra/dependency_finder/__init__.py", "find_dependencies"),
+    ("      platform information", "sumatra/launch.py", "get_platform_information"),
+    ("  PythonExecutable(): its version", "sumatra/programs.py", "_get_version"),
+    ("  save_record (writes 2 and 3)", "smtlock/patches.py", "save_record"),
+    ("  find_new_data", "sumatra/datastore/filesystem.py", "find_new_data"),
+    ("  Project.save (.smt/project)", "sumatra/projects.py", "save"),
+    ("every git command (GitPython)", "git/cmd.py", "execute"),
+    ("every subprocess, waited for", "subprocess.py", "communicate"),
+    ("every record write (lock held)", "smtlock/patches.py", "_write"),
+    ("every SMTLock acquire", "smtlock/lock.py", "acquire"),
+]
+
+
+def profile(calls: int) -> str:
+    """N warm @smt_logged calls in this process under cProfile, in a fresh project."""
+    import cProfile
+    import pstats
+    import resource
+    with tempfile.TemporaryDirectory(prefix="smtlock-profile-") as tmp:
+        folder = make_folders(Path(tmp), ["smt_logged"])["smt_logged"]
+        os.chdir(folder)
+        sys.path.insert(0, str(folder))
+        from sweep_task import task
+        shown, sys.stdout = sys.stdout, open(os.devnull, "w")  # what the task prints
+        task(-1)
+
+        def cpu() -> tuple:
+            me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+            return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
+        profiler = cProfile.Profile()
+        (me0, kids0), start = cpu(), time.perf_counter()
+        profiler.enable()
+        for x in range(calls):
+            task(x)
+        profiler.disable()
+        wall, (me1, kids1) = time.perf_counter() - start, cpu()
+        sys.stdout.close()
+        sys.stdout = shown
+        os.chdir(ROOT)
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    lines = [f"{calls} calls: per call {1000 * wall / calls:.1f} ms wall, {1000 * (me1 - me0) / calls:.1f} ms CPU "
+             f"in the process, {1000 * (kids1 - kids0) / calls:.1f} ms CPU in its subprocesses",
+             f"{'part':40} {'ms/call':>8} {'calls/call':>10}"]
+    for what, file, function in PARTS:
+        found = [(nc, ct) for (f, _, name), (_, nc, _, ct, _) in stats.items() if f.endswith(file) and name == function]
+        ms = 1000 * sum(ct for _, ct in found) / calls
+        lines.append(f"{what:40} {ms:8.1f} {sum(nc for nc, _ in found) / calls:10.1f}")
+    return "\n".join(lines)
+
+
 # --- the benchmark ----------------------------------------------------------------------------------
 
 def main() -> None:
@@ -172,7 +236,11 @@ def main() -> None:
     parser.add_argument("--trackers", nargs="+", default=list(TRACKERS), choices=TRACKERS)
     parser.add_argument("--label", default="now")
     parser.add_argument("--pool", nargs=3, help=argparse.SUPPRESS)  # tracker workers calls: one timed pool
+    parser.add_argument("--profile", type=int, metavar="CALLS", help="profile CALLS @smt_logged calls")
     args = parser.parse_args()
+    if args.profile:
+        print(profile(args.profile))
+        return
     if args.pool:
         print(json.dumps(pool(args.pool[0], int(args.pool[1]), int(args.pool[2]))))
         return
@@ -181,7 +249,7 @@ def main() -> None:
     import mlflow
     sizes: List[dict] = []
     with tempfile.TemporaryDirectory(prefix="smtlock-sweep-") as tmp:
-        folders = make_folders(Path(tmp))
+        folders = make_folders(Path(tmp), args.trackers)
         expected = {tracker: 0 for tracker in args.trackers}
         for workers, calls in zip(args.workers, args.calls):
             size: dict = {"workers": workers, "calls": calls}
