@@ -44,7 +44,7 @@ from sumatra.core import STATUS_FORMAT, get_encoding
 from sumatra.projects import Project
 from sumatra.recordstore.shelve_store import ShelveRecordStore
 
-from . import djangostore, provenance, rows, shelf
+from . import djangostore, moves, provenance, rows, shelf
 from .atomic import atomic_open
 from .backends import FileBackend
 from .djangostore import DjangoConfiguration, DjangoRecordStore, connecting  # None without Django
@@ -451,6 +451,9 @@ def apply() -> None:
         patch(DjangoRecordStore, "_get_db_project", rows.get_db_project)
         # Upstream looks for the record by label; a label the write has just claimed is new.
         patch(DjangoRecordStore, "_get_db_record", rows.get_db_record)
+        # Upstream's sync (smt sync, smt configure --store) reads and writes two Django stores in one
+        # process, whose tag links all live in the first store's database: records get others' tags.
+        patch(DjangoRecordStore, "sync", moves.sync)
         patch(DjangoConfiguration, "uri_to_db", lambda orig: djangostore.uri_to_db)
         patch(DjangoConfiguration, "_create_databases", lambda orig: djangostore.create_databases)
         patch(DjangoConfiguration, "configure", _configure)
