@@ -19,7 +19,15 @@ from abc import ABC, abstractmethod
 from typing import Any, NamedTuple, Optional
 
 from .errors import LockFileError, ServerUnreachable, SettingError
-from .postgres import advisory_key, connect, connect_kwargs, mask_uri
+from .postgres import (
+    advisory_key,
+    connect,
+    connect_kwargs,
+    local_settings,
+    mask_uri,
+    refuses_transactions,
+    statement_pooling,
+)
 
 __all__ = ["LockBackend", "FileBackend", "LeaseBackend", "Holder", "lease_setting", "FILE_MODE",
            "replacement_mode", "LEASE_VARIABLE", "CLOCK_SLOP_S", "PostgresBackend", "HOLDER_SUFFIX",
@@ -346,9 +354,17 @@ def _user_name(uid: int) -> str:
 
 
 class PostgresBackend(LockBackend):
-    """A session-level ``pg_advisory_lock`` on the store's key, on a connection of its own that is
-    opened to wait and closed on release: a job holds no connection between writes, and the server
-    frees the lock when a holder's connection dies (keepalives bound that for a dead host)."""
+    """A transaction-scoped ``pg_try_advisory_xact_lock`` on the store's key, inside a transaction that
+    stays open for the whole hold, on a connection of its own that is opened to wait and closed on
+    release: a job holds no connection between writes.
+
+    Nothing session-scoped: a transaction pooler (PgBouncer's transaction pooling) keeps one server
+    connection for an open transaction, so the lock, its holder's name and the server-side keepalives
+    (all set for the transaction only) are where the transaction is, and end with it. The lock dies with
+    its holder: the server ends a transaction whose client went (keepalives bound that for a dead host),
+    and a pooler closes the server connection of a client that vanished mid-transaction. Each try is a
+    transaction of its own, rolled back when the lock is busy, so a waiter pins no pooled connection.
+    """
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
@@ -362,7 +378,9 @@ class PostgresBackend(LockBackend):
         has no free connection. A server that is not reachable raises :class:`ServerUnreachable`
         (SMTLock then waits for it holding nothing)."""
         if self._conn is None:
-            self._conn = self._failing_over(lambda: _connect(self.uri, "smtlock waiting")) or None
+            # who waits (and then holds) is the connection's own application name, given at its start:
+            # a pooler keeps it for the client, and nothing tracked changes inside the transaction
+            self._conn = self._failing_over(lambda: _connect(self.uri, f"smtlock {Holder.me()}"[:63])) or None
         return self._conn is not None
 
     def try_acquire(self) -> bool:
@@ -370,12 +388,24 @@ class PostgresBackend(LockBackend):
             return False
 
         def take() -> bool:
+            import psycopg2
             with self._conn.cursor() as cur:
-                cur.execute("SELECT pg_try_advisory_lock(%s)", (self.key,))
+                try:
+                    cur.execute("BEGIN; SELECT pg_try_advisory_xact_lock(%s)", (self.key,))
+                except psycopg2.OperationalError:
+                    if self._conn.closed and refuses_transactions(self.uri):  # else it is down
+                        raise statement_pooling(self.uri) from None
+                    raise
                 if not cur.fetchone()[0]:
+                    cur.execute("ROLLBACK")  # frees the pooled server connection for others
                     return False
-                cur.execute("SELECT set_config('application_name', %s, false)",
-                            (f"smtlock {Holder.me()}",))
+                # for this transaction only: the server's keepalives, and no idle-in-transaction limit
+                # of the server ending the hold while the block works between statements
+                extra = {"idle_in_transaction_session_timeout": "0"}
+                if self._conn.server_version >= 170000:
+                    extra["transaction_timeout"] = "0"
+                settings, params = local_settings(extra)
+                cur.execute(f"SELECT {settings}", params)
             return True
         return bool(self._failing_over(take))
 
@@ -403,9 +433,9 @@ class PostgresBackend(LockBackend):
             return
         try:
             with self._conn.cursor() as cur:
-                cur.execute("SELECT pg_advisory_unlock(%s)", (self.key,))
+                cur.execute("ROLLBACK")  # the lock's transaction wrote nothing; its end frees the lock
         except psycopg2.Error:
-            pass  # the connection died (a server restart): the server released the lock with it
+            pass  # the connection died (a server restart): the server ended the transaction and its lock
         finally:
             self._close()
 
@@ -446,8 +476,10 @@ class PostgresBackend(LockBackend):
 
 #: what a server that cannot take one more client says; it is up: wait for a free connection
 _BUSY = ("too many clients", "remaining connection slots are reserved")
-#: what a server says when waiting cannot help: a wrong or missing password, no such role or database
-_REFUSED = ("password", "authentication", "does not exist", "pg_hba.conf", "permission denied")
+#: what a server (or a pooler) says when waiting cannot help: a wrong or missing password, no such role
+#: or database
+_REFUSED = ("password", "authentication", "does not exist", "pg_hba.conf", "permission denied",
+            "no such database", "unsupported startup parameter")  # the last two: PgBouncer's
 
 
 def connection_trouble(error: BaseException) -> str:

@@ -163,12 +163,15 @@ def write_lock(store: Any) -> None:
     write's transaction (taken again inside it, it stacks). It is held until that transaction ends, so
     a holder cut off from the server can never commit after another holder began: the write and its
     lock die together. Upstream races get_or_create on tables without unique constraints, and the
-    duplicate rows it leaves make every later write fail (MultipleObjectsReturned)."""
+    duplicate rows it leaves make every later write fail (MultipleObjectsReturned). The server's keepalives
+    are set in the same statement, for the transaction only (:func:`smtlock.postgres.local_settings`)."""
     uri = postgres_uri(store)
     if uri:
         from django.db import connections
+        settings, params = postgres.local_settings()
         with connections[store._db_label].cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [postgres.advisory_key(uri, "write")])
+            cursor.execute(f"SELECT {settings}, pg_advisory_xact_lock(%s)",
+                           [*params, postgres.advisory_key(uri, "write")])
 
 
 def retrying(attempt: Callable[[], Any], store: Any, undo: Callable[[], None]) -> Any:
@@ -237,13 +240,15 @@ def _tune_database(db: dict) -> dict:
 
     * SQLite: upstream sets no timeout, so a second writer fails at once with "database is locked".
     * PostgreSQL: upstream sets no connect timeout or keepalives, so an unreachable server or a dead
-      host hangs a job.
+      host hangs a job. No server-side cursors, which a transaction pooler cannot keep (Django's docs ask
+      for it behind PgBouncer's transaction pooling); nothing else of a session is relied on.
     """
     if "sqlite3" in db["ENGINE"]:
         db.setdefault("OPTIONS", {})["timeout"] = SQLITE_BUSY_TIMEOUT_S
     elif "postgresql" in db["ENGINE"]:
         db.setdefault("OPTIONS", {}).update(connect_timeout=postgres.CONNECT_TIMEOUT_S,
                                             **postgres.KEEPALIVES)
+        db["DISABLE_SERVER_SIDE_CURSORS"] = True
     return db
 
 
@@ -425,12 +430,14 @@ def _add_label_index(connection: Any) -> None:
     project, label = (quote(Record._meta.get_field(name).column) for name in ("project", "label"))
     if connection.vendor == "postgresql":
         label += " varchar_pattern_ops"
-    with connection.cursor() as cursor, _not_waiting(cursor, connection.vendor):
-        try:
+    from django.db import transaction as django_transaction
+    try:
+        with django_transaction.atomic(using=connection.alias), connection.cursor() as cursor, \
+                _not_waiting(cursor, connection.vendor):
             cursor.execute(f"CREATE INDEX IF NOT EXISTS {quote(LABEL_INDEX)} ON {quote(Record._meta.db_table)}"
                            f" ({project}, {label})")
-        except DatabaseError:
-            pass
+    except DatabaseError:
+        pass
 
 
 def _add_unique_indexes(connection: Any) -> None:
@@ -445,13 +452,11 @@ def _add_unique_indexes(connection: Any) -> None:
 @contextlib.contextmanager
 def _not_waiting(cursor: Any, vendor: str) -> Iterator[None]:
     """Statements run inside fail at once, rather than wait, when another connection holds a lock
-    they need (SQLite: any reader, for a change of the schema or the journal)."""
+    they need (SQLite: any reader, for a change of the schema or the journal). On PostgreSQL for the
+    caller's transaction only: a session's SET would stay on a pooled server connection for its next client."""
     if vendor == "postgresql":
-        cursor.execute("SET lock_timeout = 1")
-        try:
-            yield
-        finally:
-            cursor.execute("RESET lock_timeout")
+        cursor.execute("SELECT set_config('lock_timeout', '1', true)")
+        yield
         return
     cursor.execute("PRAGMA busy_timeout")
     waits_ms = cursor.fetchone()[0]

@@ -12,7 +12,15 @@ from urllib.parse import unquote, urlsplit
 
 from .errors import StoreError
 from .lock import SMTLock
-from .postgres import check_server, check_uri, create_database, keep_password_apart, mask_uri, without_password
+from .postgres import (
+    check_transactions,
+    check_uri,
+    create_database,
+    database_exists,
+    keep_password_apart,
+    mask_uri,
+    without_password,
+)
 from .project import describe_store, load
 
 __all__ = ["move_project"]
@@ -43,14 +51,21 @@ def move_project(path: str, uri: str, dry_run: bool = False) -> List[str]:
     where = mask_uri(uri)
     if getattr(old, "_db_file", None) in (uri, without_password(uri)):
         return [f"{project.name} already uses {where} (nothing to do)"]
-    check_server(uri, must_exist=False)
+    # the database itself first: a role given one database (no CREATEDB, behind a pooler that exposes
+    # no `postgres` database) uses it as it is; only a missing one is created
+    exists = database_exists(uri)
+    if exists:
+        check_transactions(uri)  # a statement pooler: refused before anything is written
     if dry_run:
         labels = old.labels(project.name) if old.has_project(project.name) else []
-        return [f"would create database {urlsplit(uri).path.lstrip('/')!r} at {where} if missing",
+        dbname = urlsplit(uri).path.lstrip('/')
+        return [f"would use database {dbname!r} at {where}, which exists" if exists else
+                f"would create database {dbname!r} at {where}",
                 f"would copy {len(labels)} records of project {project.name} from {describe_store(old)}",
                 f"would switch the project to {where}, keeping {describe_store(old)} as a backup"]
     lines = []
-    if create_database(uri):
+    if not exists and create_database(uri):
+        check_transactions(uri)
         lines.append(f"created database {urlsplit(uri).path.lstrip('/')!r} at {where}")
     uri, kept = keep_password_apart(uri)  # the project's files get the URI without it
     lines += [kept] if kept else []

@@ -10,7 +10,7 @@ from __future__ import annotations
 import getpass
 import hashlib
 import re
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import unquote, urlsplit
 
 from . import pgpass
@@ -18,19 +18,27 @@ from .errors import StoreError
 
 __all__ = ["is_postgres", "mask_uri", "check_uri", "without_password", "keep_password_apart", "connect_kwargs",
            "connect", "check_server", "advisory_key", "create_database", "drop_database", "KEEPALIVES",
-           "SERVER_KEEPALIVES", "CONNECT_TIMEOUT_S"]
+           "SERVER_KEEPALIVES", "CONNECT_TIMEOUT_S", "local_settings", "database_exists", "check_transactions",
+           "refuses_transactions", "statement_pooling"]
 
-#: TCP keepalives for every connection (client side, and the server's side via SET): a host that
-#: dies while holding the advisory lock is noticed in about idle + interval * count = 60 s.
-#: TCP keepalives for every connection, on the client's side (a dead server is noticed) and, through
-#: ``options``, on the server's (a client host that vanished, with no FIN or RST, is noticed, and the
-#: locks its sessions held are released): idle 2 s, then 3 probes 1 s apart, and no data left
-#: unacknowledged for more than 5 s (tcp_user_timeout, PostgreSQL >= 12).
+#: TCP keepalives: on the client's side for every connection (a dead server is noticed), and on the
+#: server's side for each transaction that holds a lock (:func:`local_settings`, set inside it: a client
+#: host that vanished with no FIN or RST is noticed and its locks released): idle 2 s, then 3 probes 1 s
+#: apart, and no data left unacknowledged for more than 5 s (tcp_user_timeout, PostgreSQL >= 12). Not in
+#: the startup packet (``options``): poolers refuse it (PgBouncer 1.18: "unsupported startup parameter").
 SERVER_KEEPALIVES = {"tcp_keepalives_idle": 2, "tcp_keepalives_interval": 1, "tcp_keepalives_count": 3,
                      "tcp_user_timeout": 5000}
-KEEPALIVES = {"keepalives": 1, "keepalives_idle": 2, "keepalives_interval": 1, "keepalives_count": 3,
-              "options": " ".join(f"-c {name}={value}" for name, value in SERVER_KEEPALIVES.items())}
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 2, "keepalives_interval": 1, "keepalives_count": 3}
 CONNECT_TIMEOUT_S = 10
+
+
+def local_settings(extra: Optional[Dict[str, str]] = None) -> Tuple[str, List[str]]:
+    """A SELECT list and its parameters that set :data:`SERVER_KEEPALIVES` (and ``extra``) for the current
+    transaction only (``set_config(..., true)``): nothing outlives the transaction, so nothing is left on
+    a server connection that a pooler hands to another client next."""
+    settings = {**{name: str(value) for name, value in SERVER_KEEPALIVES.items()}, **(extra or {})}
+    params = [item for pair in settings.items() for item in pair]
+    return ", ".join(["set_config(%s, %s, true)"] * len(settings)), params
 
 
 def is_postgres(uri: Any) -> bool:
@@ -109,24 +117,33 @@ def connect_kwargs(uri: str, dbname: Optional[str] = None) -> Dict[str, Any]:
 
 
 def _explain(err: Exception, uri: str) -> StoreError:
-    """One line that says what went wrong with the server at ``uri`` and what to check."""
+    """One line that says what went wrong with the server at ``uri`` and what to do next: the server (or
+    the pooler in front of it) cannot be reached, has no such database, refused the login, or is full."""
     text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    where = mask_uri(uri)
+    said = text.split("FATAL:")[-1].strip()
+    where, db, user = mask_uri(uri), urlsplit(uri).path.lstrip("/"), _user(uri)
     if "no password supplied" in text:
         return StoreError(f"PostgreSQL at {where} asks for a password and none was found: put it in "
                           f"{pgpass.password_file()} (mode 0600; `smtlock postgres postgres://USER:PASSWORD@...` "
                           "does it) or in the URL")
-    if "password authentication failed" in text:
-        return StoreError(f"PostgreSQL at {where} refused the login: {text.split('FATAL:')[-1].strip()} "
+    if "authentication failed" in text or ("role" in text and "does not exist" in text):
+        return StoreError(f"PostgreSQL at {where} refused the login of role {user}: {said} "
                           "(check the user name and password)")
-    if "does not exist" in text and "database" in text:
-        return StoreError(f"database {urlsplit(uri).path.lstrip('/')!r} does not exist at {where} "
-                          "(create it, or let `smtlock postgres URL` create it)")
+    if ("does not exist" in text and "database" in text) or "no such database" in text:
+        return StoreError(f"database {db!r} does not exist at {where} (create it, let `smtlock postgres URL` "
+                          f"create it, or ask your administrator to create database {db} for role {user})")
+    if "permission denied for database" in text or "CONNECT privilege" in text:
+        return StoreError(f"role {user} may not connect to database {db!r} at {where}: {said} (ask your "
+                          f"administrator: GRANT CONNECT ON DATABASE {db} TO {user})")
     if "too many clients" in text:
-        return StoreError(f"PostgreSQL at {where} has no free connection: {text.split('FATAL:')[-1].strip()} "
+        return StoreError(f"PostgreSQL at {where} has no free connection: {said} "
                           "(raise max_connections or run fewer jobs at once)")
     return StoreError(f"cannot reach PostgreSQL at {where}: {text.split('failed:')[-1].strip()} "
                       "(check the host, the port and that the server is running)")
+
+
+def _user(uri: str) -> str:
+    return unquote(urlsplit(uri).username or getpass.getuser())
 
 
 def connect(uri: str, dbname: Optional[str] = None, application_name: str = "smtlock") -> Any:
@@ -164,26 +181,95 @@ def advisory_key(uri: str, purpose: str = "") -> int:
     return int.from_bytes(hashlib.sha256(ident.encode()).digest()[:8], "big", signed=True)
 
 
+def database_exists(uri: str) -> bool:
+    """Whether the URI's database can be connected to; False when the server (or a pooler) says there
+    is no such database; any other failure raises its one line (:func:`_explain`)."""
+    try:
+        connect(uri).close()
+    except StoreError as err:
+        if str(err).startswith(f"database {urlsplit(uri).path.lstrip('/')!r} does not exist"):
+            return False
+        raise
+    return True
+
+
 def create_database(uri: str) -> bool:
-    """Create the URI's database if it does not exist; True when it was created."""
+    """Create the URI's database if it does not exist; True when it was created. A database that exists
+    is used as it is (a site's administrator made it): only a missing one needs the server's `postgres`
+    maintenance database and CREATEDB, which a role given one database, or a pooler, may not offer."""
     import psycopg2
     from psycopg2 import sql
-    dbname = urlsplit(uri).path.lstrip("/")
-    conn = connect(uri, dbname="postgres")
+    if database_exists(uri):
+        return False
+    dbname, user, where = urlsplit(uri).path.lstrip("/"), _user(uri), mask_uri(uri)
+    ask = (f"ask your administrator to create database {dbname} for role {user} (CREATE DATABASE {dbname} "
+           "OWNER {user}), or give the URL of a database you were given").replace("{user}", user)
+    try:
+        conn = psycopg2.connect(application_name="smtlock", **connect_kwargs(uri, "postgres"))
+    except psycopg2.Error as err:
+        why = _reason_of(err)
+        raise StoreError(f"database {dbname!r} does not exist at {where}, and it cannot be created from here (the "
+                         f"server's postgres database is not reachable: {why}): {ask}") from None
+    conn.autocommit = True
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,))
-            if cur.fetchone():
-                return False
             try:
                 cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+            except psycopg2.errors.DuplicateDatabase:
+                return False  # made meanwhile by another
             except psycopg2.errors.InsufficientPrivilege:
-                user = urlsplit(uri).username
-                raise StoreError(f"role {user!r} may not create database {dbname!r} at {mask_uri(uri)} "
-                                 f"(ask an administrator: CREATE DATABASE {dbname} OWNER {user})") from None
+                raise StoreError(f"role {user!r} may not create database {dbname!r} at {where} (permission "
+                                 f"denied to create): {ask}") from None
             return True
     finally:
         conn.close()
+
+
+def _reason_of(err: BaseException) -> str:
+    text = str(err).strip()
+    return mask_uri(text.splitlines()[0].split(" failed: ")[-1].replace("FATAL:", "").strip()) if text else \
+        type(err).__name__
+
+
+def refuses_transactions(uri: str) -> bool:
+    """Whether the server at ``uri`` closes a connection at its first BEGIN while a statement outside a
+    transaction works: a pooler in statement pooling mode (PgBouncer), where no lock can be held across
+    statements and no record written in one transaction. A failed connection raises psycopg2's error."""
+    import psycopg2
+    conn = psycopg2.connect(application_name="smtlock pooling check", **connect_kwargs(uri))
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")
+            try:
+                cur.execute("BEGIN; SELECT 1")
+                cur.execute("ROLLBACK")
+            except psycopg2.OperationalError:
+                if conn.closed:
+                    return True
+                raise
+    finally:
+        conn.close()
+    return False
+
+
+def statement_pooling(uri: str) -> StoreError:
+    """The one line for a store behind a statement pooler."""
+    return StoreError(f"{mask_uri(uri)} is behind a pooler in statement pooling mode (it closes the connection at "
+                      "the first BEGIN), where no lock and no transaction can be kept: use the pooler's session or "
+                      "transaction pooling (another port or database entry; ask its administrator)")
+
+
+def check_transactions(uri: str) -> None:
+    """Raise :func:`statement_pooling`'s line when the server at ``uri`` cannot keep a transaction open,
+    and a connection failure's one line (:func:`connect`)."""
+    import psycopg2
+    try:
+        refused = refuses_transactions(uri)
+    except psycopg2.Error as err:
+        raise _explain(err, uri) from None
+    if refused:
+        raise statement_pooling(uri)
 
 
 def drop_database(uri: str) -> None:
