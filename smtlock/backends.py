@@ -359,8 +359,9 @@ class PostgresBackend(LockBackend):
     release: a job holds no connection between writes.
 
     Nothing session-scoped: a transaction pooler (PgBouncer's transaction pooling) keeps one server
-    connection for an open transaction, so the lock, its holder's name and the server-side keepalives
-    (all set for the transaction only) are where the transaction is, and end with it. The lock dies with
+    connection for an open transaction, so the lock and the server-side keepalives (set for the
+    transaction only) are where the transaction is, and end with it; the holder's name is the
+    connection's startup application name, which a pooler keeps for the client. The lock dies with
     its holder: the server ends a transaction whose client went (keepalives bound that for a dead host),
     and a pooler closes the server connection of a client that vanished mid-transaction. Each try is a
     transaction of its own, rolled back when the lock is busy, so a waiter pins no pooled connection.

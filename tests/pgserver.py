@@ -46,7 +46,7 @@ class Bouncer:
         (self.dir / "pgbouncer.ini").write_text(
             f"[databases]\n{entries}\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {self.port}\n"
             f"unix_socket_dir =\nauth_type = scram-sha-256\nauth_file = {self.dir / 'userlist.txt'}\n"
-            f"pool_mode = transaction\ndefault_pool_size = 4\nmax_client_conn = 200\n"
+            f"pool_mode = transaction\ndefault_pool_size = 2\nmax_client_conn = 200\n"
             f"ignore_startup_parameters = {ignore_startup_parameters}\n"
             f"logfile = {self.dir / 'pgbouncer.log'}\n")
         as_user = []
@@ -54,8 +54,9 @@ class Bouncer:
             for path in (self.dir, *self.dir.iterdir()):
                 os.chown(path, 65534, 65534)
             as_user = _NOBODY
+        # its log goes to the logfile; on stderr too, which nobody reads: a pipe would fill and block it
         self.proc = subprocess.Popen([*as_user, binary, str(self.dir / "pgbouncer.ini")],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             self._wait_listening()
         except BaseException:
@@ -93,6 +94,4 @@ class Bouncer:
                     self.proc.kill()
                     self.proc.wait()
         finally:
-            if self.proc.stderr:
-                self.proc.stderr.close()
             shutil.rmtree(self.dir, ignore_errors=True)
