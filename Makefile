@@ -20,6 +20,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 # extra, or from the system.)
 TOOLS_MISSING = $(shell command -v bindfs >/dev/null 2>&1 || echo bindfs) \
                 $(shell command -v pgbouncer >/dev/null 2>&1 || test -x /usr/sbin/pgbouncer || echo pgbouncer)
+# tests/test_tls.py: a server built with OpenSSL (the wheel's has none; Debian's has) and openssl
+TOOLS_MISSING += $(shell ls /usr/lib/postgresql/*/bin/pg_config >/dev/null 2>&1 || echo postgresql) \
+                 $(shell command -v openssl >/dev/null 2>&1 || echo openssl)
 test-tools:
 	@if [ -n "$(strip $(TOOLS_MISSING))" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then echo "installing Debian's $(strip $(TOOLS_MISSING)) for the tests (apt-get)"; \

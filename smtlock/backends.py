@@ -478,9 +478,10 @@ class PostgresBackend(LockBackend):
 #: what a server that cannot take one more client says; it is up: wait for a free connection
 _BUSY = ("too many clients", "remaining connection slots are reserved")
 #: what a server (or a pooler) says when waiting cannot help: a wrong or missing password, no such role
-#: or database
+#: or database, a TLS check (sslmode=verify-*) that failed
 _REFUSED = ("password", "authentication", "does not exist", "pg_hba.conf", "permission denied",
-            "no such database", "unsupported startup parameter")  # the last two: PgBouncer's
+            "no such database", "unsupported startup parameter",  # these two: PgBouncer's
+            "certificate", "does not support ssl")
 
 
 def connection_trouble(error: BaseException) -> str:

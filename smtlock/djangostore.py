@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import random
 import sqlite3
@@ -14,14 +15,14 @@ import sys
 import threading
 import time
 from typing import Any, Callable, Dict, Iterator, Optional, Set, Tuple
-from urllib.parse import quote
+from urllib.parse import quote, urlencode, urlsplit
 
 from . import postgres, rows, uniques
 from .backends import connection_trouble
 from .filesystem import is_shared
 from .hostclaim import one_host
 from .lock import current_hold, in_before_store, server_wait, store_lock, wait_for_server
-from .project import postgres_uri
+from .project import postgres_uri, project_root
 from .upstream import original
 
 try:  # Sumatra's django_store module imports without Django; its store needs it
@@ -231,11 +232,12 @@ def _broke(error: BaseException) -> bool:
 
 
 def uri_to_db(self: Any, uri: str) -> dict:
-    """Upstream's database settings, tuned by :func:`_tune_database`."""
-    return _tune_database(original("DjangoConfiguration.uri_to_db")(self, uri))
+    """Upstream's database settings, tuned by :func:`_tune_database`, with the URI's TLS settings
+    (upstream drops its query: see :func:`smtlock.postgres.libpq_options`)."""
+    return _tune_database(original("DjangoConfiguration.uri_to_db")(self, uri), uri)
 
 
-def _tune_database(db: dict) -> dict:
+def _tune_database(db: dict, uri: Optional[str] = None) -> dict:
     """Fix and tune one entry of Django's DATABASES as Sumatra builds it.
 
     * SQLite: upstream sets no timeout, so a second writer fails at once with "database is locked".
@@ -247,7 +249,7 @@ def _tune_database(db: dict) -> dict:
         db.setdefault("OPTIONS", {})["timeout"] = SQLITE_BUSY_TIMEOUT_S
     elif "postgresql" in db["ENGINE"]:
         db.setdefault("OPTIONS", {}).update(connect_timeout=postgres.CONNECT_TIMEOUT_S,
-                                            **postgres.KEEPALIVES)
+                                            **postgres.KEEPALIVES, **postgres.libpq_options(uri or ""))
         db["DISABLE_SERVER_SIDE_CURSORS"] = True
     return db
 
@@ -256,8 +258,22 @@ def tune_registered_databases() -> None:
     """Tune the stores created before smtlock was imported (a plugin is imported after the
     project's store is built)."""
     from sumatra.recordstore import django_store
+    uris = _project_store_uris()
     for db in django_store.db_config._settings["DATABASES"].values():
-        _tune_database(db)
+        _tune_database(db, uris.get((db.get("HOST"), str(db.get("PORT") or ""), db.get("NAME"))))
+
+
+def _project_store_uris() -> Dict[Tuple[Any, str, Any], str]:
+    """The PostgreSQL URI of the project at or above the working directory, by (host, port, database):
+    a plugin is imported after upstream made the project store's settings without the URI's query."""
+    try:
+        with open(project_root(os.getcwd()) / ".smt" / "project") as file:
+            uri = json.load(file)["record_store"]["db_file"]
+        parts = urlsplit(uri)
+        return {(parts.hostname, str(parts.port or ""), parts.path.rsplit("/", 1)[-1]): uri} \
+            if postgres.is_postgres(uri) else {}
+    except Exception:  # no project here, or not one with a store URI: nothing to add
+        return {}
 
 
 _local = threading.local()  # .reads: inside a call that only reads (see reading())
@@ -334,8 +350,9 @@ def _uri_of(connection: Any) -> str:
     password = f":{quote(settings['PASSWORD'], safe='')}" if settings.get("PASSWORD") else ""
     host = settings.get("HOST") or "localhost"
     host = f"[{host}]" if ":" in host else host  # an IPv6 address, as a URI writes it
+    query = urlencode({k: v for k, v in (settings.get("OPTIONS") or {}).items() if k in postgres.LIBPQ_PARAMETERS})
     return (f"postgres://{quote(settings.get('USER') or '', safe='')}{password}@"
-            f"{host}:{settings.get('PORT') or 5432}/{settings.get('NAME')}")
+            f"{host}:{settings.get('PORT') or 5432}/{settings.get('NAME')}" + (f"?{query}" if query else ""))
 
 
 def close(store: Any) -> None:

@@ -11,12 +11,13 @@ import getpass
 import hashlib
 import re
 from typing import Any, Dict, List, Optional, Tuple
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from . import pgpass
 from .errors import StoreError
 
-__all__ = ["is_postgres", "mask_uri", "check_uri", "without_password", "keep_password_apart", "connect_kwargs",
+__all__ = ["is_postgres", "mask_uri", "check_uri", "without_password", "keep_password_apart", "LIBPQ_PARAMETERS",
+           "libpq_options", "connect_kwargs",
            "connect", "check_server", "advisory_key", "create_database", "drop_database", "KEEPALIVES",
            "SERVER_KEEPALIVES", "CONNECT_TIMEOUT_S", "local_settings", "database_exists", "check_transactions",
            "refuses_transactions", "statement_pooling"]
@@ -103,12 +104,25 @@ def keep_password_apart(uri: str) -> Tuple[str, Optional[str]]:
     return without_password(uri), line
 
 
+#: what a URI's query may set for libpq (``?sslmode=verify-full&sslrootcert=/path/ca.crt``)
+LIBPQ_PARAMETERS = frozenset({"sslmode", "sslrootcert", "sslcert", "sslkey", "sslcrl", "sslcrldir", "sslsni",
+                              "sslpassword", "ssl_min_protocol_version", "ssl_max_protocol_version",
+                              "requiressl", "gssencmode", "channel_binding", "target_session_attrs"})
+
+
+def libpq_options(uri: str) -> Dict[str, str]:
+    """The TLS (and other connection) settings in a URI's query, as libpq takes them. Sumatra drops
+    the query when it makes Django's settings, so ``sslmode=verify-full`` was silently libpq's
+    default ``prefer``: a server was never checked, and one without TLS was used in clear text."""
+    return {name: value for name, value in parse_qsl(urlsplit(uri).query) if name in LIBPQ_PARAMETERS}
+
+
 def connect_kwargs(uri: str, dbname: Optional[str] = None) -> Dict[str, Any]:
     """psycopg2 keyword arguments for a URI (optionally another database on the same server)."""
     parts = urlsplit(check_uri(uri))
     kwargs: Dict[str, Any] = {"dbname": dbname or parts.path.lstrip("/"), "host": parts.hostname,
                               "port": parts.port or 5432, "connect_timeout": CONNECT_TIMEOUT_S,
-                              **KEEPALIVES}
+                              **KEEPALIVES, **libpq_options(uri)}
     if parts.username:
         kwargs["user"] = unquote(parts.username)
     if parts.password is not None:
@@ -138,6 +152,9 @@ def _explain(err: Exception, uri: str) -> StoreError:
     if "too many clients" in text:
         return StoreError(f"PostgreSQL at {where} has no free connection: {said} "
                           "(raise max_connections or run fewer jobs at once)")
+    if "certificate" in text or "SSL" in text:
+        return StoreError(f"PostgreSQL at {where} failed the TLS check: {text.split('failed:')[-1].strip()} "
+                          "(check sslmode and sslrootcert in the URL, and the server's certificate)")
     return StoreError(f"cannot reach PostgreSQL at {where}: {text.split('failed:')[-1].strip()} "
                       "(check the host, the port and that the server is running)")
 
