@@ -4,6 +4,8 @@
 
 Writes benchmarks/results.json and benchmarks/results.png. The floor runs the same locked jobs each
 on a private copy of the project (no contention); "cost of safety" = locked wall / floor wall.
+What one record costs outside the lock is measured by sweep.py (against MLflow), smt_run_loop.py --cpu
+and scan.py; ``make bench`` runs them and this matrix.
 """
 import argparse
 import json
