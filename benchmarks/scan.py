@@ -61,7 +61,9 @@ print(json.dumps(out))
 
 def scans(project: Path, processes: int, per_process: int, memo: bool) -> list:
     """PROCESSES fresh processes, one after another, each making SCANS scans."""
-    env = {**os.environ, "SMTLOCK_MEMO": "1" if memo else "0", "MPLCONFIGDIR": str(project / ".mpl")}
+    # matplotlib's cache outside the project: a new folder beside the main file (on sys.path) could be a
+    # package that shadows a dependency, so the memo rightly scans again after one appears there
+    env = {**os.environ, "SMTLOCK_MEMO": "1" if memo else "0", "MPLCONFIGDIR": str(project.parent / "mpl")}
     runs = []
     for _ in range(processes):
         done = subprocess.run([sys.executable, "-c", SCAN, str(per_process)], cwd=project, env=env,
