@@ -462,8 +462,7 @@ def _add_unique_indexes(connection: Any) -> None:
     table with duplicate rows refuses its index until ``smtlock doctor --repair`` merges them."""
     names = uniques.to_add(connection)
     if names:
-        with connection.cursor() as cursor, _not_waiting(cursor, connection.vendor):
-            uniques.add(connection, names)
+        uniques.add(connection, names, lambda cursor: _not_waiting(cursor, connection.vendor))
 
 
 @contextlib.contextmanager

@@ -16,9 +16,10 @@ diff or a parameter file can.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from typing import Any, Dict, List, Set
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Set
 
 __all__ = ["UNIQUE_MODELS", "identity_fields", "index_name", "index_sql", "missing", "may_add", "to_add", "add"]
 
@@ -32,6 +33,10 @@ UNIQUE_MODELS = ("Executable", "Repository", "LaunchMode", "Datastore", "Paramet
 _IDENTITY = {"Record": ("project", "label")}
 _TEXT = frozenset({"CharField", "TextField", "URLField", "SlugField"})
 _said: Set[str] = set()  # stores this process has said it may not harden
+
+
+def _nothing(cursor: Any) -> ContextManager[Any]:
+    return contextlib.nullcontext()
 
 
 def _models() -> List[Any]:
@@ -123,10 +128,12 @@ def to_add(connection: Any) -> List[str]:
     return []
 
 
-def add(connection: Any, names: List[str]) -> Dict[str, str]:
-    """Add the unique index of each model in ``names``; each one's outcome: "added", or why not (a
-    table with duplicate rows refuses it). Call inside a transaction to make them one change, or
-    with statements that fail rather than wait (see djangostore)."""
+def add(connection: Any, names: List[str], inside: Optional[Callable[[Any], ContextManager[Any]]] = None
+        ) -> Dict[str, str]:
+    """Add the unique index of each model in ``names``, each in a transaction (a savepoint inside the
+    caller's, as the doctor's repair); each one's outcome: "added", or why not (a table with duplicate
+    rows refuses it). ``inside(cursor)``: a context each CREATE runs in (djangostore's, that fails
+    rather than waits for a busy store)."""
     from django.db import DatabaseError, transaction
     models = dict(zip(UNIQUE_MODELS, _models()))
     outcome: Dict[str, str] = {}
@@ -135,7 +142,8 @@ def add(connection: Any, names: List[str]) -> Dict[str, str]:
             cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # now, else the index is refused (pending triggers)
     for name in names:
         try:
-            with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+            with transaction.atomic(using=connection.alias), connection.cursor() as cursor, \
+                    (inside or _nothing)(cursor):
                 cursor.execute(index_sql(connection, models[name]))
             outcome[name] = "added"
         except DatabaseError as error:  # duplicates (IntegrityError), a busy table, no privilege

@@ -115,3 +115,25 @@ def test_doctor_hardens_a_poisoned_store_only_once_repaired(project: Path) -> No
     assert done.returncode == 0 and "seed" in done.stdout
     assert json.loads((project / ".smt" / "project").read_text())["name"] == PROJECT_NAME
     assert os.path.exists(project / ".smt" / "records")
+
+
+def test_a_busy_table_is_not_waited_for_and_hardened_later(pg, pg_uri: str, tmp_path: Path) -> None:
+    """A write holding a table (here: an open transaction that wrote to it) is not waited for by a job's
+    first connection; the index is added by a later connection, once the table is free."""
+    import psycopg2
+    project = make_project(tmp_path / "p", pg_uri)
+    db = pg_uri.rsplit("/", 1)[1]
+    holder = psycopg2.connect(host=str(pg.dir), port=pg.port, user="postgres", dbname=db)
+    try:
+        with holder.cursor() as cur:  # a lock CREATE INDEX must wait for, held until the test lets go
+            cur.execute("LOCK TABLE django_store_executable IN ROW EXCLUSIVE MODE")
+        first = subprocess.run([sys.executable, "-c", FIRST_CONNECTION], cwd=project, capture_output=True,
+                               text=True, timeout=120)
+        assert first.returncode == 0 and first.stdout.strip() == "0", first.stderr
+    finally:
+        holder.close()
+    names = "SELECT indexname FROM pg_indexes WHERE indexname LIKE 'smtlock_unique_%'"
+    assert "smtlock_unique_django_store_executable" not in {row[0] for row in pg.sql(names, db)}
+    assert len(pg.sql(names, db)) == len(UNIQUE_MODELS) - 1  # the free tables were hardened at once
+    run_python(FIRST_CONNECTION, project)
+    assert len(pg.sql(names, db)) == len(UNIQUE_MODELS)
