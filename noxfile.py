@@ -22,7 +22,7 @@ LINTERS = ["ruff>=0.15,<0.18", "mypy>=1.14,<3"]
 OTHERS = ["3.9", "3.10", "3.12", "3.13"]
 FIELD = ["tests/test_burst.py", "tests/test_writepath.py", "tests/test_lock.py", "tests/test_pools.py",
          "tests/test_plugin.py", "tests/test_stress.py", "tests/test_decorator.py", "tests/test_core.py",
-         "tests/test_group_project.py"]
+         "tests/test_group_project.py", "tests/test_provenance.py"]
 #: threads, dask and notebooks (a cluster, a kernel and ~45 records: minutes): the whole suite has them
 #: on 3.11 with the newest dependencies, and the lowest session on 3.9 with the lowest
 LAUNCHERS = ["tests/test_launchers.py"]
