@@ -1,8 +1,11 @@
 """The copying half of ``smtlock postgres`` and of moves between stores (:mod:`smtlock.moves`), run as
 a process of its own (never imported).
 
-    python -m smtlock._copy URI PROJECT_NAME < pickled records
-    python -m smtlock._copy --read URI PROJECT_NAME > pickled records
+    SMTLOCK_COPY_URI=URI python -m smtlock._copy PROJECT_NAME < pickled records
+    SMTLOCK_COPY_URI=URI python -m smtlock._copy --read PROJECT_NAME > pickled records
+
+The URI comes in the environment, which only its user may read, not in the arguments, which every
+local user may (``ps``): it can hold a password.
 
 Sumatra's tagging keeps the tag links of every store's records in Django's default database, the
 first store a process opens. Copied in the process that reads the old store, the records arrived
@@ -12,6 +15,7 @@ read with their own tags.
 """
 
 import json
+import os
 import pickle
 import sys
 
@@ -38,6 +42,6 @@ def read(uri: str, project_name: str) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1] == "--read":
-        read(*sys.argv[2:4])
+        read(os.environ["SMTLOCK_COPY_URI"], sys.argv[2])
     else:
-        main(*sys.argv[1:3])
+        main(os.environ["SMTLOCK_COPY_URI"], sys.argv[1])

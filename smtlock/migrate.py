@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -31,8 +32,9 @@ def _copy(uri: str, project_name: str, records: List[Any]) -> Dict[str, List[str
     return the labels it then holds, with their tags. The caller holds the project's lock, and has
     set the store up (migrations, label index) while taking it."""
     with tempfile.TemporaryDirectory() as elsewhere:  # not the project: its lock is held by the caller
-        done = subprocess.run([sys.executable, "-m", "smtlock._copy", uri, project_name], cwd=elsewhere,
-                              input=pickle.dumps(records), capture_output=True)
+        done = subprocess.run([sys.executable, "-m", "smtlock._copy", project_name], cwd=elsewhere,
+                              input=pickle.dumps(records), capture_output=True,
+                              env={**os.environ, "SMTLOCK_COPY_URI": uri})  # not argv: ps shows it
     if done.returncode:
         last = mask_uri((done.stderr.decode(errors="replace").strip().splitlines() or ["no message"])[-1])
         password = unquote(urlsplit(uri).password or "")

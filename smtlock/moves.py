@@ -34,11 +34,12 @@ def store_uri(store: Any) -> str:
 
 
 def _run(store: Any, flags: List[str], project_name: str, data: bytes = b"") -> bytes:
-    """``python -m smtlock._copy [FLAGS] URI PROJECT`` on ``store`` in a folder of its own; its stdout."""
+    """``python -m smtlock._copy [FLAGS] PROJECT`` on ``store`` in a folder of its own; its stdout."""
     uri = store_uri(store)
     with tempfile.TemporaryDirectory() as elsewhere:  # not a project: no project file, no lock of it
-        done = subprocess.run([sys.executable, "-m", "smtlock._copy", *flags, uri, project_name], cwd=elsewhere,
-                              input=data, capture_output=True)
+        done = subprocess.run([sys.executable, "-m", "smtlock._copy", *flags, project_name], cwd=elsewhere,
+                              input=data, capture_output=True,
+                              env={**os.environ, "SMTLOCK_COPY_URI": uri})  # not argv: ps shows it
     if done.returncode:
         last = mask_uri((done.stderr.decode(errors="replace").strip().splitlines() or ["no message"])[-1])
         password = unquote(urlsplit(uri).password or "") if is_postgres(uri) else ""

@@ -343,11 +343,18 @@ def _no_password_in_the_project(project: Path, password: str) -> None:
 def test_a_password_given_to_smtlock_postgres_stays_out_of_the_project(pg, project: Path,
                                                                       password_file: Path) -> None:
     """Before: the URI, password and all, in .smt/project and .smt/project.last-good (0644 in a 0755
-    home: readable by every local user), and in `smt info`."""
+    home: readable by every local user), and in `smt info`; and in the command line of the process
+    that copies the records (which `ps` shows every local user)."""
     pg.sql("DO $$ BEGIN CREATE ROLE kept LOGIN PASSWORD 'k33p-s3cret' CREATEDB; "
            "EXCEPTION WHEN duplicate_object THEN END $$")
-    done = cli("postgres", pg.uri("kept", "k33p-s3cret", "kept_apart"), cwd=project)
+    started = project.parent / "started"  # each command line smtlock starts, from an audit hook
+    code = ("import sys; sys.addaudithook(lambda event, args: event == 'subprocess.Popen' and "
+            f"open({str(started)!r}, 'a').write(repr(args[1]) + '\\n')); "
+            "from smtlock.cli import main; sys.exit(main(sys.argv[1:]))")
+    done = subprocess.run([sys.executable, "-c", code, "postgres", pg.uri("kept", "k33p-s3cret", "kept_apart")],
+                          cwd=project, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+    assert "smtlock._copy" in started.read_text() and "k33p-s3cret" not in started.read_text()
     assert f"is kept in {password_file} (readable by you only)" in done.stdout
     assert "k33p-s3cret" not in done.stdout + done.stderr
     _no_password_in_the_project(project, "k33p-s3cret")

@@ -46,9 +46,18 @@ def write(project: Path, tags: dict) -> None:
     assert done.returncode == 0, done.stderr
 
 
+#: Sumatra's smt, each command line it starts logged to $STARTED by an audit hook
+SMT_LOGGED = ("import os, sys; sys.addaudithook(lambda event, args: event == 'subprocess.Popen' and "
+              "open(os.environ['STARTED'], 'a').write(repr(args[1]) + '\\n')); "
+              "sys.argv[0] = 'smt'; from sumatra.cli import smt; sys.exit(smt())")
+
+
 def smt(project: Path, *args: str) -> None:
-    done = subprocess.run([SMT, *args], cwd=project, capture_output=True, text=True)
+    started = project.parent / "smt-started"
+    done = subprocess.run([sys.executable, "-c", SMT_LOGGED, *args], cwd=project, capture_output=True, text=True,
+                          env={**os.environ, "STARTED": str(started)})
     assert done.returncode == 0, done.stdout + done.stderr
+    assert "s3cret" not in (started.read_text() if started.exists() else "")  # ps shows command lines
 
 
 @pytest.mark.parametrize("target", ["sqlite", "postgres"])
@@ -62,6 +71,7 @@ def test_configure_store_and_sync_keep_every_tag(new_project, tmp_path: Path, ta
     new = str(tmp_path / "moved.db") if target == "sqlite" else request.getfixturevalue("pg_uri")
     assert tags_in(new, project) == {}  # made (Sumatra takes a path that does not exist for a shelf)
     smt(project, "configure", "--store", new)
+    assert "smtlock._copy" in (project.parent / "smt-started").read_text()  # the audit hook saw the copy
     assert tags_in(new, project) == before  # upstream: no tags at all in the new store
     assert tags_in(old, project) == before  # upstream: the old store's records got the copies' links too
 
