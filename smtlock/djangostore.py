@@ -148,13 +148,19 @@ def save(self: Any, project_name: str, record: Any) -> None:
 def without_stale_rows(write: Callable[[], Any], store: Any, undo: Callable[[], None]) -> Any:
     """Run ``write`` (whole transactions); when it failed on a foreign key and this process
     remembered rows of the store (``rows.py``), one may have been merged away by ``smtlock doctor
-    --repair``: forget them all and write once more, asking the store for every row."""
+    --repair``: forget them all and write once more, asking the store for every row (once: a second
+    failure raises). So too when an INSERT lost a race on a unique index (:mod:`smtlock.uniques`) to a
+    writer that takes no lock (plain Sumatra): once that writer committed, the write finds its row.
+    Without savepoints the INSERT fails the whole transaction; on PostgreSQL the next statement then
+    raises Django's TransactionManagementError, with the IntegrityError as its context."""
     from django.db import IntegrityError
     try:
         return write()
-    except IntegrityError:
-        if not rows.forget(store):
+    except Exception as error:
+        lost_a_race = isinstance(error, IntegrityError) or isinstance(error.__context__, IntegrityError)
+        if not lost_a_race:
             raise
+        rows.forget(store)
         undo()
         return write()
 

@@ -137,3 +137,56 @@ def test_a_busy_table_is_not_waited_for_and_hardened_later(pg, pg_uri: str, tmp_
     assert len(pg.sql(names, db)) == len(UNIQUE_MODELS) - 1  # the free tables were hardened at once
     run_python(FIRST_CONNECTION, project)
     assert len(pg.sql(names, db)) == len(UNIQUE_MODELS)
+
+
+RIVAL = """
+import sys
+from django.db import transaction
+from sumatra.parameters import SimpleParameterSet
+from sumatra.projects import load_project
+project = load_project()  # plain Sumatra: no smtlock, no lock
+record = project.new_record(parameters=SimpleParameterSet({"job": 7}), main_file="main.py", label="rival")
+with transaction.atomic(using=project.record_store._db_label):
+    project.record_store.save(project.name, record)
+    print("saved", flush=True)
+    sys.stdin.readline()  # commits when the test says so
+"""
+OURS = """
+import smtlock
+from sumatra.parameters import SimpleParameterSet
+from sumatra.projects import load_project
+project = load_project()
+record = project.new_record(parameters=SimpleParameterSet({"job": 7}), main_file="main.py", label="ours")
+project.add_record(record)
+"""
+
+
+def test_a_write_that_loses_a_race_with_a_plain_writer_is_made_again(pg, pg_uri: str, tmp_path: Path) -> None:
+    """A plain-Sumatra writer (no lock) inserts the rows a smtlock write needs and commits while that
+    write waits on the unique index: the write's INSERT fails, and it is made again, whole, finding the
+    rival's rows (before: the job failed, TransactionManagementError)."""
+    project = make_project(tmp_path / "p", pg_uri)
+    run_python(FIRST_CONNECTION, project)  # hardened
+    db = pg_uri.rsplit("/", 1)[1]
+    rival = subprocess.Popen([sys.executable, "-c", RIVAL], cwd=project, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert rival.stdout.readline().strip() == "saved"  # its rows inserted, not committed
+        ours = subprocess.Popen([sys.executable, "-c", OURS], cwd=project, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = %s"
+        while pg.sql(waiting.replace("%s", f"'{db}'"))[0][0] == 0:  # until our INSERT waits on the rival's
+            assert ours.poll() is None, ours.communicate()
+        rival.stdin.write("\n")
+        rival.stdin.flush()
+        assert rival.wait(timeout=60) == 0
+        out, err = ours.communicate(timeout=120)
+        assert ours.returncode == 0, err
+    finally:
+        for process in (rival,):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    counted = recount(pg_uri, project)
+    assert counted["duplicate_rows"] == {}
+    assert sorted(r["label"] for r in counted["records"]) == ["ours", "rival"]

@@ -204,6 +204,7 @@ def test_a_remembered_row_merged_away_by_the_doctor_does_not_break_the_next_writ
         assert writer.stdout.readline().strip() == "wrote"
         db = sqlite3.connect(str(project / ".smt" / "records"))
         with db:  # a copy of the executable's row with a lower id: the repair keeps the copy
+            db.execute("DROP INDEX smtlock_unique_django_store_executable")  # a store that has none
             columns = [row[1] for row in db.execute("PRAGMA table_info(django_store_executable)") if row[1] != "id"]
             names = ", ".join(columns)
             db.execute(f"INSERT INTO django_store_executable (id, {names}) "
