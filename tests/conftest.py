@@ -34,6 +34,26 @@ def project(new_project: Callable[..., Path]) -> Path:
     return new_project()
 
 
+#: the start of a script that sets Django up as smtweb does (Sumatra's web app: its views and templates)
+#: for the project in its folder; ``project`` is the project and ``client`` Django's test Client
+SMTWEB = """
+import os, sys
+from sumatra.projects import load_project
+from sumatra.recordstore.django_store import db_config
+import sumatra.web
+project = load_project()
+web = os.path.dirname(sumatra.web.__file__)
+db_config.update_settings(  # what smtweb sets
+    INSTALLED_APPS=db_config._settings["INSTALLED_APPS"] + ["sumatra.web"], ROOT_URLCONF="sumatra.web.urls",
+    STATIC_URL="/static/", ALLOWED_HOSTS=["testserver"],
+    TEMPLATES=[{"BACKEND": "django.template.backends.django.DjangoTemplates", "APP_DIRS": False,
+                "DIRS": [os.path.join(web, "templates")]}])
+db_config.configure()
+from django.test import Client
+client = Client()
+"""
+
+
 def run_python(code: str, cwd: Path, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter in ``cwd``; with check, fail the test on a non-zero exit."""
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, capture_output=True,

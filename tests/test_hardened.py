@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import run_python
+from conftest import SMTWEB, run_python
 from test_doctor import POISON, doctor
 
 from smtlock.burst import PROJECT_NAME, make_project, run_burst
@@ -23,21 +23,7 @@ from sumatra.projects import load_project
 project = load_project()
 print(len(project.record_store.list(project.name)))
 """
-WEB = """
-import os, sys
-from sumatra.projects import load_project
-from sumatra.recordstore.django_store import db_config
-import sumatra.web
-project = load_project()
-web = os.path.dirname(sumatra.web.__file__)
-db_config.update_settings(  # what smtweb sets
-    INSTALLED_APPS=db_config._settings["INSTALLED_APPS"] + ["sumatra.web"], ROOT_URLCONF="sumatra.web.urls",
-    STATIC_URL="/static/", ALLOWED_HOSTS=["testserver"],
-    TEMPLATES=[{"BACKEND": "django.template.backends.django.DjangoTemplates", "APP_DIRS": False,
-                "DIRS": [os.path.join(web, "templates")]}])
-db_config.configure()
-from django.test import Client
-client = Client()
+WEB = SMTWEB + """
 label = project.record_store.labels(project.name)[0]
 print(client.get(f"/{project.name}/").status_code, client.get(f"/{project.name}/{label}/").status_code)
 """

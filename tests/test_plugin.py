@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import outlives_its_timeout
+from conftest import SMTWEB, outlives_its_timeout
 
 from smtlock.burst import start_together
 from smtlock.census import recount
@@ -61,21 +61,7 @@ def test_enable_outside_a_project(tmp_path: Path) -> None:
     assert done.stderr.strip() == f"smtlock: error: no Sumatra project at {tmp_path} (run `smt init`)"
 
 
-WEB_READER = """
-import os, sys
-from sumatra.projects import load_project
-from sumatra.recordstore.django_store import db_config
-import sumatra.web
-load_project()
-web = os.path.dirname(sumatra.web.__file__)
-db_config.update_settings(  # what smtweb sets
-    INSTALLED_APPS=db_config._settings["INSTALLED_APPS"] + ["sumatra.web"], ROOT_URLCONF="sumatra.web.urls",
-    STATIC_URL="/static/", ALLOWED_HOSTS=["testserver"],
-    TEMPLATES=[{"BACKEND": "django.template.backends.django.DjangoTemplates", "APP_DIRS": False,
-                "DIRS": [os.path.join(web, "templates")]}])
-db_config.configure()
-from django.test import Client
-client = Client()
+WEB_READER = SMTWEB + """
 client.get("/stress/")
 os.write(int(sys.argv[1]), b"r"); os.read(int(sys.argv[2]), 1)
 codes = [client.get("/stress/").status_code for _ in range(60)]
