@@ -258,6 +258,11 @@ print(load_project().new_record(parameters=SimpleParameterSet({"i": 1}), main_fi
 """
 
 
+def lock_connection_of(pid: int) -> str:
+    """SQL: the connection process ``pid`` tries (or holds) the store's advisory lock on, by its name."""
+    return f"application_name LIKE 'smtlock pid {pid} on %'"
+
+
 SET_UP = "import smtlock; from sumatra.projects import load_project; load_project().record_store._get_models()"
 
 
@@ -278,11 +283,12 @@ def test_a_write_connects_before_it_waits_for_the_store(pg, pg_uri: str, tmp_pat
         writer = subprocess.Popen([sys.executable, "-c", WRITE_ONE], cwd=b, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
         waiting = (f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' "
-                   "AND application_name = 'smtlock waiting'")  # the connection that tries the store's lock
+                   f"AND {lock_connection_of(writer.pid)}")  # the connection that tries the store's lock
         deadline = time.monotonic() + 120
         while writer.poll() is None and pg.sql(waiting)[0][0] == 0 and time.monotonic() < deadline:
             time.sleep(0.01)  # until the writer waits for the store's advisory lock
-        assert writer.poll() is None and pg.sql(waiting)[0][0] == 1, writer.stderr.read()
+        assert writer.poll() is None, writer.communicate()
+        assert pg.sql(waiting)[0][0] == 1, "no connection of the writer's waits for the store's lock"
         django = f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' AND application_name = ''"
         assert pg.sql(django)[0][0] == 1  # the write's own connection, open before the store's lock
         holder.stdin.close()
@@ -316,11 +322,12 @@ def test_a_write_whose_connection_died_while_it_waited_is_made_again(tmp_path: P
         assert holder.stdout.readline().strip() == "held"
         writer = subprocess.Popen([sys.executable, "-c", WRITE_ONE], cwd=b, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
-        waiting = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'smtlock waiting'"
+        waiting = f"SELECT count(*) FROM pg_stat_activity WHERE {lock_connection_of(writer.pid)}"
         deadline = time.monotonic() + 120
         while writer.poll() is None and cluster.sql(waiting)[0][0] == 0 and time.monotonic() < deadline:
             time.sleep(0.01)  # until the writer, connected, waits for the store's advisory lock
-        assert writer.poll() is None, writer.stderr.read()
+        assert writer.poll() is None, writer.communicate()
+        assert cluster.sql(waiting)[0][0] == 1, "no connection of the writer's waits for the store's lock"
         cluster.restart()  # cuts every session: the holder's lock is freed, the writer's connection dies
         out, err = writer.communicate(timeout=120)
         assert writer.returncode == 0, err
