@@ -406,15 +406,14 @@ def sqlite_pragmas(sender: Any, connection: Any, **kwargs: Any) -> None:
         return
     name = str(connection.settings_dict["NAME"])
     journal = "DELETE" if is_shared(os.path.dirname(os.path.abspath(name))) else "WAL"
-    with connection.cursor() as cursor:
-        with _not_waiting(cursor, connection.vendor):
-            try:
-                cursor.execute("PRAGMA journal_mode=" + journal)
-                journal = cursor.fetchone()[0].upper()
-            except Exception as error:  # Django wraps sqlite3's error in its own class
-                if not isinstance(error.__cause__ or error, sqlite3.OperationalError):
-                    raise
-                journal = "unchanged"
+    with _not_waiting(connection), connection.cursor() as cursor:
+        try:
+            cursor.execute("PRAGMA journal_mode=" + journal)
+            journal = cursor.fetchone()[0].upper()
+        except Exception as error:  # Django wraps sqlite3's error in its own class
+            if not isinstance(error.__cause__ or error, sqlite3.OperationalError):
+                raise
+            journal = "unchanged"
         if journal == "WAL":
             cursor.execute("PRAGMA synchronous=NORMAL")
 
@@ -455,8 +454,8 @@ def _add_label_index(connection: Any) -> None:
         label += " varchar_pattern_ops"
     from django.db import transaction as django_transaction
     try:
-        with django_transaction.atomic(using=connection.alias), connection.cursor() as cursor, \
-                _not_waiting(cursor, connection.vendor):
+        with _not_waiting(connection), django_transaction.atomic(using=connection.alias), \
+                connection.cursor() as cursor, _not_waiting_in(cursor, connection.vendor):
             cursor.execute(f"CREATE INDEX IF NOT EXISTS {quote(LABEL_INDEX)} ON {quote(Record._meta.db_table)}"
                            f" ({project}, {label})")
     except DatabaseError:
@@ -468,25 +467,38 @@ def _add_unique_indexes(connection: Any) -> None:
     table with duplicate rows refuses its index until ``smtlock doctor --repair`` merges them."""
     names = uniques.to_add(connection)
     if names:
-        uniques.add(connection, names, lambda cursor: _not_waiting(cursor, connection.vendor))
+        with _not_waiting(connection):
+            uniques.add(connection, names, lambda cursor: _not_waiting_in(cursor, connection.vendor))
 
 
 @contextlib.contextmanager
-def _not_waiting(cursor: Any, vendor: str) -> Iterator[None]:
-    """Statements run inside fail at once, rather than wait, when another connection holds a lock
-    they need (SQLite: any reader, for a change of the schema or the journal). On PostgreSQL for the
-    caller's transaction only: a session's SET would stay on a pooled server connection for its next client."""
-    if vendor == "postgresql":
-        cursor.execute("SELECT set_config('lock_timeout', '1', true)")
+def _not_waiting(connection: Any) -> Iterator[None]:
+    """SQLite: statements, and the COMMITs of transactions, run inside fail at once rather than wait
+    when another connection holds a lock they need (any reader, for a change of the schema or the
+    journal). Around the whole transaction: a COMMIT needs the lock too (a reader kept a job's first
+    connection waiting at its index's COMMIT until the reader ended)."""
+    if connection.vendor != "sqlite":
         yield
         return
-    cursor.execute("PRAGMA busy_timeout")
-    waits_ms = cursor.fetchone()[0]
-    cursor.execute("PRAGMA busy_timeout=0")
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA busy_timeout")
+        waits_ms = cursor.fetchone()[0]
+        cursor.execute("PRAGMA busy_timeout=0")
     try:
         yield
     finally:
-        cursor.execute(f"PRAGMA busy_timeout={int(waits_ms)}")
+        with connection.cursor() as cursor:
+            cursor.execute(f"PRAGMA busy_timeout={int(waits_ms)}")
+
+
+@contextlib.contextmanager
+def _not_waiting_in(cursor: Any, vendor: str) -> Iterator[None]:
+    """PostgreSQL: statements of the caller's transaction fail at once rather than wait for a lock
+    another holds; for that transaction only (a session's SET would stay on a pooled server connection
+    for its next client). SQLite: see :func:`_not_waiting`, around the transaction."""
+    if vendor == "postgresql":
+        cursor.execute("SELECT set_config('lock_timeout', '1', true)")
+    yield
 
 
 def create_databases(self: Any) -> None:
