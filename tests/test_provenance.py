@@ -62,7 +62,7 @@ for line in sys.stdin:
     print(json.dumps({"fields": plain(fields), "stats": stats}), flush=True)
 '''
 
-MAIN = "import helper\nimport localpkg\nimport metapkg\nimport shadowed\n"
+MAIN = "import helper\nimport localpkg\nimport shadowed\nimport metapkg\n"
 HELPER = "import attrpkg\n"
 
 
