@@ -26,12 +26,12 @@ ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from smtlock.burst import make_project  # noqa: E402
+from smtlock._harness.burst import make_project  # noqa: E402
 
 WRITER = r"""
 import json, statistics, sys, time
 import smtlock
-from smtlock import lock as smtlock_lock
+from smtlock._lock import lock as smtlock_lock
 from sumatra.parameters import SimpleParameterSet
 from sumatra.projects import load_project
 

@@ -17,13 +17,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from pgserver import Cluster  # noqa: E402
 
-from smtlock.burst import JOB_SCRIPT, make_project, run_burst, start_together  # noqa: E402
-from smtlock.census import recount, verify  # noqa: E402
-from smtlock.hosts import NetworkHosts  # noqa: E402
+from smtlock._harness.burst import JOB_SCRIPT, make_project, run_burst, start_together  # noqa: E402
+from smtlock._harness.census import recount, verify  # noqa: E402
+from smtlock._harness.hosts import NetworkHosts  # noqa: E402
 
-MAKE = ("import sys; from pathlib import Path; from smtlock.burst import make_project; "
+MAKE = ("import sys; from pathlib import Path; from smtlock._harness.burst import make_project; "
         "print(make_project(Path(sys.argv[1]), sys.argv[2]))")
-CENSUS = "import json, sys; from smtlock.census import census; print(json.dumps(census(sys.argv[1], sys.argv[2])))"
+CENSUS = ("import json, sys; from smtlock._harness.census import census; "
+          "print(json.dumps(census(sys.argv[1], sys.argv[2])))")
 HOLD = ("import smtlock, sys\nlock = smtlock.SMTLock(sys.argv[1]); lock.acquire()\n"
         "print('held', flush=True)\nsys.stdin.read()\n")
 WAIT = ("import smtlock, sys, time\nlock = smtlock.SMTLock(sys.argv[1])\nsys.stdin.readline()\n"

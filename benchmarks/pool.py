@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from smtlock.burst import make_project  # noqa: E402
+from smtlock._harness.burst import make_project  # noqa: E402
 
 SWEEP = ROOT / "tests" / "programs" / "pool_sweep.py"
 GIT = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]

@@ -12,9 +12,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from pgserver import Cluster  # noqa: E402
 
-from smtlock.burst import JOB_SCRIPT, make_project, start_together  # noqa: E402
-from smtlock.census import recount, verify  # noqa: E402
-from smtlock.stress import run_mode  # noqa: E402
+from smtlock._harness.burst import JOB_SCRIPT, make_project, start_together  # noqa: E402
+from smtlock._harness.census import recount, verify  # noqa: E402
+from smtlock._harness.stress import run_mode  # noqa: E402
 
 
 def keep(run: dict) -> dict:

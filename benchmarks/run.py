@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from smtlock.burst import JOB_SCRIPT, make_project, start_together  # noqa: E402
-from smtlock.lock import SMTLock  # noqa: E402
-from smtlock.stress import run_mode  # noqa: E402
+from smtlock import SMTLock  # noqa: E402
+from smtlock._harness.burst import JOB_SCRIPT, make_project, start_together  # noqa: E402
+from smtlock._harness.stress import run_mode  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 

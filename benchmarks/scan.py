@@ -29,16 +29,16 @@ sys.path.insert(0, str(HERE))
 
 from smt_run_loop import GIT, SCIENCE  # noqa: E402
 
-from smtlock.burst import make_project  # noqa: E402
+from smtlock._harness.burst import make_project  # noqa: E402
 
 SCAN = """
 import contextlib, json, resource, sys
 import smtlock
-from smtlock.project import load
+from smtlock._lock.paths import load
 from sumatra.dependency_finder import find_dependencies
 from sumatra.programs import PythonExecutable
 try:  # the project whose .smt holds the memo shared by processes, as new_record says it
-    from smtlock.provenance import in_project
+    from smtlock._sumatra.provenance import in_project
 except ImportError:
     in_project = lambda path: contextlib.nullcontext()
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from smtlock.burst import make_project  # noqa: E402
+from smtlock._harness.burst import make_project  # noqa: E402
 
 OUT = Path(__file__).with_name("smt_run_loop.json")
 LOOP = """

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from smtlock.burst import make_project  # noqa: E402
+from smtlock._harness.burst import make_project  # noqa: E402
 
 GIT = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
 TRACKERS = ("smt_logged", "mlflow", "untracked")

@@ -1,6 +1,17 @@
 """smtlock: Sumatra provenance tracking that keeps every record when many jobs start at once.
 
-Importing smtlock makes every write a Sumatra project does safe (see :mod:`smtlock.patches`).
+Importing smtlock makes every write a Sumatra project does safe (see :mod:`smtlock._sumatra.patches`).
+The public names are the ones below, chosen here once; everything in a ``_folder`` is internal. The
+folders are the layers, each importing only those below it (``tests/test_layout.py``)::
+
+    errors      the error hierarchy (no Sumatra, no Django)
+    _postgres   PostgreSQL: URIs, connections, libpq's password file, the user's own server
+    _lock       SMTLock and its backends (flock, lease, advisory lock), atomic .smt files, one host
+    _sumatra    Sumatra made safe: every patch, the stores, the provenance memo, moves between stores
+    _tracking   what a job calls: @smt_logged, its output capture, the smt-run plugin
+    _ops        repairs and migration: doctor, smtlock postgres
+    _harness    smtlock stress: bursts, hosts, counting (never imported by the library)
+    cli         the smtlock command; plugin: the module Sumatra imports (smtlock enable)
 """
 
 import os
@@ -15,8 +26,9 @@ if os.name != "posix":  # flock(2) is the lock; there is no Windows backend
     raise ImportError("smtlock needs Linux or macOS (POSIX file locks); on Windows, run your jobs under "
                       "WSL or on a Linux machine")
 
-from . import patches
-from .decorator import current_label, smt_logged
+from ._lock.lock import SMTLock
+from ._sumatra import patches
+from ._tracking.decorator import current_label, smt_logged
 from .errors import (
     LockFileError,
     LockTimeout,
@@ -27,7 +39,6 @@ from .errors import (
     SMTLockError,
     StoreError,
 )
-from .lock import SMTLock
 
 __version__ = "0.2.0"
 
@@ -45,5 +56,8 @@ __all__ = [
     "SettingError",
     "__version__",
 ]
+
+for _public in (SMTLock, smt_logged, current_label):  # as users import them, in reprs and the docs
+    _public.__module__ = __name__
 
 patches.apply()

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Dict, List, NoReturn, Optional, Type
 
 from . import __version__
-from .backends import LEASE_VARIABLE
+from ._lock.backends import LEASE_VARIABLE
+from ._lock.filesystem import FILESYSTEM_VARIABLE
+from ._lock.lock import TIMEOUT_VARIABLE
+from ._postgres.client import mask_uri
 from .errors import SMTLockError
-from .filesystem import FILESYSTEM_VARIABLE
-from .lock import TIMEOUT_VARIABLE
-from .postgres import mask_uri
 
 __all__ = ["main", "build_parser"]
 
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     def path_argument(command: argparse.ArgumentParser) -> None:
         command.add_argument("path", nargs="?", default=".", help="a path inside the project (default: here)")
 
-    from . import plugin
+    from ._tracking import plugin
     for name, func, text in (("enable", plugin.enable, "protect every smt command of this project"),
                              ("disable", plugin.disable, "remove the protection of smt commands"),
                              ("status", plugin.status, "show what is protected in this project")):
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         path_argument(command)
         command.set_defaults(handler=lambda args, func=func: print(func(args.path)))
 
-    from . import doctor
+    from ._ops import doctor
     command = add("doctor", "check (and --repair) a project damaged by concurrency",
                   "Check a Sumatra project that concurrent jobs may have damaged, one line per check; "
                   "--repair fixes what can be fixed, under the project's lock. Exit 0: healthy; 1: problems "
@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument("--path", dest="old_path", help=argparse.SUPPRESS)  # the old spelling, still accepted
     command.set_defaults(handler=_postgres)
 
-    from . import server
+    from ._postgres import server
     command = add("server", "a PostgreSQL server of your own, no root needed",
                   "A PostgreSQL server owned by you, for projects whose jobs run on many hosts: "
                   "init makes it (generated passwords, kept readable by you only; projects connect as a "
@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     command.add_argument("--show-password", action="store_true", help="url: print the password too")
     command.set_defaults(handler=_server)
 
-    from . import stress
+    from ._harness import stress
     stress.add_arguments(add("stress", "launch N simultaneous jobs and count what survived",
                              "Launch N jobs at once against a new demo project, first as plain Sumatra, "
                              "then with smtlock, and count what each kept."))
@@ -132,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _postgres(args: argparse.Namespace) -> None:
-    from . import migrate, server
+    from ._ops import migrate
+    from ._postgres import server
     if (args.url is None) == (args.server is None):
         raise SMTLockError("give the store's URL or --server (the server `smtlock server` made), one of them")
     uri = args.url if args.server is None else server.url(Path(args.server) if args.server else None)
@@ -140,7 +141,7 @@ def _postgres(args: argparse.Namespace) -> None:
 
 
 def _server(args: argparse.Namespace) -> None:
-    from . import server
+    from ._postgres import server
     if args.action == "init":
         lines = server.init(args.folder, port=args.port, listen=args.listen, host=args.host)
     elif args.action == "url":

@@ -13,7 +13,7 @@ from typing import Callable
 
 import pytest
 
-from smtlock.burst import make_project
+from smtlock._harness.burst import make_project
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The tests' PostgreSQL: smtlock's throwaway server (see :class:`smtlock.server.ThrowawayServer`), and
+"""The tests' PostgreSQL: smtlock's throwaway server (see :class:`smtlock._postgres.server.ThrowawayServer`), and
 Debian's PgBouncer in front of it as a site runs one."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 from typing import Dict, Optional
 
-from smtlock.server import _NOBODY
-from smtlock.server import ThrowawayServer as Cluster
-from smtlock.server import _free_port as free_port
+from smtlock._postgres.server import _NOBODY
+from smtlock._postgres.server import ThrowawayServer as Cluster
+from smtlock._postgres.server import _free_port as free_port
 
 __all__ = ["Cluster", "free_port", "Bouncer", "pgbouncer_binary"]
 

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from conftest import waits_for_a_lock
 
-from smtlock.burst import make_project
+from smtlock._harness.burst import make_project
 
 SMT = os.path.join(os.path.dirname(sys.executable), "smt")
 HOLD = "import smtlock, sys; smtlock.SMTLock('.').acquire(); print('held', flush=True); sys.stdin.read()"
 KILLED_WRITER = """
 import os, signal
-from smtlock.atomic import AtomicFile
+from smtlock._lock.atomic import AtomicFile
 os.replace = lambda *args: os.kill(os.getpid(), signal.SIGKILL)  # killed between the write and the rename
 with AtomicFile(".smt/labels", "w") as f:
     f.write("killed")

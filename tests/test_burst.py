@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from smtlock.burst import start_together
-from smtlock.stress import run_mode
+from smtlock._harness.burst import start_together
+from smtlock._harness.stress import run_mode
 
 JOBS, RECORDS = 32, 3
 TIMESTAMP_LABEL = re.compile(r"^\d{8}-\d{6}(_\d+)?$")  # Sumatra's default label, plus our suffix

@@ -14,7 +14,7 @@ def test_without_django_a_shelve_project_is_protected(new_project) -> None:
 import json, smtlock
 from sumatra.parameters import SimpleParameterSet
 from sumatra.projects import load_project
-assert not smtlock.patches.DjangoRecordStore
+assert not smtlock._sumatra.patches.DjangoRecordStore
 project = load_project()
 labels = []
 for x in range(3):

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from conftest import run_python
 
-from smtlock.burst import make_project, run_burst
-from smtlock.stress import run_mode
+from smtlock._harness.burst import make_project, run_burst
+from smtlock._harness.stress import run_mode
 
 SMTLOCK = os.path.join(os.path.dirname(sys.executable), "smtlock")
 

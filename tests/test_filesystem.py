@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from smtlock.filesystem import Mount, _linux_mounts, _parse_bsd_mount, mount_of
+from smtlock._lock.filesystem import Mount, _linux_mounts, _parse_bsd_mount, mount_of
 
 
 def test_this_test_folder_is_local(tmp_path: Path) -> None:
@@ -36,7 +36,7 @@ def test_shared_types() -> None:
 
 MOUNT_OVER = """
 import subprocess, sys
-from smtlock.filesystem import mount_of
+from smtlock._lock.filesystem import mount_of
 folder = sys.argv[1]
 before = mount_of(folder).fstype
 subprocess.run(["mount", "-t", "tmpfs", "none", folder], check=True)

@@ -19,7 +19,7 @@ from typing import Dict, Iterator, List, NamedTuple, Tuple
 
 import pytest
 
-from smtlock.burst import make_project
+from smtlock._harness.burst import make_project
 
 GROUP = 3000
 OUTSIDER = (2003, 3001)  # a user of another group: may read the project, not write it
@@ -127,8 +127,8 @@ def shared() -> Iterator[Shared]:
 
         def recipe(lines: List[str]) -> List[str]:
             return [line.replace("GROUP", str(GROUP)).replace("PROJECT", str(project)) for line in lines]
-        shell(first, base, env[2001], f"{sys.executable} -c 'import sys, pathlib, smtlock.burst; "
-              f"smtlock.burst.make_project(pathlib.Path(sys.argv[1]))' {project}")
+        shell(first, base, env[2001], f"{sys.executable} -c 'import sys, pathlib, smtlock._harness.burst; "
+              f"smtlock._harness.burst.make_project(pathlib.Path(sys.argv[1]))' {project}")
         shell(first, project, env[2001], "smtlock enable", *recipe(owner_steps), *recipe(member_steps))
         shell(second, project, env[2002], *recipe(member_steps))
         ran = re.search(r"Record label for this run: '(\S+)'",

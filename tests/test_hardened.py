@@ -12,9 +12,9 @@ import pytest
 from conftest import SMTWEB, run_python
 from test_doctor import POISON, doctor
 
-from smtlock.burst import PROJECT_NAME, make_project, run_burst
-from smtlock.census import recount
-from smtlock.uniques import UNIQUE_MODELS
+from smtlock._harness.burst import PROJECT_NAME, make_project, run_burst
+from smtlock._harness.census import recount
+from smtlock._sumatra.uniques import UNIQUE_MODELS
 
 JOBS, RECORDS = 12, 2
 FIRST_CONNECTION = """

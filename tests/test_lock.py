@@ -12,7 +12,7 @@ from conftest import PROGRAMS, overlaps
 
 import smtlock
 from smtlock import LockTimeout, SMTLock, SMTLockError
-from smtlock.burst import start_together
+from smtlock._harness.burst import start_together
 from smtlock.errors import LockFileError, NoProjectError
 
 HOLDER = """

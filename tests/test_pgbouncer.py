@@ -15,7 +15,7 @@ import pytest
 from conftest import PROGRAMS, overlaps
 from pgserver import Bouncer, free_port, pgbouncer_binary
 
-from smtlock.burst import JOB_SCRIPT, make_project, start_together
+from smtlock._harness.burst import JOB_SCRIPT, make_project, start_together
 
 SMTLOCK = os.path.join(os.path.dirname(sys.executable), "smtlock")
 SECTIONS = str(PROGRAMS / "sections.py")
@@ -104,7 +104,7 @@ def test_a_burst_from_two_folders_through_the_pooler_keeps_every_record(site: Bo
                  str(tmp_path / f"{h}-{j}.json")] for h, folder in enumerate(folders) for j in range(jobs)]
     burst = start_together(commands, [tmp_path / f"{i}.log" for i in range(2 * jobs)])
     assert burst["codes"] == {i: 0 for i in range(2 * jobs)}, (tmp_path / "0.log").read_text()[-2000:]
-    code = "import json, sys; from smtlock.census import census; print(json.dumps(census(sys.argv[1], '.')))"
+    code = "import json, sys; from smtlock._harness.census import census; print(json.dumps(census(sys.argv[1], '.')))"
     done = subprocess.run([sys.executable, "-c", code, site.uri("site", "site-pw", "sitedb")], cwd=folders[0],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -160,7 +160,7 @@ def test_each_way_smtlock_postgres_can_fail_is_one_line_that_says_which(site: Bo
 
 def test_statement_pooling_is_refused_in_one_line_before_anything_is_written(site: Bouncer, pg,
                                                                              project: Path) -> None:
-    from smtlock.backends import PostgresBackend
+    from smtlock._lock.backends import PostgresBackend
     from smtlock.errors import StoreError
     uri = site.uri("site", "site-pw", "stmtdb")
     with pytest.raises(StoreError, match="statement pooling") as refused:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from smtlock import pgpass
-from smtlock.burst import start_together
-from smtlock.postgres import keep_password_apart
+from smtlock._harness.burst import start_together
+from smtlock._postgres import pgpass
+from smtlock._postgres.client import keep_password_apart
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def test_escapes_and_wildcards_read_as_libpq_reads_them(own_file: Path) -> None:
 
 WRITER = """
 import sys
-from smtlock import pgpass
+from smtlock._postgres import pgpass
 ready, go, n = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 import os
 os.write(ready, b"."); os.read(go, 1)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from conftest import SMTWEB, outlives_its_timeout
 
-from smtlock.burst import start_together
-from smtlock.census import recount
+from smtlock._harness.burst import start_together
+from smtlock._harness.census import recount
 
 BIN = os.path.dirname(sys.executable)
 ENV = {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"]}
@@ -73,7 +73,7 @@ def test_web_interface_lists_records_while_a_burst_writes(project: Path, tmp_pat
     assert smtlock_cli("enable", cwd=project).returncode == 0
     first = subprocess.run(["smt", "run", "params.txt", "job=99"], cwd=project, env=ENV, capture_output=True)
     assert first.returncode == 0  # the web view needs the project to have a record
-    job = str(Path(sys.modules["smtlock.burst"].__file__).with_name("_job.py"))
+    job = str(Path(sys.modules["smtlock._harness.burst"].__file__).with_name("job.py"))
     commands = [[sys.executable, job, "smt-run", str(project), str(i), "2", "{ready}", "{go}",
                  str(tmp_path / f"j{i}.json")] for i in range(16)]
     commands.append([sys.executable, "-c", WEB_READER, "{ready}", "{go}"])

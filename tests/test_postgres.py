@@ -12,8 +12,8 @@ import pytest
 from conftest import run_python
 from pgserver import Cluster, free_port
 
-from smtlock.burst import JOB_SCRIPT, make_project, start_together
-from smtlock.stress import run_mode
+from smtlock._harness.burst import JOB_SCRIPT, make_project, start_together
+from smtlock._harness.stress import run_mode
 
 SMTLOCK = os.path.join(os.path.dirname(sys.executable), "smtlock")
 
@@ -23,7 +23,7 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def census(uri: str, cwd: Path) -> dict:
-    code = "import json, sys; from smtlock.census import census; print(json.dumps(census(sys.argv[1], '.')))"
+    code = "import json, sys; from smtlock._harness.census import census; print(json.dumps(census(sys.argv[1], '.')))"
     done = subprocess.run([sys.executable, "-c", code, uri], cwd=cwd, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
@@ -158,8 +158,8 @@ def test_a_server_restart_mid_burst_loses_nothing_and_fails_no_job(tmp_path: Pat
     import threading
     import time
 
-    from smtlock.burst import run_burst
-    from smtlock.census import recount
+    from smtlock._harness.burst import run_burst
+    from smtlock._harness.census import recount
     cluster = Cluster()
     try:
         cluster.sql("CREATE ROLE smt LOGIN PASSWORD 's3cret' CREATEDB")
@@ -236,7 +236,7 @@ sys.stdin.read()
 def test_a_forked_child_never_ends_its_parents_server_session(pg_uri: str, tmp_path: Path) -> None:
     """The child inherits the connection that holds the advisory lock; closing it there would tell
     the server the session ended, freeing the parent's lock while the parent writes."""
-    from smtlock.backends import PostgresBackend
+    from smtlock._lock.backends import PostgresBackend
     (tmp_path / ".smt").mkdir()
     (tmp_path / ".smt" / "project").write_text(json.dumps({"record_store": {"db_file": pg_uri}}))
     parent = subprocess.Popen([sys.executable, "-c", FORK_WHILE_HOLDING, str(tmp_path)],
@@ -361,7 +361,7 @@ def test_a_password_given_to_smtlock_postgres_stays_out_of_the_project(pg, proje
     done = subprocess.run([sys.executable, "-c", code, "postgres", pg.uri("kept", "k33p-s3cret", "kept_apart")],
                           cwd=project, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "smtlock._copy" in started.read_text() and "k33p-s3cret" not in started.read_text()
+    assert "smtlock._sumatra.copying" in started.read_text() and "k33p-s3cret" not in started.read_text()
     assert f"is kept in {password_file} (readable by you only)" in done.stdout
     assert "k33p-s3cret" not in done.stdout + done.stderr
     _no_password_in_the_project(project, "k33p-s3cret")

@@ -20,8 +20,8 @@ from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 
-from smtlock.burst import _smt, make_project, start_together
-from smtlock.provenance import MEMO_DIR
+from smtlock._harness.burst import _smt, make_project, start_together
+from smtlock._sumatra.provenance import MEMO_DIR
 
 BIN = os.path.dirname(sys.executable)
 GIT = ["git", "-c", "user.name=smtlock", "-c", "user.email=smtlock@localhost"]
@@ -31,7 +31,7 @@ WORKER = r'''
 import json, os, sys
 if os.environ["WITH_SMTLOCK"] == "1":
     import smtlock
-    from smtlock import provenance
+    from smtlock._sumatra import provenance
 from sumatra.programs import PythonExecutable
 from sumatra.projects import load_project
 

@@ -10,16 +10,17 @@ from pathlib import Path
 import pytest
 from pgserver import Cluster
 
-from smtlock.burst import JOB_SCRIPT, start_together
-from smtlock.hosts import NetworkHosts
+from smtlock._harness.burst import JOB_SCRIPT, start_together
+from smtlock._harness.hosts import NetworkHosts
 
 SMTLOCK = os.path.join(os.path.dirname(sys.executable), "smtlock")
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
 
 
-MAKE = ("import sys; from pathlib import Path; from smtlock.burst import make_project; "
+MAKE = ("import sys; from pathlib import Path; from smtlock._harness.burst import make_project; "
         "print(make_project(Path(sys.argv[1]), sys.argv[2]))")
-CENSUS = "import json, sys; from smtlock.census import census; print(json.dumps(census(sys.argv[1], sys.argv[2])))"
+CENSUS = ("import json, sys; from smtlock._harness.census import census; "
+          "print(json.dumps(census(sys.argv[1], sys.argv[2])))")
 
 
 def on_host(hosts: NetworkHosts, host: int, code: str, *args: str) -> str:

@@ -17,9 +17,9 @@ from typing import Dict, Iterator, List
 import pytest
 from pgserver import free_port
 
-from smtlock import server
-from smtlock.burst import make_project, run_burst
-from smtlock.census import recount
+from smtlock._harness.burst import make_project, run_burst
+from smtlock._harness.census import recount
+from smtlock._postgres import server
 
 SMTLOCK = os.path.join(os.path.dirname(sys.executable), "smtlock")
 NOBODY = 65534

@@ -16,8 +16,8 @@ from typing import Iterator, List
 import pytest
 from pgserver import Cluster
 
-from smtlock.burst import make_project, run_burst
-from smtlock.census import recount
+from smtlock._harness.burst import make_project, run_burst
+from smtlock._harness.census import recount
 
 BIN = os.path.dirname(sys.executable)
 HINT = "if it is your own server: smtlock server start"

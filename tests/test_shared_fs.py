@@ -1,5 +1,5 @@
 """A project folder on a shared filesystem, as on a cluster: hosts made of mount and UTS namespaces,
-each with its own FUSE mount of the folder (smtlock.hosts), where file locks do not reach across."""
+each with its own FUSE mount of the folder (smtlock._harness.hosts), where file locks do not reach across."""
 
 import json
 import os
@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from conftest import PROGRAMS, overlaps
 
-from smtlock.burst import start_together
-from smtlock.hosts import SharedFolderHosts
-from smtlock.stress import run_mode
+from smtlock._harness.burst import start_together
+from smtlock._harness.hosts import SharedFolderHosts
+from smtlock._harness.stress import run_mode
 
 SMTLOCK = os.path.join(os.path.dirname(sys.executable), "smtlock")
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="hosts need root (namespaces and FUSE)")

@@ -71,7 +71,7 @@ def test_configure_store_and_sync_keep_every_tag(new_project, tmp_path: Path, ta
     new = str(tmp_path / "moved.db") if target == "sqlite" else request.getfixturevalue("pg_uri")
     assert tags_in(new, project) == {}  # made (Sumatra takes a path that does not exist for a shelf)
     smt(project, "configure", "--store", new)
-    assert "smtlock._copy" in (project.parent / "smt-started").read_text()  # the audit hook saw the copy
+    assert "smtlock._sumatra.copying" in (project.parent / "smt-started").read_text()  # the audit hook saw the copy
     assert tags_in(new, project) == before  # upstream: no tags at all in the new store
     assert tags_in(old, project) == before  # upstream: the old store's records got the copies' links too
 

@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from smtlock.census import recount, verify
-from smtlock.stress import exit_status, run_mode
+from smtlock._harness.census import recount, verify
+from smtlock._harness.stress import exit_status, run_mode
 
 SMTLOCK = os.path.join(os.path.dirname(sys.executable), "smtlock")
 

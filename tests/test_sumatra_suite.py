@@ -43,5 +43,5 @@ def stock(sumatra_tests: Path) -> tuple:
 
 @pytest.mark.parametrize("imports", ["import smtlock", "import smtlock.plugin"])
 def test_sumatra_suite_unchanged_by_the_patches(sumatra_tests: Path, stock: tuple, imports: str) -> None:
-    patched = _outcome(sumatra_tests, imports + "; assert smtlock.patches.is_applied()")
+    patched = _outcome(sumatra_tests, imports + "; assert smtlock._sumatra.patches.is_applied()")
     assert patched == stock

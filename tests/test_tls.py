@@ -15,8 +15,8 @@ from conftest import run_python
 from pgserver import Cluster
 from test_postgres import LIST, MAKE_RECORDS, cli
 
-from smtlock.postgres import connect_kwargs, keep_password_apart, mask_uri, without_password
-from smtlock.server import _has_tls, binaries
+from smtlock._postgres.client import connect_kwargs, keep_password_apart, mask_uri, without_password
+from smtlock._postgres.server import _has_tls, binaries
 
 SMT = os.path.join(os.path.dirname(sys.executable), "smt")
 
@@ -75,7 +75,7 @@ def tls_pg():
 
 HOLD = """
 import json, sys, smtlock
-from smtlock.postgres import connect
+from smtlock._postgres.client import connect
 with smtlock.SMTLock("."):  # the lock's own connection, then a query on the server about it
     conn = connect(sys.argv[1])
     with conn.cursor() as cur:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import run_python
 
-from smtlock.burst import start_together
+from smtlock._harness.burst import start_together
 
 SMTLOCK = os.path.join(os.path.dirname(sys.executable), "smtlock")
 
@@ -130,7 +130,7 @@ print(json.dumps([project.get_labels(), project.get_record(label).outcome]))
 
 def test_unchanged_record_is_not_written_twice(project: Path) -> None:
     done = run_python(NEW_RECORD + """
-from smtlock import lock
+from smtlock._lock import lock
 lock.enable_stats()
 record = new(x=1)
 with smtlock.SMTLock(project):
@@ -225,7 +225,7 @@ def test_a_remembered_row_merged_away_by_the_doctor_does_not_break_the_next_writ
 UNDER_THE_LOCK = NEW_RECORD + """
 project.record_store._get_models()  # Django configured, as by the first store call
 from django.db import connections
-from smtlock import lock as smtlock_lock
+from smtlock._lock import lock as smtlock_lock
 seen = []
 
 def watch(execute, sql, params, many, context):
@@ -296,7 +296,7 @@ print(json.dumps([new(label=label, i=i).label for i, label in enumerate(wanted)]
 BY_LABEL = NEW_RECORD + """
 project.record_store._get_models()  # Django configured, as by the first store call
 from django.db import connections
-from smtlock import lock as smtlock_lock
+from smtlock._lock import lock as smtlock_lock
 connection = connections["default"]
 ran = []
 

@@ -1,6 +1,6 @@
 """Lock backends: each knows one way to exclude other processes, and only that.
 
-:class:`smtlock.lock.SMTLock` owns the protocol (waiting, timeout, re-entrancy, fork, statistics); a
+:class:`smtlock._lock.lock.SMTLock` owns the protocol (waiting, timeout, re-entrancy, fork, statistics); a
 backend only tries once, waits in the kernel if it can, and releases. Adding a backend (the
 PostgreSQL advisory lock, say) touches one class.
 """
@@ -18,8 +18,7 @@ import time
 from abc import ABC, abstractmethod
 from typing import Any, NamedTuple, Optional
 
-from .errors import LockFileError, ServerUnreachable, SettingError
-from .postgres import (
+from .._postgres.client import (
     advisory_key,
     connect,
     connect_kwargs,
@@ -28,6 +27,7 @@ from .postgres import (
     refuses_transactions,
     statement_pooling,
 )
+from ..errors import LockFileError, ServerUnreachable, SettingError
 
 __all__ = ["LockBackend", "FileBackend", "LeaseBackend", "Holder", "lease_setting", "FILE_MODE",
            "replacement_mode", "LEASE_VARIABLE", "CLOCK_SLOP_S", "PostgresBackend", "HOLDER_SUFFIX",
@@ -70,7 +70,7 @@ _HOLDER_RECORD = re.compile(r"pid (?P<pid>\d+) on (?P<host>\S+) since (?P<since>
 class LockBackend(ABC):
     """One way of excluding other processes. It tries once and never waits: SMTLock does the waiting.
 
-    A backend belongs to the process that made it: :class:`~smtlock.lock.SMTLock` makes new ones in a
+    A backend belongs to the process that made it: :class:`~smtlock._lock.lock.SMTLock` makes new ones in a
     forked child and calls :meth:`abandon` on the inherited ones, which must then give up their
     descriptors and connections without releasing anything the parent holds.
     """

@@ -15,7 +15,7 @@ Two rules keep a remembered row true:
 * a remembered row can disappear only when ``smtlock doctor --repair`` merges duplicate rows. The
   write that then refers to it fails at commit on its foreign key, having written nothing; the write
   path calls :func:`forget` and runs the write again, asking the store for every value (see
-  :func:`smtlock.djangostore.transaction`).
+  :func:`smtlock._sumatra.djangostore.transaction`).
 
 Upstream also saves rows again right after making them: ``_get_db_obj`` saves a row that
 ``get_or_create`` has just inserted, and ``save`` writes the record's row a second time, with its

@@ -1,6 +1,6 @@
 """Launching a burst: a demo project, N jobs as OS processes released together by a start barrier,
 and a killer that SIGKILLs jobs while they hold the lock. What the burst left is counted by
-:mod:`smtlock.census`.
+:mod:`smtlock._harness.census`.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 from urllib.parse import urlsplit
 
-from .backends import Holder
+from .._lock.backends import Holder
+from .._postgres.client import create_database, drop_database
 from .hosts import SharedFolderHosts
-from .postgres import create_database, drop_database
 
 __all__ = ["PROJECT_NAME", "JOB_SCRIPT", "store_uri_for", "make_project", "start_together", "Killer", "run_burst",
            "fresh_database"]
@@ -27,7 +27,7 @@ __all__ = ["PROJECT_NAME", "JOB_SCRIPT", "store_uri_for", "make_project", "start
 PROJECT_NAME = "stress"
 
 
-JOB_SCRIPT = str(Path(__file__).with_name("_job.py"))
+JOB_SCRIPT = str(Path(__file__).with_name("job.py"))
 
 
 MAIN_PY = '''"""A stand-in simulation for smtlock stress runs."""

@@ -36,8 +36,8 @@ import time
 from modulefinder import Module
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .atomic import AtomicFile
-from .project import SMT_DIR
+from .._lock.atomic import AtomicFile
+from .._lock.paths import SMT_DIR
 
 __all__ = ["enabled", "run_script", "executable_version", "platform_information", "in_project",
            "MEMO_DIR", "MEMO_SWITCH", "stats"]

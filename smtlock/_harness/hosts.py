@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import List, Optional
 
-from .errors import SMTLockError
+from ..errors import SMTLockError
 
 __all__ = ["SharedFolderHosts", "NetworkHosts"]
 

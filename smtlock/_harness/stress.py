@@ -1,9 +1,9 @@
 """``smtlock stress``: runs of N simultaneous jobs against one project in each mode, on one host, on
 hosts sharing a folder or on hosts of their own, and the table, verdict and plot of what they kept.
 
-Each job is its own OS process (``_job.py``), released with the others by a start barrier once it has
-imported everything (:mod:`smtlock.burst`); afterwards a fresh process reads the store and counts
-expected vs found, duplicates, distinct labels and duplicate table rows (:mod:`smtlock.census`).
+Each job is its own OS process (``job.py``), released with the others by a start barrier once it has
+imported everything (:mod:`smtlock._harness.burst`); afterwards a fresh process reads the store and counts
+expected vs found, duplicates, distinct labels and duplicate table rows (:mod:`smtlock._harness.census`).
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 from urllib.parse import urlsplit
 
+from .._postgres.client import drop_database, is_postgres, mask_uri
+from ..errors import SMTLockError
 from .burst import JOB_SCRIPT, fresh_database, make_project, run_burst, start_together
 from .census import journal_mode, per_host, percentiles_ms, recount, verify
-from .errors import SMTLockError
 from .hosts import NetworkHosts, SharedFolderHosts
-from .postgres import drop_database, is_postgres, mask_uri
 
 __all__ = ["MODES", "TITLES", "verdict", "run_mode", "run_network_mode", "exit_status", "format_table"]
 
@@ -45,7 +45,7 @@ def run_mode(mode: str, store: str, jobs: int, records: int, base_dir: Path,
              keep: bool = False, kill: int = 0, hosts: int = 0) -> Dict[str, Any]:
     """One run: a fresh project under ``base_dir/<mode>`` (and a fresh database for PostgreSQL, dropped
     afterwards unless ``keep``), the burst, the recount, the figures. With ``hosts``, the project lives
-    in a folder those hosts share (see :mod:`smtlock.hosts`) and the jobs are spread over them."""
+    in a folder those hosts share (see :mod:`smtlock._harness.hosts`) and the jobs are spread over them."""
     run_dir = base_dir / mode
     if run_dir.exists():
         shutil.rmtree(run_dir)
@@ -94,9 +94,9 @@ def run_mode(mode: str, store: str, jobs: int, records: int, base_dir: Path,
     return result
 
 
-_MAKE = ("import sys; from pathlib import Path; from smtlock.burst import make_project; "
+_MAKE = ("import sys; from pathlib import Path; from smtlock._harness.burst import make_project; "
          "print(make_project(Path(sys.argv[1]), sys.argv[2], plugin=sys.argv[3] == 'smt-run'))")
-_CENSUS = ("import json, sys; from smtlock.census import census; "
+_CENSUS = ("import json, sys; from smtlock._harness.census import census; "
            "print(json.dumps(census(sys.argv[1], sys.argv[2])))")
 _HOLDERS = ("SELECT host(a.client_addr) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
             "WHERE l.locktype = 'advisory' AND l.granted AND a.client_addr IS NOT NULL")
@@ -160,10 +160,10 @@ class _Cutter(threading.Thread):
 def run_network_mode(mode: str, jobs: int, records: int, base_dir: Path, count: int,
                      progress: Optional[Callable[[int, int, int, int], None]] = None,
                      cut: bool = False) -> Dict[str, Any]:
-    """One run on ``count`` hosts made of network namespaces (:class:`~smtlock.hosts.NetworkHosts`),
+    """One run on ``count`` hosts made of network namespaces (:class:`~smtlock._harness.hosts.NetworkHosts`),
     each with its own project folder, all on one throwaway PostgreSQL server in a namespace of its own;
     job ``j`` runs on host ``j % count``. With ``cut``, host-1 is cut off while it holds the lock."""
-    from .server import ThrowawayServer
+    from .._postgres.server import ThrowawayServer
     run_dir = base_dir / mode
     if run_dir.exists():
         shutil.rmtree(run_dir)
@@ -221,7 +221,7 @@ def _store_argument(value: str) -> str:
     if value.lower() in ("sqlite", "shelve"):
         return value.lower()
     if is_postgres(value):
-        from .postgres import check_uri
+        from .._postgres.client import check_uri
         try:
             return check_uri(value)
         except SMTLockError as err:
@@ -342,7 +342,7 @@ def _progress_line(mode: str) -> Callable[[int, int, int, int], None]:
 def check_store(store: str) -> None:
     """Fail early, in one line, when the store cannot be used."""
     if is_postgres(store):
-        from .postgres import check_server, connect
+        from .._postgres.client import check_server, connect
         check_server(store, must_exist=False)
         conn = connect(store, dbname="postgres")
         try:

@@ -2,7 +2,7 @@
 
 The lock file is ``.smt/smtlock.lock``. Within a process the lock is re-entrant (a Sumatra call that
 locks inside a user's ``with SMTLock(project):`` does not deadlock) and threads take turns. Across
-processes a :class:`~smtlock.backends.FileBackend` excludes; a PostgreSQL store adds a backend that
+processes a :class:`~smtlock._lock.backends.FileBackend` excludes; a PostgreSQL store adds a backend that
 reaches across machines. A forked child (multiprocessing's default on Linux) starts holding nothing,
 with backends of its own, whatever its parent held at the fork.
 """
@@ -20,11 +20,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Callable, List, Optional, Tuple, Union
 
+from .._postgres.client import mask_uri
+from ..errors import LockTimeout, NoProjectError, ServerUnreachable, SettingError
 from .backends import FileBackend, LeaseBackend, LockBackend, PostgresBackend, probe
-from .errors import LockTimeout, NoProjectError, ServerUnreachable, SettingError
 from .filesystem import is_shared
-from .postgres import mask_uri
-from .project import LEASE_SUFFIX, LOCK_FILE_NAME, SMT_DIR, postgres_uri, project_root
+from .paths import LEASE_SUFFIX, LOCK_FILE_NAME, SMT_DIR, postgres_uri, project_root
 
 __all__ = ["SMTLock", "store_lock", "TIMEOUT_VARIABLE", "timeout_setting", "enable_stats", "collected_stats",
            "SERVER_WAIT_S", "server_wait", "wait_for_server", "current_hold", "in_before_store"]

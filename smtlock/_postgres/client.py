@@ -13,8 +13,8 @@ import re
 from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from ..errors import StoreError
 from . import pgpass
-from .errors import StoreError
 
 __all__ = ["is_postgres", "mask_uri", "check_uri", "without_password", "keep_password_apart", "LIBPQ_PARAMETERS",
            "libpq_options", "connect_kwargs",

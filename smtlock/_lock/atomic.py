@@ -17,7 +17,7 @@ import tempfile
 from typing import Any, Iterator, Optional
 
 from .backends import replacement_mode
-from .project import LAST_GOOD_SUFFIX, SMT_DIR
+from .paths import LAST_GOOD_SUFFIX, SMT_DIR
 
 __all__ = ["AtomicFile", "atomic_open"]
 

@@ -72,7 +72,7 @@ def is_shared(path: "str | os.PathLike[str]") -> bool:
     if said in ("local", "shared"):
         return said == "shared"
     if said:
-        from .errors import SettingError
+        from ..errors import SettingError
         raise SettingError(f"{FILESYSTEM_VARIABLE}={said!r}: use local (only this host writes the "
                            "project) or shared")
     return mount_of(path).shared

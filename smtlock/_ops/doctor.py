@@ -17,24 +17,23 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List
 
-from . import djangostore, uniques
-from .backends import CLOCK_SLOP_S, FILE_MODE, HOLDER_SUFFIX, Holder, LeaseBackend, PostgresBackend, probe
-from .errors import StoreError
-from .filesystem import mount_of
-from .lock import SMTLock
-from .patches import RUNNING_TAGS, free_label
-from .postgres import mask_uri
-from .project import (
+from .._lock.backends import CLOCK_SLOP_S, FILE_MODE, HOLDER_SUFFIX, Holder, LeaseBackend, PostgresBackend, probe
+from .._lock.filesystem import mount_of
+from .._lock.lock import SMTLock
+from .._lock.paths import (
     LAST_GOOD_SUFFIX,
     LEASE_SUFFIX,
     LOCK_FILE_NAME,
     RUNNING_DIR,
     SMT_DIR,
-    load,
     postgres_uri,
     project_root,
-    store_path,
 )
+from .._postgres.client import mask_uri
+from .._sumatra import djangostore, uniques
+from .._sumatra.patches import RUNNING_TAGS, free_label
+from .._sumatra.project import load, store_path
+from ..errors import StoreError
 
 __all__ = ["DEDUPLICATED_MODELS", "Finding", "diagnose", "duplicate_rows", "shared_labels",
            "merge_duplicate_rows"]
@@ -206,7 +205,7 @@ def _check_duplicates(store: Any, repair: bool) -> Finding:
 
 
 def _check_uniques(store: Any, repair: bool, duplicates_left: bool) -> Finding:
-    """Sumatra's get_or_create tables with smtlock's unique indexes (:mod:`smtlock.uniques`): without
+    """Sumatra's get_or_create tables with smtlock's unique indexes (:mod:`smtlock._sumatra.uniques`): without
     them a writer not under smtlock's lock (a plain-Sumatra folder, smtweb) can add duplicate rows."""
     from django.db import connections
     connection = connections[store._db_label]

@@ -8,8 +8,8 @@ import shelve
 import sqlite3
 from typing import Any, Callable
 
-from .hostclaim import one_host
-from .lock import store_lock
+from .._lock.hostclaim import one_host
+from .._lock.lock import store_lock
 from .upstream import original
 
 __all__ = ["accepts_uri", "locked_init", "fresh"]

@@ -25,7 +25,7 @@ def census(store: str, project_dir: str, project_name: str = PROJECT_NAME) -> Di
     from sumatra.recordstore import ShelveRecordStore
     from sumatra.recordstore.django_store import DjangoRecordStore
 
-    from .doctor import duplicate_rows
+    from .._ops.doctor import duplicate_rows
     # the kind of store the project was made with, not a guess from the path (see
     # shelf.accepts_uri: on Python 3.13 a guess took the SQLite store for a shelf)
     uri = store_uri_for(store, Path(project_dir)) or str(Path(project_dir) / ".smt" / "records")
@@ -46,7 +46,7 @@ def census(store: str, project_dir: str, project_name: str = PROJECT_NAME) -> Di
 
 def recount(store: str, project_dir: Path) -> Dict[str, Any]:
     """:func:`census` in a fresh process (Django is configured once per process)."""
-    code = ("import json, sys; from smtlock.census import census; "
+    code = ("import json, sys; from smtlock._harness.census import census; "
             "print(json.dumps(census(sys.argv[1], sys.argv[2])))")
     done = subprocess.run([sys.executable, "-c", code, store, str(project_dir)], cwd=project_dir,
                           capture_output=True, text=True)

@@ -3,7 +3,8 @@
 :func:`apply` runs on ``import smtlock`` (and from the Sumatra plugin) and lists every patch. Each
 wraps the narrowest Sumatra callable and says which upstream behaviour it fixes; no Sumatra code is
 copied. The project-level write path is here; what each kind of store needs is in
-:mod:`~smtlock.djangostore` and :mod:`~smtlock.shelf`, the files under ``.smt`` in :mod:`~smtlock.atomic`.
+:mod:`~smtlock._sumatra.djangostore` and :mod:`~smtlock._sumatra.shelf`, the files under ``.smt`` in
+:mod:`~smtlock._lock.atomic`.
 
 The path of one record write, top to bottom (:func:`add_record`)::
 
@@ -35,6 +36,7 @@ import threading
 import weakref
 from typing import Any, Callable, Dict, Optional, Set, Tuple
 
+import sumatra.cli.smt  # noqa: F401  (patched through sys.modules: sumatra.cli.smt is also a function)
 import sumatra.commands
 import sumatra.dependency_finder.python
 import sumatra.launch
@@ -44,16 +46,17 @@ from sumatra.core import STATUS_FORMAT, get_encoding
 from sumatra.projects import Project
 from sumatra.recordstore.shelve_store import ShelveRecordStore
 
+from .._lock.atomic import atomic_open
+from .._lock.backends import FileBackend
+from .._lock.hostclaim import one_host
+from .._lock.lock import SMTLock
+from .._lock.paths import LOCK_FILE_NAME, RUNNING_DIR, SMT_DIR, postgres_uri
+from .._postgres.client import is_postgres, keep_password_apart, mask_uri, without_password
+from .._postgres.pgpass import password_file
+from ..errors import ServerUnreachable, SMTLockError
 from . import djangostore, moves, provenance, rows, shelf
-from .atomic import atomic_open
-from .backends import FileBackend
 from .djangostore import DjangoConfiguration, DjangoRecordStore, connecting  # None without Django
-from .errors import SMTLockError
-from .hostclaim import one_host
-from .lock import SMTLock
-from .pgpass import password_file
-from .postgres import is_postgres, keep_password_apart, mask_uri, without_password
-from .project import LOCK_FILE_NAME, RUNNING_DIR, SMT_DIR, postgres_uri, store_path
+from .project import store_path
 from .upstream import is_patched, original, patch
 
 __all__ = ["apply", "is_applied", "add_record", "save_record", "claim_label", "free_label", "prepare_store",
@@ -89,7 +92,7 @@ def add_record(self: Project, record: Any) -> None:
 
 def _write(project: Project, record: Any, claim: bool) -> None:
     """One record write: the label claim, then the store's save; for a Django store both in one
-    transaction (:func:`smtlock.djangostore.transaction`: on PostgreSQL it holds the store's write
+    transaction (:func:`smtlock._sumatra.djangostore.transaction`: on PostgreSQL it holds the store's write
     lock, and a write whose connection broke is rolled back and made again, whole)."""
     store = project.record_store
 
@@ -425,6 +428,11 @@ def apply() -> None:
             setattr(module, "open", atomic_open)  # noqa: B010 (a module attribute mypy cannot see)
 
     patch(sumatra.programs, "run", _run_in_any_thread)
+    # Upstream's `smt` prints a RecordStoreAccessError as one line ("Error: ...", exit 1) and any other
+    # error as a traceback. A server that is down is a ServerUnreachable, raised by the lock, which
+    # knows no Sumatra: the name `smt` catches by stands for both.
+    patch(sys.modules["sumatra.cli.smt"], "RecordStoreAccessError",
+          lambda orig: (orig, ServerUnreachable))
 
     # Upstream repeats for every record a dependency scan, `python --version`, `file -b`, `uname -p`
     # and an HTTP probe whose answers rarely change: remembered while what they read is unchanged

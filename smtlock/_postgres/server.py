@@ -6,7 +6,7 @@ server are the ones that run it. Everything lives in one folder (default
 ``~/.local/share/smtlock/server``, mode 0700): the database cluster in ``data/``, the settings in
 ``server.json``, the superuser's password in ``password`` and the projects' role's in
 ``role-password`` (both 0600). Projects connect as :data:`USER`, which owns the database and is no
-superuser; its password reaches them through libpq's password file (:mod:`smtlock.pgpass`), never
+superuser; its password reaches them through libpq's password file (:mod:`smtlock._postgres.pgpass`), never
 through a project's files.
 """
 
@@ -28,8 +28,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from ..errors import SMTLockError
 from . import pgpass
-from .errors import SMTLockError
 
 __all__ = ["ServerError", "ThrowawayServer", "binaries", "default_folder", "init", "start", "stop", "status", "url",
            "USER", "ADMIN", "DATABASE"]

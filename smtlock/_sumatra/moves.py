@@ -5,7 +5,7 @@ Sumatra's tagging keeps the tag links of every store's records in Django's defau
 first store a process opens), keyed by the record's row id. Upstream's ``RecordStore.sync`` reads and
 saves both stores in one process, so a record read from the second store gets the tags of whichever
 record of the first has its row id, and a record saved to it links its tags there too: records
-arrive with another record's tags. ``smtlock postgres`` copies the same way (:mod:`smtlock._copy`).
+arrive with another record's tags. ``smtlock postgres`` copies the same way (:mod:`smtlock._sumatra.copying`).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import tempfile
 from typing import Any, Callable, Dict, List
 from urllib.parse import unquote, urlsplit
 
+from .._postgres.client import is_postgres, mask_uri
+from ..errors import StoreError
 from .djangostore import is_django
-from .errors import StoreError
-from .postgres import is_postgres, mask_uri
 
 __all__ = ["store_uri", "read_records", "write_records", "sync"]
 
@@ -42,10 +42,10 @@ def store_uri(store: Any) -> str:
 
 
 def _run(store: Any, flags: List[str], project_name: str, data: bytes = b"") -> bytes:
-    """``python -m smtlock._copy [FLAGS] PROJECT`` on ``store`` in a folder of its own; its stdout."""
+    """``python -m smtlock._sumatra.copying [FLAGS] PROJECT`` on ``store`` in a folder of its own; its stdout."""
     uri = store_uri(store)
     with tempfile.TemporaryDirectory() as elsewhere:  # not a project: no project file, no lock of it
-        done = subprocess.run([sys.executable, "-m", "smtlock._copy", *flags, project_name], cwd=elsewhere,
+        done = subprocess.run([sys.executable, "-m", "smtlock._sumatra.copying", *flags, project_name], cwd=elsewhere,
                               input=data, capture_output=True,
                               env={**os.environ, "SMTLOCK_COPY_URI": uri})  # not argv: ps shows it
     if done.returncode:

@@ -11,9 +11,8 @@ import tempfile
 from typing import Any, Dict, List
 from urllib.parse import unquote, urlsplit
 
-from .errors import StoreError
-from .lock import SMTLock
-from .postgres import (
+from .._lock.lock import SMTLock
+from .._postgres.client import (
     check_transactions,
     check_uri,
     create_database,
@@ -22,7 +21,8 @@ from .postgres import (
     mask_uri,
     without_password,
 )
-from .project import describe_store, load
+from .._sumatra.project import describe_store, load
+from ..errors import StoreError
 
 __all__ = ["move_project"]
 
@@ -32,7 +32,7 @@ def _copy(uri: str, project_name: str, records: List[Any]) -> Dict[str, List[str
     return the labels it then holds, with their tags. The caller holds the project's lock, and has
     set the store up (migrations, label index) while taking it."""
     with tempfile.TemporaryDirectory() as elsewhere:  # not the project: its lock is held by the caller
-        done = subprocess.run([sys.executable, "-m", "smtlock._copy", project_name], cwd=elsewhere,
+        done = subprocess.run([sys.executable, "-m", "smtlock._sumatra.copying", project_name], cwd=elsewhere,
                               input=pickle.dumps(records), capture_output=True,
                               env={**os.environ, "SMTLOCK_COPY_URI": uri})  # not argv: ps shows it
     if done.returncode:
@@ -75,7 +75,7 @@ def move_project(path: str, uri: str, dry_run: bool = False) -> List[str]:
     with SMTLock(project):
         records = [old.get(project.name, label) for label in old.labels(project.name)] \
             if old.has_project(project.name) else []
-        copied = _copy(uri, project.name, records)  # in a process of its own (see _copy.py)
+        copied = _copy(uri, project.name, records)  # in a process of its own (see smtlock._sumatra.copying)
         wrong = [r.label for r in records if copied.get(r.label) != sorted(r.tags)]
         if wrong:
             raise StoreError(f"{len(wrong)} records did not arrive in {where} with their tags, "

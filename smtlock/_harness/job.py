@@ -1,6 +1,6 @@
 """One job of a stress burst, run as a script (never imported: a raw job must not load smtlock).
 
-    python _job.py MODE PROJECT_DIR JOB RECORDS READY_FD GO_FD RESULT_FILE
+    python job.py MODE PROJECT_DIR JOB RECORDS READY_FD GO_FD RESULT_FILE
 
 It imports everything, reports ready on READY_FD, blocks until GO_FD closes (the start barrier), then
 writes RECORDS records with parameters {"job": JOB, "rec": r} the way MODE says, and leaves what it
@@ -64,8 +64,8 @@ def main(argv: List[str]) -> int:
         result["where"] = [f"{f.filename.split('site-packages/')[-1]}:{f.lineno} {f.name}"
                            for f in traceback.extract_tb(err.__traceback__)]
         result["message"] = str(err)[:2000]
-    if "smtlock.lock" in sys.modules:
-        result["lock"] = sys.modules["smtlock.lock"].collected_stats()
+    if "smtlock._lock.lock" in sys.modules:
+        result["lock"] = sys.modules["smtlock._lock.lock"].collected_stats()
     with open(result_file, "w") as f:
         json.dump(result, f)
     return 1 if result["error"] else 0

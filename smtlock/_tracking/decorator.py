@@ -19,9 +19,9 @@ from sumatra.parameters import JSONParameterSet, ParameterSet
 from sumatra.programs import PythonExecutable
 from sumatra.projects import Project
 
+from .._lock.lock import SMTLock
+from .._sumatra.project import load
 from .capture import Captured
-from .lock import SMTLock
-from .project import load
 
 __all__ = ["smt_logged", "current_label"]
 

@@ -8,11 +8,11 @@ import socket
 import time
 from typing import Optional
 
+from ..errors import StoreError
 from .atomic import AtomicFile
-from .errors import StoreError
 from .filesystem import is_shared, mount_of
 from .lock import store_lock
-from .project import HOST_CLAIM_SUFFIX, RUNNING_DIR
+from .paths import HOST_CLAIM_SUFFIX, RUNNING_DIR
 
 __all__ = ["HOST_IDLE_S", "one_host"]
 

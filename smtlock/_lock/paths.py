@@ -1,17 +1,16 @@
-"""A Sumatra project on disk: its root, the files smtlock keeps under ``.smt``, what kind of record
-store it has, and loading it with errors that say what to do."""
+"""A Sumatra project on disk, as the lock needs it: its root, the files smtlock keeps under ``.smt``,
+and whether its record store is PostgreSQL (read from ``.smt/project``, without Sumatra)."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
-from .errors import NoProjectError, ProjectFileError
-from .postgres import is_postgres, mask_uri
+from .._postgres.client import is_postgres
+from ..errors import NoProjectError
 
-__all__ = ["load", "project_root", "postgres_uri", "store_path", "describe_store", "SMT_DIR", "LOCK_FILE_NAME",
+__all__ = ["project_root", "postgres_uri", "SMT_DIR", "LOCK_FILE_NAME",
            "LEASE_SUFFIX", "LAST_GOOD_SUFFIX", "RUNNING_DIR", "HOST_CLAIM_SUFFIX"]
 
 SMT_DIR = ".smt"  # Sumatra's folder in a project's root
@@ -42,34 +41,3 @@ def postgres_uri(project_or_store: Any, root: Optional[Path] = None) -> Optional
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             uri = None
     return uri if is_postgres(uri) else None
-
-
-def store_path(store: Any) -> Optional[str]:
-    """The file of an SQLite or shelve store (None for a database server)."""
-    shelf = getattr(store, "_shelf_name", None)
-    if shelf is not None:
-        return str(shelf)
-    db_file = getattr(store, "_db_file", None)
-    return None if db_file is None or "://" in str(db_file) else str(db_file)
-
-
-def load(path: Union[str, "os.PathLike[str]"] = ".") -> Any:
-    """``sumatra.projects.load_project`` for the project at or above ``path``; a missing or corrupt
-    project file raises :class:`ProjectFileError` naming it (``smtlock doctor`` can repair it)."""
-    from sumatra.projects import load_project
-    root = project_root(path)
-    file = root / SMT_DIR / "project"
-    try:
-        json.loads(file.read_text())
-    except OSError as err:
-        raise ProjectFileError(f"cannot read {file}: {err.strerror} (run `smt init` or restore it)") from None
-    except ValueError as err:
-        raise ProjectFileError(f"{file} is not valid JSON ({err}); run `smtlock doctor --repair`") from None
-    return load_project(str(root))
-
-
-def describe_store(store: Any) -> str:
-    """A store in words, with any password masked."""
-    db_file = getattr(store, "_db_file", None) or getattr(store, "_shelf_name", None)
-    kind = "Django" if hasattr(store, "_db_file") else type(store).__name__
-    return f"{kind} store {mask_uri(str(db_file))}" if db_file else kind

@@ -1,8 +1,8 @@
-"""The copying half of ``smtlock postgres`` and of moves between stores (:mod:`smtlock.moves`), run as
+"""The copying half of ``smtlock postgres`` and of moves between stores (:mod:`smtlock._sumatra.moves`), run as
 a process of its own (never imported).
 
-    SMTLOCK_COPY_URI=URI python -m smtlock._copy PROJECT_NAME < pickled records
-    SMTLOCK_COPY_URI=URI python -m smtlock._copy --read PROJECT_NAME > pickled records
+    SMTLOCK_COPY_URI=URI python -m smtlock._sumatra.copying PROJECT_NAME < pickled records
+    SMTLOCK_COPY_URI=URI python -m smtlock._sumatra.copying --read PROJECT_NAME > pickled records
 
 The URI comes in the environment, which only its user may read, not in the arguments, which every
 local user may (``ps``): it can hold a password.

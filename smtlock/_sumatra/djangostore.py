@@ -17,12 +17,13 @@ import time
 from typing import Any, Callable, Dict, Iterator, Optional, Set, Tuple
 from urllib.parse import quote, urlencode, urlsplit
 
-from . import postgres, rows, uniques
-from .backends import connection_trouble
-from .filesystem import is_shared
-from .hostclaim import one_host
-from .lock import current_hold, in_before_store, server_wait, store_lock, wait_for_server
-from .project import postgres_uri, project_root
+from .._lock.backends import connection_trouble
+from .._lock.filesystem import is_shared
+from .._lock.hostclaim import one_host
+from .._lock.lock import current_hold, in_before_store, server_wait, store_lock, wait_for_server
+from .._lock.paths import postgres_uri, project_root
+from .._postgres import client as postgres
+from . import rows, uniques
 from .upstream import original
 
 try:  # Sumatra's django_store module imports without Django; its store needs it
@@ -37,7 +38,7 @@ __all__ = ["SQLITE_BUSY_TIMEOUT_S", "READ_WAIT_S", "LABEL_INDEX", "is_django", "
 
 SQLITE_BUSY_TIMEOUT_S = 60.0  # how long an SQLite connection waits for another writer, not fail
 #: how long a process that has only read (``smt list``, smtweb, ``smtlock doctor``) waits for a
-#: PostgreSQL server that is down; a job waits :data:`smtlock.lock.SERVER_WAIT_S`
+#: PostgreSQL server that is down; a job waits :data:`smtlock._lock.lock.SERVER_WAIT_S`
 READ_WAIT_S = 5.0
 
 
@@ -49,7 +50,7 @@ def is_django(store: Any) -> bool:
 def transaction(store: Any, steps: Callable[[], Any], undo: Callable[[], None]) -> None:
     """Run ``steps`` (a record write: claim, save) in one transaction of ``store``, the store's write
     lock its first statement on PostgreSQL (:func:`write_lock`). When the connection broke, or a
-    remembered row was merged away (:mod:`smtlock.rows`), ``undo`` what ``steps`` changed in memory and
+    remembered row was merged away (:mod:`smtlock._sumatra.rows`), ``undo`` what ``steps`` changed in memory and
     run it again, whole: a retry cannot write twice. Upstream's save is ~16 autocommitted queries and
     nothing retries them."""
     from django.db import connections
@@ -149,7 +150,7 @@ def without_stale_rows(write: Callable[[], Any], store: Any, undo: Callable[[], 
     """Run ``write`` (whole transactions); when it failed on a foreign key and this process
     remembered rows of the store (``rows.py``), one may have been merged away by ``smtlock doctor
     --repair``: forget them all and write once more, asking the store for every row (once: a second
-    failure raises). So too when an INSERT lost a race on a unique index (:mod:`smtlock.uniques`) to a
+    failure raises). So too when an INSERT lost a race on a unique index (:mod:`smtlock._sumatra.uniques`) to a
     writer that takes no lock (plain Sumatra): once that writer committed, the write finds its row.
     Without savepoints the INSERT fails the whole transaction; on PostgreSQL the next statement then
     raises Django's TransactionManagementError, with the IntegrityError as its context."""
@@ -171,7 +172,7 @@ def write_lock(store: Any) -> None:
     a holder cut off from the server can never commit after another holder began: the write and its
     lock die together. Upstream races get_or_create on tables without unique constraints, and the
     duplicate rows it leaves make every later write fail (MultipleObjectsReturned). The server's keepalives
-    are set in the same statement, for the transaction only (:func:`smtlock.postgres.local_settings`)."""
+    are set in the same statement, for the transaction only (:func:`smtlock._postgres.client.local_settings`)."""
     uri = postgres_uri(store)
     if uri:
         from django.db import connections
@@ -239,7 +240,7 @@ def _broke(error: BaseException) -> bool:
 
 def uri_to_db(self: Any, uri: str) -> dict:
     """Upstream's database settings, tuned by :func:`_tune_database`, with the URI's TLS settings
-    (upstream drops its query: see :func:`smtlock.postgres.libpq_options`)."""
+    (upstream drops its query: see :func:`smtlock._postgres.client.libpq_options`)."""
     return _tune_database(original("DjangoConfiguration.uri_to_db")(self, uri), uri)
 
 
@@ -290,7 +291,7 @@ _wrote = False  # whether this process has begun a write: its reads too then wai
 def reading() -> Iterator[None]:
     """Store calls inside only read: in a process that has not begun a write (``smt list``, smtweb,
     ``smtlock doctor``) they wait :data:`READ_WAIT_S` at most for a server that is down, not a job's
-    :func:`~smtlock.lock.server_wait`."""
+    :func:`~smtlock._lock.lock.server_wait`."""
     depth = getattr(_local, "reads", 0)
     _local.reads = depth + 1
     try:
@@ -310,7 +311,7 @@ def _wait_s() -> float:
 
 def connecting(call: Callable[[], Any], label: str) -> Any:
     """Run ``call``; while the database connection cannot be made, or broke outside a transaction,
-    retry: a PostgreSQL server that is down is waited for (a job: :func:`~smtlock.lock.server_wait`,
+    retry: a PostgreSQL server that is down is waited for (a job: :func:`~smtlock._lock.lock.server_wait`,
     saying so on stderr; a process that only reads: :data:`READ_WAIT_S`), then
     :class:`~smtlock.errors.ServerUnreachable`; one with no free connection is retried with backoff.
     A refused login, or an error on an open connection, raises at once; so does anything inside
@@ -463,7 +464,7 @@ def _add_label_index(connection: Any) -> None:
 
 
 def _add_unique_indexes(connection: Any) -> None:
-    """Add the missing unique indexes (:mod:`smtlock.uniques`) without waiting for a busy store; a
+    """Add the missing unique indexes (:mod:`smtlock._sumatra.uniques`) without waiting for a busy store; a
     table with duplicate rows refuses its index until ``smtlock doctor --repair`` merges them."""
     names = uniques.to_add(connection)
     if names:
@@ -503,7 +504,7 @@ def _not_waiting_in(cursor: Any, vendor: str) -> Iterator[None]:
 
 def create_databases(self: Any) -> None:
     """Run Sumatra's ``migrate`` only when a database needs it, and under the store's lock; then add
-    the label index (:data:`LABEL_INDEX`) and the unique indexes (:mod:`smtlock.uniques`) where they
+    the label index (:data:`LABEL_INDEX`) and the unique indexes (:mod:`smtlock._sumatra.uniques`) where they
     are missing.
 
     Upstream migrates on first use in every process: a burst on a new store races to create the
