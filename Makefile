@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PYTHONS := $(shell ls -d $(HOME)/.pyenv/versions/3.*/bin 2>/dev/null | paste -sd: -)
 NOX     := PATH="$(PYTHONS)$(if $(PYTHONS),:)$$PATH" $(VENV)/bin/nox
 
-.PHONY: test test-one lint demo bench bench-record test-tools clean
+.PHONY: test test-one lint docs demo bench bench-record test-tools clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,7 @@ test-tools:
 	  else echo "the tests need: sudo apt-get install $(strip $(TOOLS_MISSING))" >&2; exit 1; fi; fi
 
 # The matrix (noxfile.py): the whole suite on Python 3.11, the field tests on 3.9, 3.10, 3.12 and 3.13,
-# the lowest declared dependency versions, and the core install without Django.
+# the lowest declared dependency versions, the core install without Django, and the docs.
 test: $(VENV)/.installed test-tools
 	$(NOX)
 
@@ -41,6 +41,11 @@ test-one: $(VENV)/.installed test-tools
 # ruff and mypy, as CI runs them (nox's lint session); configured in pyproject.toml.
 lint: $(VENV)/.installed
 	$(NOX) -s lint
+
+# The guide in docs/ as HTML in docs/_build/html, every warning an error (as CI builds it: nox -s docs).
+docs: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[docs]'
+	$(VENV)/bin/sphinx-build -W --keep-going -q -b html docs docs/_build/html
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/smtlock stress --jobs 32 --records 4 --mode raw --mode locked
@@ -57,4 +62,4 @@ bench-record: $(VENV)/.installed
 	$(PY) benchmarks/scan.py
 
 clean:
-	rm -rf $(VENV) .nox build *.egg-info .pytest_cache
+	rm -rf $(VENV) .nox build *.egg-info .pytest_cache docs/_build

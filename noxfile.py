@@ -90,6 +90,13 @@ def core(session: nox.Session) -> None:
 
 
 @nox.session(python=PRIMARY)
+def docs(session: nox.Session) -> None:
+    """The guide in docs/ (Sphinx), every warning an error (the same as `make docs`)."""
+    session.install(".[docs]")
+    session.run("sphinx-build", "-W", "--keep-going", "-q", "-b", "html", "docs", session.create_tmp())
+
+
+@nox.session(python=PRIMARY)
 def package(session: nox.Session) -> None:
     """The sdist and the wheel build, and their metadata passes `twine check`."""
     session.install("build", "twine")

@@ -1,4 +1,5 @@
-"""README.rst's code blocks and the scripts in examples/ run, and leave the records they promise."""
+"""The Python blocks of README.rst and of the guide in docs/, and the scripts in examples/, run and leave the
+records they promise."""
 
 import ast
 import json
@@ -25,10 +26,20 @@ print(json.dumps([{"label": r.label, "params": r.parameters.as_dict(), "tags": s
 """
 
 
-def readme_blocks() -> list:
-    text = (ROOT / "README.rst").read_text()
-    blocks = re.findall(r"^\.\. code-block:: python\n\n((?:    .*\n|\n)+)", text, re.M)
-    return [textwrap.dedent(block) for block in blocks]
+PAGES = [ROOT / "README.rst", *sorted((ROOT / "docs").glob("*.rst"))]
+
+
+def code_blocks() -> list:
+    """(page, script name, code) of every ``.. code-block:: python`` in the README and the guide."""
+    found = []
+    for page in PAGES:
+        for block in re.findall(r"^\.\. code-block:: python\n\n((?:    .*\n|\n)+)", page.read_text(), re.M):
+            code = textwrap.dedent(block)
+            found.append((page.name, re.match(r"# (\S+\.py)", code).group(1), code))
+    return found
+
+
+BLOCKS = code_blocks()
 
 
 def commit(project: Path, *files: str) -> None:
@@ -47,12 +58,15 @@ def run(project: Path, *command: str) -> str:
     return done.stdout
 
 
-@pytest.mark.parametrize("index", range(3))
-def test_readme_block_runs(index: int, project: Path) -> None:
-    blocks = readme_blocks()
-    assert len(blocks) == 3
-    block = blocks[index]
-    name = re.match(r"# (\S+\.py)", block).group(1)
+def test_every_block_is_tested() -> None:
+    assert [(page, name) for page, name, _ in BLOCKS] == [
+        ("README.rst", "simulate.py"), ("scripts.rst", "sweep.py"), ("scripts.rst", "simulate.py"),
+        ("scripts.rst", "pool.py")]
+
+
+@pytest.mark.parametrize("index", range(len(BLOCKS)), ids=[f"{page}:{name}" for page, name, _ in BLOCKS])
+def test_documented_block_runs(index: int, project: Path) -> None:
+    _, name, block = BLOCKS[index]
     (project / name).write_text(block)
     commit(project, name)
     printed = run(project, sys.executable, name)
