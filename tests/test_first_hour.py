@@ -1,5 +1,5 @@
-"""A newcomer's first hour, from README.rst: install from the clone into a fresh environment, smt init,
-smtlock enable, a sweep of smt run; then the same project from an environment without smtlock."""
+"""A newcomer's first hour, from README.rst and docs/install.rst: install from the clone into a fresh
+environment, smt init, smtlock enable, a sweep of smt run; then the same project from an environment without smtlock."""
 
 import os
 import re
@@ -61,9 +61,9 @@ def test_install_enable_sweep_and_a_colleague_without_smtlock(user_env: Path, tm
     plain = fresh_env(tmp_path / "plain", "sumatra[web,git]>=0.8.1,<0.9")
     done = shell("smt list", project, plain)
     assert done.returncode != 0 and "No module named 'smtlock'" in done.stderr
-    # ... and the README's one-line command frees the project there.
-    readme = (ROOT / "README.rst").read_text()
-    free = re.search(r"^      (python -c \"import json; f='.smt/project'.*)$", readme, re.M).group(1)
+    # ... and the guide's one-line command (docs/install.rst, "Upgrade and uninstall") frees it there.
+    guide = (ROOT / "docs" / "install.rst").read_text()
+    free = re.search(r"^      (python -c \"import json; f='.smt/project'.*)$", guide, re.M).group(1)
     assert shell(free, project, plain).returncode == 0
     done = shell("smt list", project, plain)
     assert done.returncode == 0 and sorted(done.stdout.split()) == sorted(labels)

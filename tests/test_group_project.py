@@ -1,7 +1,7 @@
 """A project shared by a group: what one member's jobs create under .smt, another member can use.
 
-Two users of one group (uids 2001 and 2002, gid 3000, umask 002) write records in turn; README.rst's
-recipe ("Sharing a project with a group") is run as written, and a third user outside the group
+Two users of one group (uids 2001 and 2002, gid 3000, umask 002) write records in turn; the guide's
+recipe (docs/group.rst, "Sharing a project with a group") is run as written, and a third user outside the group
 (uid 2003, gid 3001) reads the project. The child processes keep only CAP_DAC_READ_SEARCH, so they can
 read this test environment's Python under /root while every write is checked against their own uid
 and group.
@@ -79,10 +79,10 @@ def test_two_members_of_a_group_take_turns() -> None:
 
 
 def readme_recipe() -> List[List[str]]:
-    """The command blocks of README.rst's "Sharing a project with a group", one list of lines each."""
-    text = (ROOT / "README.rst").read_text()
-    section = re.search(r"^Sharing a project with a group\n=+\n(.*?)\n\S[^\n]*\n==+\n", text, re.M | re.S)
-    assert section, "README.rst has no section 'Sharing a project with a group'"
+    """The command blocks of the guide's "Sharing a project with a group", one list of lines each."""
+    text = (ROOT / "docs" / "group.rst").read_text()
+    section = re.search(r"^Sharing a project with a group\n=+\n(.*?)(?:\n\S[^\n]*\n==+\n|\Z)", text, re.M | re.S)
+    assert section, "docs/group.rst has no section 'Sharing a project with a group'"
     blocks = re.findall(r"::\n\n((?:    .*\n|\n)+)", section.group(1))
     return [[line.strip() for line in block.splitlines() if line.strip()] for block in blocks]
 
@@ -99,7 +99,7 @@ def shell(user: Tuple[int, int], cwd: Path, env: Dict[str, str], *lines: str) ->
 
 
 class Shared(NamedTuple):
-    """A project shared as README.rst says, each user's environment, and the labels of its records."""
+    """A project shared as docs/group.rst says, each user's environment, and the labels of its records."""
     project: Path
     env: Dict[int, Dict[str, str]]
     labels: List[str]
@@ -107,7 +107,7 @@ class Shared(NamedTuple):
 
 @pytest.fixture(scope="module")
 def shared() -> Iterator[Shared]:
-    """README's recipe, as written: member 2001 makes a project, enables smtlock and shares it; member
+    """The guide's recipe, as written: member 2001 makes a project, enables smtlock and shares it; member
     2002 follows the recipe and runs ``smt run`` and ``smt list``; then 2001 writes a record from
     Python, so smt's cache of labels (``.smt/labels``) no longer holds every label."""
     owner_steps, member_steps, job_steps = readme_recipe()

@@ -23,7 +23,7 @@ from smtlock._postgres import server
 
 SMTLOCK = os.path.join(os.path.dirname(sys.executable), "smtlock")
 NOBODY = 65534
-README = (Path(__file__).resolve().parent.parent / "README.rst").read_text()
+GUIDE = (Path(__file__).resolve().parent.parent / "docs" / "cluster.rst").read_text()  # "Sumatra on PostgreSQL"
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the tests switch to other users, which needs root")
 
@@ -55,8 +55,8 @@ def give(path: Path, uid: int) -> None:
 
 
 def readme_commands(heading: str) -> List[List[str]]:
-    """The commands of the README block after ``heading``, as written (comments dropped)."""
-    block = re.search(re.escape(heading) + r".*?::\n\n((?:    [^\n]*\n)+)", README, re.S).group(1)
+    """The commands of the guide's block after ``heading``, as written (comments dropped)."""
+    block = re.search(re.escape(heading) + r".*?::\n\n((?:    [^\n]*\n)+)", GUIDE, re.S).group(1)
     lines = [line.split("#", 1)[0].strip() for line in block.splitlines()]
     return [line.split() for line in lines if line and not line.startswith("pip ")]
 
