@@ -1,11 +1,12 @@
-"""The one error hierarchy of smtlock: catch :class:`SMTLockError` to catch them all.
-
-It imports nothing of Sumatra or Django, so that the lock can raise it; Sumatra's ``smt`` prints a
-:class:`ServerUnreachable` as one line all the same (see ``smtlock._sumatra.patches``)."""
+"""The one error hierarchy of smtlock: catch :class:`SMTLockError` to catch them all."""
 
 from __future__ import annotations
 
 import math
+
+# Sumatra's `smt` prints a RecordStoreAccessError as one line ("Error: ...", exit 1) and any other
+# error as a traceback: ServerUnreachable is one too. Sumatra is loaded already (smtlock patches it).
+from sumatra.recordstore.base import RecordStoreAccessError
 
 __all__ = [
     "SMTLockError",
@@ -64,7 +65,7 @@ class LockTimeout(SMTLockError, TimeoutError):
         return type(self), (self.lock_file, self.timeout, self.holder)
 
 
-class ServerUnreachable(StoreError):
+class ServerUnreachable(StoreError, RecordStoreAccessError):
     """The store's PostgreSQL server did not accept a connection within the wait; ``where`` is its
     URI, masked, ``reason`` what the last attempt said and ``waited`` how long it was waited for."""
 

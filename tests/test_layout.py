@@ -19,8 +19,9 @@ FACES = {"smtlock", "smtlock.__main__", "smtlock.cli", "smtlock.plugin"}
 #: programs run in a process of their own (python -m, or a script path): they import the package for
 #: its side effect (the patches), which is no import of a layer above them
 PROGRAMS = {"smtlock._sumatra.copying", "smtlock._harness.job"}
-#: layers that must work without Sumatra or Django (the lock raises its errors without them)
-NO_SUMATRA = {"errors", "_postgres", "_lock"}
+#: layers that must work without Sumatra or Django; errors.py still imports Sumatra's
+#: RecordStoreAccessError, which ServerUnreachable subclasses so that `smt` prints it as one line
+NO_SUMATRA = {"_postgres", "_lock"}
 
 
 def _name(path: Path) -> str:

@@ -36,7 +36,6 @@ import threading
 import weakref
 from typing import Any, Callable, Dict, Optional, Set, Tuple
 
-import sumatra.cli.smt  # noqa: F401  (patched through sys.modules: sumatra.cli.smt is also a function)
 import sumatra.commands
 import sumatra.dependency_finder.python
 import sumatra.launch
@@ -53,7 +52,7 @@ from .._lock.lock import SMTLock
 from .._lock.paths import LOCK_FILE_NAME, RUNNING_DIR, SMT_DIR, postgres_uri
 from .._postgres.client import is_postgres, keep_password_apart, mask_uri, without_password
 from .._postgres.pgpass import password_file
-from ..errors import ServerUnreachable, SMTLockError
+from ..errors import SMTLockError
 from . import djangostore, moves, provenance, rows, shelf
 from .djangostore import DjangoConfiguration, DjangoRecordStore, connecting  # None without Django
 from .project import store_path
@@ -428,11 +427,6 @@ def apply() -> None:
             setattr(module, "open", atomic_open)  # noqa: B010 (a module attribute mypy cannot see)
 
     patch(sumatra.programs, "run", _run_in_any_thread)
-    # Upstream's `smt` prints a RecordStoreAccessError as one line ("Error: ...", exit 1) and any other
-    # error as a traceback. A server that is down is a ServerUnreachable, raised by the lock, which
-    # knows no Sumatra: the name `smt` catches by stands for both.
-    patch(sys.modules["sumatra.cli.smt"], "RecordStoreAccessError",
-          lambda orig: (orig, ServerUnreachable))
 
     # Upstream repeats for every record a dependency scan, `python --version`, `file -b`, `uname -p`
     # and an HTTP probe whose answers rarely change: remembered while what they read is unchanged
