@@ -4,7 +4,7 @@ Importing smtlock makes every write a Sumatra project does safe (see :mod:`smtlo
 The public names are the ones below, chosen here once; everything in a ``_folder`` is internal. The
 folders are the layers, each importing only those below it (``tests/test_layout.py``)::
 
-    errors      the error hierarchy (no Sumatra, no Django)
+    errors      the error hierarchy (one Sumatra base: ServerUnreachable is a RecordStoreAccessError)
     _postgres   PostgreSQL: URIs, connections, libpq's password file, the user's own server
     _lock       SMTLock and its backends (flock, lease, advisory lock), atomic .smt files, one host
     _sumatra    Sumatra made safe: every patch, the stores, the provenance memo, moves between stores
@@ -59,5 +59,6 @@ __all__ = [
 
 for _public in (SMTLock, smt_logged, current_label):  # as users import them, in reprs and the docs
     _public.__module__ = __name__
+del _public
 
 patches.apply()
