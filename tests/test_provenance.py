@@ -287,6 +287,7 @@ def _smt_run_project(tmp_path: Path) -> tuple:
     python.chmod(0o755)
     env = {**os.environ, "PYTHONPATH": str(site), "PATH": BIN + os.pathsep + os.environ["PATH"]}
     env.pop("SMTLOCK_MEMO", None)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # as a user's Python: the first run makes __pycache__ beside main.py
     return project, env, log, str(python)
 
 
@@ -324,6 +325,7 @@ sys.exit(smt())
 """
 
 
+@pytest.mark.burst
 def test_eight_smt_runs_at_once_share_the_memo(tmp_path: Path) -> None:
     project, env, log, python = _smt_run_project(tmp_path)
     subprocess.run(["smt", "run", "-e", python, "params.txt", "job=0"], cwd=project, env=env, check=True,

@@ -102,9 +102,9 @@ def _stamp(path: str, now_ns: int) -> Any:
 def _importable(folder: str) -> Optional[str]:
     """A digest of the names in ``folder`` an import could find (modules, packages, .pth files,
     distributions' metadata), or None if it cannot be listed."""
-    try:
+    try:  # not __pycache__: Python makes it at a folder's first import, and no import finds a module there
         names = [entry.name for entry in os.scandir(folder)
-                 if entry.name.endswith(_IMPORTABLE) or entry.is_dir()]
+                 if entry.name.endswith(_IMPORTABLE) or (entry.is_dir() and entry.name != "__pycache__")]
     except OSError:
         return None
     return hashlib.sha256("\0".join(sorted(names)).encode()).hexdigest()
