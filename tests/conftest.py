@@ -1,19 +1,77 @@
 """Shared fixtures: real Sumatra projects in temporary folders, code run in fresh processes.
 
 Django is configured once per process, so anything that opens a Django store runs in a subprocess.
+
+Tests marked ``burst`` release many processes at once. They run one at a time on this machine: under
+pytest-xdist (``-n``) they all go to one worker, and each holds an exclusive flock while it runs, which
+also keeps two pytest runs (two nox sessions, say) from bursting together.
 """
 
+import ast
+import fcntl
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator, Set, Tuple
 
 import pytest
 
 from smtlock._harness.burst import make_project
+
+#: the flock every burst holds while it runs: one per user of the machine (a test run as root and one
+#: as a developer may overlap; two of the same user never do)
+BURSTS = Path(tempfile.gettempdir()) / f"smtlock-tests-bursts-{os.getuid()}.lock"
+
+
+def marked_bursts() -> Set[Tuple[str, str]]:
+    """(file name, test name) of each test decorated ``@pytest.mark.burst``, read from the sources:
+    xdist's controller, which sends the tests to the workers, knows them by node id only."""
+    found = set()
+    for path in Path(__file__).resolve().parent.glob("test_*.py"):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.FunctionDef) and "pytest.mark.burst" in map(ast.unparse, node.decorator_list):
+                found.add((path.name, node.name))
+    return found
+
+
+class BurstScheduling:
+    """xdist's scheduler (``pytest_xdist_make_scheduler``): the tests of a module go to one worker
+    together, so that its fixtures are made once, and all bursts to one worker, where they run in turn
+    without waiting for each other (the flock of :func:`one_burst_at_a_time` is what guarantees they
+    never overlap). Not xdist's ``loadgroup`` with marks: on pytest 9.2 it silently groups nothing
+    (pytest-xdist issue 1386)."""
+
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
+        from xdist.scheduler import LoadScopeScheduling
+
+        bursts = marked_bursts()
+
+        class Scheduling(LoadScopeScheduling):
+            def _split_scope(self, nodeid: str) -> str:
+                path, _, test = nodeid.partition("::")
+                return "bursts" if (Path(path).name, test.split("[")[0]) in bursts else path
+
+        return Scheduling(config, log)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(BurstScheduling(), "smtlock-burst-scheduling")
+
+
+@pytest.fixture(autouse=True)
+def one_burst_at_a_time(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test marked ``burst`` runs holding :data:`BURSTS`: never two bursts at once on this machine."""
+    if request.node.get_closest_marker("burst") is None:
+        yield
+        return
+    with open(BURSTS, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        yield
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ JOBS, RECORDS = 32, 3
 TIMESTAMP_LABEL = re.compile(r"^\d{8}-\d{6}(_\d+)?$")  # Sumatra's default label, plus our suffix
 
 
+@pytest.mark.burst
 @pytest.mark.parametrize("store", ["sqlite", "shelve"])
 def test_locked_pattern_keeps_every_record(tmp_path: Path, store: str) -> None:
     """The user's pattern (new_record, then add_record + save in SMTLock) from 32 processes at once."""
@@ -28,6 +29,7 @@ def test_locked_pattern_keeps_every_record(tmp_path: Path, store: str) -> None:
     assert result["duplicate_rows"] == {}
 
 
+@pytest.mark.burst
 def test_decorator_burst_records_each_call(tmp_path: Path) -> None:
     result = run_mode("decorator", "sqlite", JOBS, 1, tmp_path)
     rows = result["_rows"]

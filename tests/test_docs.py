@@ -102,6 +102,7 @@ def test_example_decorated(project: Path) -> None:
     assert {"example", "_finished_"} <= set(found["tags"])
 
 
+@pytest.mark.burst
 def test_example_burst_keeps_all_sixteen(project: Path) -> None:
     for name in ("sweep.py", "burst.sh"):
         shutil.copy(ROOT / "examples" / name, project)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import run_python
 
 from smtlock._harness.burst import make_project, run_burst
@@ -40,6 +41,7 @@ POISON = [  # the rows a racing get_or_create leaves: an identical copy, and a r
 COUNT = "SELECT count(*) FROM django_store_record"
 
 
+@pytest.mark.burst
 def test_poisoned_postgres_store_is_repaired(pg, pg_uri: str, tmp_path: Path) -> None:
     project = make_project(tmp_path / "p", pg_uri)
     run_python(PLAIN_WRITE.replace('"after"', '"seed"'), project)  # one record while the store is clean
@@ -127,6 +129,7 @@ def test_killed_run_is_tagged_killed_and_stale_holder_cleared(project: Path) -> 
     assert doctor(project)[0] == 0
 
 
+@pytest.mark.burst
 def test_burst_with_killed_jobs_loses_nothing_of_the_survivors(tmp_path: Path) -> None:
     result = run_mode("locked", "sqlite", 24, 3, tmp_path, kill=6)
     assert result["killed_jobs"] >= 1

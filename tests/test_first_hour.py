@@ -42,6 +42,7 @@ def user_env(tmp_path_factory) -> Path:
     return fresh_env(tmp_path_factory.mktemp("venv") / "env", ".[web]")
 
 
+@pytest.mark.burst
 def test_install_enable_sweep_and_a_colleague_without_smtlock(user_env: Path, tmp_path: Path) -> None:
     project = tmp_path / "sim"
     project.mkdir()

@@ -53,11 +53,13 @@ def plain_burst_on_hardened_store(project: Path, store: str, tmp_path: Path) -> 
     assert run_python(WEB, project).stdout.split() == ["200", "200"]  # smtweb's list and a record's page
 
 
+@pytest.mark.burst
 def test_plain_sumatra_burst_leaves_no_duplicate_on_a_hardened_sqlite_store(tmp_path: Path) -> None:
     project = make_project(tmp_path / "p", "sqlite")
     plain_burst_on_hardened_store(project, "sqlite", tmp_path)
 
 
+@pytest.mark.burst
 def test_plain_sumatra_burst_leaves_no_duplicate_on_a_hardened_postgres_store(pg, pg_uri: str,
                                                                                tmp_path: Path) -> None:
     project = make_project(tmp_path / "p", pg_uri)

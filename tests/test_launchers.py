@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import nbformat
+import pytest
 from conftest import run_python
 from nbclient import NotebookClient
 
@@ -139,6 +140,7 @@ def test_a_thread_pool_records_each_call_with_its_own_lines(project: Path) -> No
                                                                       if k not in PER_CALL}
 
 
+@pytest.mark.burst
 def test_a_dask_cluster_records_each_task_once(project: Path, tmp_path: Path) -> None:
     _commit(project, "sweep_dask.py", DASK)
     done = _run(project, "sweep_dask.py", str(tmp_path))

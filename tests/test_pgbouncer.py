@@ -97,6 +97,7 @@ def test_the_lock_excludes_through_a_transaction_pooler_and_strands_nothing(site
         assert later.stdout.strip() == "acquired", later.stdout + later.stderr
 
 
+@pytest.mark.burst
 def test_a_burst_from_two_folders_through_the_pooler_keeps_every_record(site: Bouncer, folders: list,
                                                                         tmp_path: Path) -> None:
     jobs = 16

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import SMTWEB, outlives_its_timeout
 
 from smtlock._harness.burst import start_together
@@ -30,6 +31,7 @@ def smtlock_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([os.path.join(BIN, "smtlock"), *args], cwd=cwd, capture_output=True, text=True)
 
 
+@pytest.mark.burst
 def test_forty_smt_runs_from_a_shell_loop(project: Path) -> None:
     assert smtlock_cli("enable", cwd=project).returncode == 0
     done = subprocess.run(["bash", "-c", SHELL_LOOP], cwd=project, env=ENV, capture_output=True, text=True)
@@ -69,6 +71,7 @@ print(sorted(set(codes)), len(codes))
 """
 
 
+@pytest.mark.burst
 def test_web_interface_lists_records_while_a_burst_writes(project: Path, tmp_path: Path) -> None:
     assert smtlock_cli("enable", cwd=project).returncode == 0
     first = subprocess.run(["smt", "run", "params.txt", "job=99"], cwd=project, env=ENV, capture_output=True)

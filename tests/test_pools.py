@@ -19,6 +19,7 @@ print(json.dumps([{"label": r.label, "x": r.parameters.as_dict()["x"], "tags": s
 """
 
 
+@pytest.mark.burst
 @pytest.mark.parametrize("launcher", ["futures-spawn", "futures-fork", "mp-pool", "joblib"])
 def test_pool_sweep_records_every_call_once(project: Path, launcher: str) -> None:
     shutil.copy(PROGRAMS / "pool_sweep.py", project)

@@ -29,6 +29,7 @@ def census(uri: str, cwd: Path) -> dict:
     return json.loads(done.stdout)
 
 
+@pytest.mark.burst
 def test_locked_burst_keeps_every_record_and_makes_no_duplicate_rows(pg, tmp_path: Path) -> None:
     result = run_mode("locked", pg.uri("smt", "s3cret", "burst"), 32, 3, tmp_path)
     assert sorted((r["job"], r["rec"]) for r in result["_rows"]) == [(j, r) for j in range(32) for r in range(3)]
@@ -42,6 +43,7 @@ def _jobs(project: Path, first: int, n: int, records: int, tmp: Path) -> list:
              str(tmp / f"{first + i}.json")] for i in range(n)]
 
 
+@pytest.mark.burst
 def test_two_project_folders_share_only_the_database(pg_uri: str, tmp_path: Path) -> None:
     """As two hosts would: no common lock file, the same project name, the same database."""
     a, b = make_project(tmp_path / "host-a", pg_uri), make_project(tmp_path / "host-b", pg_uri)
@@ -57,6 +59,7 @@ def test_two_project_folders_share_only_the_database(pg_uri: str, tmp_path: Path
     assert counted["duplicate_rows"] == {}
 
 
+@pytest.mark.burst
 def test_many_jobs_on_a_server_with_few_connections(tmp_path: Path) -> None:
     """A job holds no connection between writes and retries 'too many clients' within its timeout."""
     small = Cluster(max_connections=10)  # 7 for ordinary roles: superuser_reserved_connections = 3
@@ -152,6 +155,7 @@ def test_bad_postgres_input_is_one_line_exit_2_and_masked(pg, project: Path, cas
         assert expect in done.stderr and "s3cret" not in done.stderr and ":***@" in done.stderr
 
 
+@pytest.mark.burst
 def test_a_server_restart_mid_burst_loses_nothing_and_fails_no_job(tmp_path: Path) -> None:
     """A job used to die with "server closed the connection unexpectedly", its later records never
     written (188 of 192 kept). Now a write whose connection broke is rolled back and done again."""
@@ -188,6 +192,7 @@ def test_a_server_restart_mid_burst_loses_nothing_and_fails_no_job(tmp_path: Pat
     assert len({r["label"] for r in rows}) == 192
 
 
+@pytest.mark.burst
 def test_writes_stay_serialized_when_the_lock_connection_is_cut(pg_uri: str, pg, tmp_path: Path) -> None:
     """The session lock lives on a connection of its own; if it is declared dead while its holder still
     writes (a partition that heals), the next holder starts at once. Every session-lock connection is

@@ -69,6 +69,7 @@ def home():
     shutil.rmtree(folder)
 
 
+@pytest.mark.burst
 def test_the_readmes_commands_make_a_server_that_keeps_a_burst(home: Path, tmp_path: Path, monkeypatch) -> None:
     commands = readme_commands("**On a laptop or one workstation**")
     assert [c[:3] for c in commands] == [["smtlock", "server", "init"], ["smtlock", "server", "start"],

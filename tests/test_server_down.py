@@ -163,6 +163,7 @@ def _dead(pid: int) -> bool:
         return True
 
 
+@pytest.mark.burst
 @pytest.mark.skipif(os.geteuid() != 0, reason="the user's own server runs as another user, which needs root")
 def test_kill_9_of_your_own_server_mid_burst_then_smtlock_server_start(tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,6 +19,7 @@ SMTLOCK = os.path.join(os.path.dirname(sys.executable), "smtlock")
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="hosts need root (namespaces and FUSE)")
 
 
+@pytest.mark.burst
 def test_sqlite_store_written_from_two_hosts_loses_nothing_silently(tmp_path: Path) -> None:
     """Plain Sumatra (and smtlock before this) corrupted the database and lost records whose write had
     returned. Now the first host to write keeps the store; the other host's jobs stop before touching
@@ -35,6 +36,7 @@ def test_sqlite_store_written_from_two_hosts_loses_nothing_silently(tmp_path: Pa
     assert result["journal_mode"] == "delete"  # never WAL on a shared filesystem
 
 
+@pytest.mark.burst
 def test_postgres_store_from_two_hosts_keeps_every_record(pg, tmp_path: Path) -> None:
     result = run_mode("locked", pg.uri("smt", "s3cret", "sharedfs"), 32, 4, tmp_path, hosts=2)
     assert result["found"] == 128 and result["lost"] == 0 and result["failed_jobs"] == 0
@@ -42,6 +44,7 @@ def test_postgres_store_from_two_hosts_keeps_every_record(pg, tmp_path: Path) ->
     assert result["duplicate_rows"] == {}
 
 
+@pytest.mark.burst
 def test_one_host_on_a_shared_filesystem_keeps_working(tmp_path: Path) -> None:
     """A user whose home is on NFS, with every job on one machine."""
     result = run_mode("locked", "sqlite", 32, 2, tmp_path, hosts=1)

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from smtlock._harness.census import recount, verify
 from smtlock._harness.stress import exit_status, run_mode
 
@@ -37,6 +39,7 @@ def test_exit_status_judges_safe_modes_only() -> None:
     assert exit_status([{**run, "mode": "smt-run", "duplicates": 1}]) == 1
 
 
+@pytest.mark.burst
 def test_recount_reads_the_store_not_the_jobs(tmp_path: Path) -> None:
     """Tamper with a kept project's store: the recount sees what is really there."""
     result = run_mode("locked", "sqlite", 4, 2, tmp_path)
@@ -56,6 +59,7 @@ def test_recount_reads_the_store_not_the_jobs(tmp_path: Path) -> None:
     assert found["lost"] == 1 and found["duplicates"] == 1 and found["found"] == 8
 
 
+@pytest.mark.burst
 def test_command_line_json_and_exit(tmp_path: Path) -> None:
     out = tmp_path / "runs.json"
     done = subprocess.run([SMTLOCK, "stress", "--jobs", "6", "--records", "2", "--mode", "raw", "--mode",

@@ -98,6 +98,7 @@ project.add_comment(sys.argv[3], "comment-" + sys.argv[4])
 """
 
 
+@pytest.mark.burst
 def test_concurrent_tags_and_comments_are_all_kept(project: Path, tmp_path: Path) -> None:
     """Upstream add_tag/add_comment are get -> modify -> save: concurrent updates overwrite each other."""
     label = run_python(NEW_RECORD + "print(new(x=1).label)", project).stdout.strip()
