@@ -5,8 +5,15 @@ PY     := $(VENV)/bin/python
 # nox finds each supported Python as python3.X on PATH; pyenv's are added when pyenv has them
 PYTHONS := $(shell ls -d $(HOME)/.pyenv/versions/3.*/bin 2>/dev/null | paste -sd: -)
 NOX     := PATH="$(PYTHONS)$(if $(PYTHONS),:)$$PATH" $(VENV)/bin/nox
+# pytest as every nox session runs it (noxfile.py): 3 xdist workers, bursts in turn, the 10 slowest shown
+PYTEST  := $(PY) -m pytest -p no:cacheprovider -n 3 --dist loadgroup --durations=10
+# what `make check` runs: the lock, the write path, the core, and the suite's own rules
+CHECK   := tests/test_lock.py tests/test_writepath.py tests/test_core.py tests/test_layout.py tests/test_suite.py
+# Python caches the bytecode of what it imports, as on a user's machine (some machines turn it off; then
+# every process of a burst compiles Django and Sumatra again)
+unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: test test-one lint docs demo bench bench-record test-tools clean
+.PHONY: test check test-one lint docs demo bench bench-record test-tools clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,9 +41,14 @@ test-tools:
 test: $(VENV)/.installed test-tools
 	$(NOX)
 
-# The whole suite on this venv's Python only: the quick loop while developing.
+# The edit loop (a few minutes): ruff and mypy, then the lock, the write path and the core on this venv's
+# Python. Before a push, `make test`: what CI runs.
+check: lint
+	$(PYTEST) $(CHECK)
+
+# The whole suite on this venv's Python only.
 test-one: $(VENV)/.installed test-tools
-	$(PY) -m pytest
+	$(PYTEST)
 
 # ruff and mypy, as CI runs them (nox's lint session); configured in pyproject.toml.
 lint: $(VENV)/.installed

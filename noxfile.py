@@ -16,6 +16,11 @@ import nox
 nox.options.default_venv_backend = "uv"
 nox.options.error_on_missing_interpreters = True  # a Python we claim must be here: never skip it
 os.environ.setdefault("UV_PYTHON_DOWNLOADS", "never")  # the machine's Pythons only
+# Bytecode as a user's Python has it: pip compiles what it installs and Python caches what it imports.
+# Without this (uv compiles nothing; some machines set PYTHONDONTWRITEBYTECODE) every process of a burst
+# compiles Django and Sumatra again: a burst took twice as long.
+os.environ.setdefault("UV_COMPILE_BYTECODE", "1")
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 PRIMARY = "3.11"
 LINTERS = ["ruff>=0.15,<0.18", "mypy>=1.14,<3"]
@@ -29,15 +34,22 @@ LAUNCHERS = ["tests/test_launchers.py"]
 MIDDLE = ["tests/test_lock.py", "tests/test_writepath.py", "tests/test_core.py"]
 
 
+#: pytest-xdist workers: most tests wait on the processes they start, so one more than the cores keeps
+#: both busy; bursts all go to one worker, in turn (tests/conftest.py)
+WORKERS = "3"
+#: the options of every session's pytest: the workers, and the 10 slowest tests (the budget, in the log)
+PYTEST = ["-p", "no:cacheprovider", "-n", WORKERS, "--dist", "loadgroup", "--durations=10"]
+
+
 def _pytest(session: nox.Session, *paths: str) -> None:
     """Say which versions are tested, then run pytest on ``paths`` (all tests by default)."""
     session.run("python", "-c", VERSIONS)
-    session.run("python", "-m", "pytest", "-p", "no:cacheprovider", *paths, *session.posargs)
+    session.run("python", "-m", "pytest", *PYTEST, *paths, *session.posargs)
 
 
 VERSIONS = """
 import importlib.metadata as m, platform
-names = ["sumatra", "Django", "GitPython", "psycopg2-binary", "joblib", "pytest"]
+names = ["sumatra", "Django", "GitPython", "psycopg2-binary", "joblib", "pytest", "pytest-xdist"]
 found = []
 for name in names:
     try:
@@ -83,7 +95,7 @@ def lowest(session: nox.Session) -> None:
 @nox.session(python=["3.9", "3.13"])
 def core(session: nox.Session) -> None:
     """`pip install smtlock` alone (no Django: Sumatra's shelve store) imports and protects."""
-    session.install(".", "pytest>=7.2", "pytest-timeout>=2.1")
+    session.install(".", "pytest>=7.2", "pytest-timeout>=2.1", "pytest-xdist>=3.5")
     session.run("python", "-c", "import importlib.util, sys; sys.exit(importlib.util.find_spec('django') is not None)")
     _pytest(session, "tests/test_core.py", "tests/test_lock.py", "tests/test_burst.py", "-k",
             "not decorator and not sqlite")
