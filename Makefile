@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PYTHONS := $(shell ls -d $(HOME)/.pyenv/versions/3.*/bin 2>/dev/null | paste -sd: -)
 NOX     := PATH="$(PYTHONS)$(if $(PYTHONS),:)$$PATH" $(VENV)/bin/nox
 # pytest as every nox session runs it (noxfile.py): 3 xdist workers, bursts in turn, the 10 slowest shown
-PYTEST  := $(PY) -m pytest -p no:cacheprovider -n 3 --dist loadgroup --durations=10
+PYTEST  := $(PY) -m pytest -p no:cacheprovider -n 3 --durations=10
 # what `make check` runs: the lock, the write path, the core, and the suite's own rules
 CHECK   := tests/test_lock.py tests/test_writepath.py tests/test_core.py tests/test_layout.py tests/test_suite.py
 # Python caches the bytecode of what it imports, as on a user's machine (some machines turn it off; then

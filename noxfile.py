@@ -38,7 +38,7 @@ MIDDLE = ["tests/test_lock.py", "tests/test_writepath.py", "tests/test_core.py"]
 #: both busy; bursts all go to one worker, in turn (tests/conftest.py)
 WORKERS = "3"
 #: the options of every session's pytest: the workers, and the 10 slowest tests (the budget, in the log)
-PYTEST = ["-p", "no:cacheprovider", "-n", WORKERS, "--dist", "loadgroup", "--durations=10"]
+PYTEST = ["-p", "no:cacheprovider", "-n", WORKERS, "--durations=10"]
 
 
 def _pytest(session: nox.Session, *paths: str) -> None:
