@@ -79,8 +79,7 @@ def tests(session: nox.Session) -> None:
 @nox.session(python=OTHERS)
 def field(session: nox.Session) -> None:
     """The field tests on the newest other Python (newest dependencies); on the others, the lock, the
-    write path and the core. The oldest has the field tests in the lowest session too, so CI keeps
-    inside an hour."""
+    write path and the core. The oldest has the field tests in the lowest session (lowest versions)."""
     session.install(".[test]")
     _pytest(session, *(FIELD if session.python == OTHERS[-1] else MIDDLE))
 

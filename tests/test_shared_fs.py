@@ -39,7 +39,8 @@ def test_sqlite_store_written_from_two_hosts_loses_nothing_silently(tmp_path: Pa
 @pytest.mark.burst
 def test_postgres_store_from_two_hosts_keeps_every_record(pg, tmp_path: Path) -> None:
     result = run_mode("locked", pg.uri("smt", "s3cret", "sharedfs"), 32, 4, tmp_path, hosts=2)
-    assert result["found"] == 128 and result["lost"] == 0 and result["failed_jobs"] == 0
+    assert result["found"] == 128 and result["lost"] == 0 and result["failed_jobs"] == 0, \
+        (result["errors"], result["messages"])
     assert sorted(r["label"] for r in result["_rows"]) == result["_labels_reported"]
     assert result["duplicate_rows"] == {}
 
