@@ -33,6 +33,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import weakref
 from typing import Any, Callable, Dict, Optional, Set, Tuple
 
@@ -284,7 +285,7 @@ def _load_without_password(orig: Callable) -> Callable:
     to put theirs."""
     @functools.wraps(orig)
     def load(path: str) -> Any:
-        project = orig(path)
+        project = _read_whole(orig, path)
         uri = getattr(getattr(project, "record_store", None), "_db_file", None)
         if not (isinstance(uri, str) and is_postgres(uri) and uri != without_password(uri)):
             return project
@@ -304,6 +305,24 @@ def _load_without_password(orig: Callable) -> Callable:
             lock.abandon()
         return project
     return load
+
+
+#: pauses before reading ``.smt/project`` again after it did not parse: on a shared filesystem (FUSE,
+#: NFS) a host may keep the size of a file another host has just replaced for up to a second (FUSE's
+#: attribute cache), and read it cut short, though every write is a whole file renamed into place
+_REREAD_S = (0.05, 0.1, 0.2, 0.4, 0.8)
+
+
+def _read_whole(orig: Callable, path: str) -> Any:
+    """``orig(path)``, read again while ``.smt/project`` does not parse; a file still damaged after
+    :data:`_REREAD_S` raises as upstream does. Upstream: a job failed with "Unterminated string"."""
+    for pause in (*_REREAD_S, None):
+        try:
+            return orig(path)
+        except json.JSONDecodeError:
+            if pause is None:
+                raise
+            time.sleep(pause)
 
 
 def _move_password_out(project_file: str, uri: str) -> None:
