@@ -20,10 +20,6 @@ SMALL = {
 }
 
 
-def _marks(function: ast.FunctionDef) -> set:
-    return {ast.unparse(decorator) for decorator in function.decorator_list}
-
-
 def _tests() -> list:
     found = []
     for path in sorted(TESTS.glob("test_*.py")):
@@ -57,7 +53,7 @@ def test_the_scan_sees_the_suite() -> None:
     """The scan finds the tests, their marks and their bursts (the rule below would pass on nothing)."""
     functions = {function.name: function for _, function in _tests()}
     assert len(functions) > 150
-    assert "pytest.mark.burst" in _marks(functions["test_forty_smt_runs_from_a_shell_loop"])
+    assert ("test_plugin.py", "test_forty_smt_runs_from_a_shell_loop") in marked_bursts()
     assert _starts_processes_together(functions["test_the_harness_cuts_a_host_off_mid_burst"])  # stress, 8 jobs
     assert _starts_processes_together(functions["test_locked_pattern_keeps_every_record"])  # run_mode
     assert not _starts_processes_together(functions["test_stress_never_writes_into_a_project"])  # 2 jobs
@@ -76,13 +72,13 @@ def test_the_scheduler_knows_every_burst() -> None:
 
 
 def test_every_test_that_starts_processes_together_is_marked_burst() -> None:
+    bursts = marked_bursts()
     unmarked = [f"{file}::{function.name}" for file, function in _tests()
                 if _starts_processes_together(function) and function.name not in SMALL
-                and "pytest.mark.burst" not in _marks(function)]
+                and (file, function.name) not in bursts]
     assert unmarked == [], "mark these @pytest.mark.burst (or list them in SMALL, saying why)"
 
 
 def test_no_small_test_is_marked_burst() -> None:
-    both = [function.name for _, function in _tests()
-            if function.name in SMALL and "pytest.mark.burst" in _marks(function)]
+    both = [test for _, test in marked_bursts() if test in SMALL]
     assert both == [] and SMALL <= {function.name for _, function in _tests()}, both
