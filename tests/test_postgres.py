@@ -287,8 +287,10 @@ def test_a_write_connects_before_it_waits_for_the_store(pg, pg_uri: str, tmp_pat
         assert holder.stdout.readline().strip() == "held"
         writer = subprocess.Popen([sys.executable, "-c", WRITE_ONE], cwd=b, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
+        # the connection that tries the store's lock, once it has run a statement (a try, or the rollback
+        # after one): it is opened first, then the write's own, then the lock is tried
         waiting = (f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' "
-                   f"AND {lock_connection_of(writer.pid)}")  # the connection that tries the store's lock
+                   f"AND {lock_connection_of(writer.pid)} AND query <> ''")
         deadline = time.monotonic() + 120
         while writer.poll() is None and pg.sql(waiting)[0][0] == 0 and time.monotonic() < deadline:
             time.sleep(0.01)  # until the writer waits for the store's advisory lock
@@ -327,7 +329,8 @@ def test_a_write_whose_connection_died_while_it_waited_is_made_again(tmp_path: P
         assert holder.stdout.readline().strip() == "held"
         writer = subprocess.Popen([sys.executable, "-c", WRITE_ONE], cwd=b, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
-        waiting = f"SELECT count(*) FROM pg_stat_activity WHERE {lock_connection_of(writer.pid)}"
+        # once it has tried the lock: the write's own connection is open by then
+        waiting = f"SELECT count(*) FROM pg_stat_activity WHERE {lock_connection_of(writer.pid)} AND query <> ''"
         deadline = time.monotonic() + 120
         while writer.poll() is None and cluster.sql(waiting)[0][0] == 0 and time.monotonic() < deadline:
             time.sleep(0.01)  # until the writer, connected, waits for the store's advisory lock
