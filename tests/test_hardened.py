@@ -178,3 +178,58 @@ def test_a_write_that_loses_a_race_with_a_plain_writer_is_made_again(pg, pg_uri:
     counted = recount(pg_uri, project)
     assert counted["duplicate_rows"] == {}
     assert sorted(r["label"] for r in counted["records"]) == ["ours", "rival"]
+
+
+SEED = """
+from sumatra.projects import load_project
+from sumatra.parameters import SimpleParameterSet
+load_project().new_record(parameters=SimpleParameterSet({"job": 0}), main_file="main.py", label="seed")
+"""
+SMTLOCK_WRITES = """
+import smtlock
+from sumatra.projects import load_project
+from sumatra.parameters import SimpleParameterSet
+project = load_project()
+for n in range(2):
+    project.new_record(parameters=SimpleParameterSet({"job": 1, "rec": n}), main_file="main.py")
+"""
+
+
+def test_a_store_plain_sumatra_poisoned_takes_smtlock_writes_and_says_to_repair(project: Path) -> None:
+    """Upstream fails every write on a store with duplicate rows (MultipleObjectsReturned). smtlock's
+    writes use the oldest of the rows, the one the repair keeps, and say once what to run."""
+    import sqlite3
+    run_python(SEED, project)  # plain Sumatra: no index yet
+    with sqlite3.connect(project / ".smt" / "records") as db:
+        for statement in POISON:
+            db.execute(statement)
+    assert "MultipleObjectsReturned" in run_python(SEED.replace("seed", "plain"), project, check=False).stderr
+    done = run_python(SMTLOCK_WRITES, project)
+    assert [line for line in done.stderr.splitlines() if line.startswith("smtlock:")] == [
+        f"smtlock: the store {project / '.smt' / 'records'} has duplicate Executable rows, made by writers "
+        "without smtlock; records use the oldest of each, the one `smtlock doctor --repair` keeps: run it once "
+        "to merge them"]
+    with sqlite3.connect(project / ".smt" / "records") as db:
+        used = db.execute("SELECT DISTINCT executable_id FROM django_store_record WHERE label <> 'seed'").fetchall()
+        assert used == db.execute("SELECT min(id) FROM django_store_executable").fetchall()
+    code, found = doctor(project, "--repair")
+    assert code == 0 and found["duplicate rows"]["status"] == "repaired"
+    labels = plain_smt("list", cwd=project).stdout.split()
+    assert len(labels) == 3 and "seed" in labels  # the seed and smtlock's two; none lost to the repair
+
+
+@pytest.mark.burst
+def test_a_postgres_store_a_plain_burst_poisoned_keeps_every_smtlock_record(pg, pg_uri: str, tmp_path: Path) -> None:
+    """The issue's case: plain-Sumatra jobs released together into a store smtlock never opened leave
+    duplicate rows (made certain with POISON); then a burst of smtlock jobs keeps every record."""
+    project = make_project(tmp_path / "p", pg_uri)
+    run_python(SEED, project)
+    run_burst(project, "raw", 8, 1, tmp_path / "plain")
+    db = pg_uri.rsplit("/", 1)[1]
+    for statement in POISON:
+        pg.sql(statement, db)
+    burst = run_burst(project, "locked", 16, 2, tmp_path / "smtlock")
+    assert set(burst["codes"].values()) == {0}, [r.get("message") for r in burst["reports"]]
+    written = [label for report in burst["reports"] for label in report["labels"]]
+    stored = {r["label"] for r in recount(pg_uri, project)["records"]}
+    assert len(written) == len(set(written)) == 32 and set(written) <= stored

@@ -31,8 +31,11 @@ import contextlib
 import contextvars
 import functools
 import pickle
+import sys
 import threading
 from typing import Any, Callable, Dict, Iterator, Optional, Set, Tuple
+
+from .._postgres.client import mask_uri
 
 __all__ = ["REMEMBERED_MODELS", "get_db_obj", "get_db_project", "forget", "one_write", "in_one_write", "save_once",
            "claimed_new", "get_db_record", "get_or_create_tag", "update_tags", "LOOKED_UP", "LOOKED_UP_EACH",
@@ -75,12 +78,37 @@ def _remembered(database: str, model: str, value: Any, find: Callable[[], Any]) 
 
 def get_db_obj(original: Callable[..., Any]) -> Callable[..., Any]:
     """``DjangoRecordStore._get_db_obj`` that asks the store only for a value this process has not
-    seen stored."""
+    seen stored, and takes the oldest of identical rows (:func:`_oldest_of_duplicates`)."""
     def _get_db_obj(self: Any, db_class: str, obj: Any) -> Any:
+        def find() -> Any:
+            return _oldest_of_duplicates(original, self, db_class, obj)
         if db_class not in REMEMBERED_MODELS or obj is None:
-            return original(self, db_class, obj)
-        return _remembered(self._db_label, db_class, obj, lambda: original(self, db_class, obj))
+            return find()
+        return _remembered(self._db_label, db_class, obj, find)
     return _get_db_obj
+
+
+_said_duplicates: Set[str] = set()  # stores this process has said need `smtlock doctor --repair`
+
+
+def _oldest_of_duplicates(original: Callable[..., Any], store: Any, db_class: str, obj: Any) -> Any:
+    """Upstream's lookup; where the store holds identical rows (plain Sumatra's racing get_or_create
+    made them, and upstream's every later write of them fails with MultipleObjectsReturned), the one
+    with the lowest id, which ``smtlock doctor --repair`` keeps when it merges them. It says once per
+    process that the store needs that repair."""
+    from django.core.exceptions import MultipleObjectsReturned
+    try:
+        return original(store, db_class, obj)
+    except MultipleObjectsReturned:
+        models = store._get_models()
+        finder = _Finder(getattr(models, db_class), store._db_label, oldest=True)
+        row = models.SumatraObjectsManager.get_or_create_from_sumatra_object(finder, obj, using=store._db_label)[0]
+    if store._db_label not in _said_duplicates:
+        _said_duplicates.add(store._db_label)
+        print(f"smtlock: the store {mask_uri(store._db_file)} has duplicate {db_class} rows, made by writers "
+              "without smtlock; records use the oldest of each, the one `smtlock doctor --repair` keeps: run it "
+              "once to merge them", file=sys.stderr)
+    return row
 
 
 def get_db_project(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -115,17 +143,22 @@ LOOKED_UP_EACH = (("Dependency", "dependencies"), ("PlatformInformation", "platf
 
 class _Finder:
     """Stands in for a model's manager so that Sumatra's own ``get_or_create_from_sumatra_object``
-    builds its lookup and only finds (never creates) the row."""
+    builds its lookup and only finds (never creates) the row; with ``oldest``, the lowest id of
+    identical rows."""
 
-    def __init__(self, model: Any, using: str) -> None:
+    def __init__(self, model: Any, using: str, oldest: bool = False) -> None:
         self.model = model
         self._using = using
+        self._oldest = oldest
 
     def using(self, using: str) -> "_Finder":
         return self
 
     def get_or_create(self, **attributes: Any) -> Tuple[Any, bool]:
-        return self.model.objects.using(self._using).get(**attributes), False
+        rows = self.model.objects.using(self._using)
+        if self._oldest:
+            return rows.filter(**attributes).order_by("id")[0], False
+        return rows.get(**attributes), False
 
 
 def prefetch(store: Any, project_name: str, record: Any) -> None:
