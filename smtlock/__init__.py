@@ -38,6 +38,7 @@ from .errors import (
     SettingError,
     SMTLockError,
     StoreError,
+    TrackedStoreError,
 )
 
 __version__ = "0.2.0"
@@ -54,6 +55,7 @@ __all__ = [
     "StoreError",
     "ServerUnreachable",
     "SettingError",
+    "TrackedStoreError",
     "__version__",
 ]
 

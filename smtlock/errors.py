@@ -17,6 +17,7 @@ __all__ = [
     "StoreError",
     "SettingError",
     "ServerUnreachable",
+    "TrackedStoreError",
 ]
 
 
@@ -80,3 +81,21 @@ class ServerUnreachable(StoreError, RecordStoreAccessError):
 
     def __reduce__(self) -> tuple:
         return type(self), (self.where, self.reason, self.waited)
+
+
+class TrackedStoreError(StoreError, RecordStoreAccessError):
+    """Files under ``.smt`` (the record store, the project file) are tracked by the project's git
+    repository: each record changes them, so Sumatra's check that the code is unchanged fails (upstream:
+    a bare AssertionError in ``Record.register``). ``files``: those git tracks."""
+
+    def __init__(self, files: "tuple[str, ...] | list[str]") -> None:
+        self.files = tuple(files)
+        super().__init__(f"{', '.join(self.files)} {'is' if len(self.files) == 1 else 'are'} tracked by git, and "
+                         "Sumatra changes .smt with each record, so its check that the code is unchanged fails: "
+                         "run `git rm -r --cached .smt`, add `.smt/` to .gitignore, and commit")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.files,)

@@ -103,3 +103,22 @@ def test_a_finished_run_waits_for_the_lock_whatever_the_timeout(project: Path) -
                 proc.wait()
     (record,) = json.loads(run_python(REPORT, project).stdout).values()
     assert "_finished_" in record["tags"] and "_running_" not in record["tags"]
+
+
+def test_a_store_tracked_by_git_raises_one_clear_error(project: Path) -> None:
+    """Upstream: a bare AssertionError from Record.register. The decorator raises TrackedStoreError,
+    whose one line names the files and the fix."""
+    from test_plugin import TRACKED, track_the_store
+    track_the_store(project)
+    done = run_python("""
+from smtlock import TrackedStoreError, smt_logged
+
+@smt_logged
+def f():
+    return 1
+try:
+    f()
+except TrackedStoreError as err:
+    print(err)
+""", project)
+    assert done.stdout.strip() == TRACKED.removeprefix("Error: ").format(".smt/records is")

@@ -167,3 +167,16 @@ def test_read_only_smt_is_a_problem(project: Path) -> None:
     assert done.returncode == 1, done.stderr
     found = {f["check"]: f for f in json.loads(done.stdout)["findings"]}
     assert found["writable"]["status"] == "problem" and "is not writable here" in found["writable"]["detail"]
+
+
+def test_a_store_tracked_by_git_is_a_problem_the_doctor_names_and_leaves_to_the_user(project: Path) -> None:
+    from test_plugin import track_the_store
+    assert doctor(project)[1]["version control"]["status"] == "ok"
+    track_the_store(project)
+    code, found = doctor(project, "--repair")
+    check = found["version control"]
+    tracked = subprocess.run(["git", "ls-files", ".smt"], cwd=project, capture_output=True, text=True).stdout.split()
+    assert {".smt/project", ".smt/records"} <= set(tracked)  # the index is the user's: --repair leaves it
+    assert code == 1 and check["status"] == "problem" and check["count"] == len(tracked)
+    assert check["detail"].startswith(f"git tracks {', '.join(tracked)}: ")
+    assert "git rm -r --cached .smt" in check["detail"]

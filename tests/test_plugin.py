@@ -123,3 +123,32 @@ def test_a_finished_smt_run_waits_for_the_lock_whatever_the_timeout(project: Pat
                 proc.wait()
     (row,) = recount("sqlite", project)["records"]
     assert "_finished_" in row["tags"] and "simulated" in row["stdout"]
+
+
+TRACKED = ("Error: {} tracked by git, and Sumatra changes .smt with each record, so its check that the code is "
+           "unchanged fails: run `git rm -r --cached .smt`, add `.smt/` to .gitignore, and commit")
+
+
+def track_the_store(project: Path) -> None:
+    """What `git add .` after `smt init` does."""
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
+    subprocess.run(git + ["add", ".smt"], cwd=project, check=True)
+    subprocess.run(git + ["commit", "-qm", "the store too"], cwd=project, check=True)
+
+
+def test_a_store_tracked_by_git_fails_smt_run_with_one_line_that_says_what_to_do(project: Path) -> None:
+    """`git add .` after `smt init`, then `smtlock enable` changes .smt/project. Upstream: a traceback
+    ending "Code has changed, please commit your changes" (the code has not), or a bare AssertionError
+    from Record.register once the record's write changed the store."""
+    track_the_store(project)
+    assert smtlock_cli("enable", cwd=project).returncode == 0
+    done = subprocess.run(["smt", "run", "params.txt"], cwd=project, env=ENV, capture_output=True, text=True)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == TRACKED.format(".smt/project, .smt/records are")
+    subprocess.run(["git", "rm", "-rq", "--cached", ".smt"], cwd=project, check=True)
+    (project / ".gitignore").write_text(".smt/\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
+    subprocess.run(git + ["add", ".gitignore"], cwd=project, check=True)
+    subprocess.run(git + ["commit", "-qm", "untrack the store"], cwd=project, check=True)
+    again = subprocess.run(["smt", "run", "params.txt"], cwd=project, env=ENV, capture_output=True, text=True)
+    assert again.returncode == 0, again.stdout + again.stderr  # the fix it names works

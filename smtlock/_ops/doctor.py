@@ -32,7 +32,7 @@ from .._lock.paths import (
 from .._postgres.client import mask_uri
 from .._sumatra import djangostore, uniques
 from .._sumatra.patches import RUNNING_TAGS, free_label
-from .._sumatra.project import load, store_path
+from .._sumatra.project import load, store_path, tracked_smt_files
 from ..errors import StoreError
 
 __all__ = ["DEDUPLICATED_MODELS", "Finding", "diagnose", "duplicate_rows", "shared_labels",
@@ -344,6 +344,18 @@ def _check_lease(smt: Path, repair: bool) -> Finding:
     return Finding("lease", REPAIRED, f"broke the lease left by {who} (expired {expired:.0f} s ago)", 1)
 
 
+def _check_tracked(root: Path) -> Finding:
+    """Files under ``.smt`` tracked by git: every record then fails Sumatra's check that the code is
+    unchanged. Not repaired here: the index is the user's."""
+    tracked = tracked_smt_files(root)
+    if not tracked:
+        return Finding("version control", OK, f"git tracks nothing under {SMT_DIR}")
+    return Finding("version control", PROBLEM, f"git tracks {', '.join(tracked)}: each record changes the store, "
+                   "so Sumatra's check that the code is unchanged fails every record; run `git rm -r --cached "
+                   f"{SMT_DIR}`, add `{SMT_DIR}/` to .gitignore, and commit (--repair leaves your git index alone)",
+                   len(tracked))
+
+
 def _check_filesystem(smt: Path) -> Finding:
     mount = mount_of(smt)
     if mount.shared:
@@ -373,6 +385,7 @@ def diagnose(path: str = ".", repair: bool = False) -> List[Finding]:
         if server is None or server.status != PROBLEM:
             with SMTLock(project) if repair else djangostore.reading():
                 findings += _store_checks(project, project.record_store, repair)
+    findings.append(_check_tracked(root))
     findings.append(_check_filesystem(smt))
     return findings
 

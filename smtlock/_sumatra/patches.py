@@ -19,6 +19,8 @@ The path of one record write, top to bottom (:func:`add_record`)::
                claim_label()      one query: labels like this one; add a suffix if taken
                store.save()       Django: rows remembered per process (rows.py) / shelve: re-read,
                                   write, close (shelf.py)
+                                  a record written before: a person's edits since merged in
+                                  (edits.py)
       -> Record.register          dependencies, platform information   (outside the lock)
 """
 
@@ -42,6 +44,7 @@ import sumatra.dependency_finder.python
 import sumatra.launch
 import sumatra.programs
 import sumatra.projects
+import sumatra.records
 from sumatra.core import STATUS_FORMAT, get_encoding
 from sumatra.projects import Project
 from sumatra.recordstore.shelve_store import ShelveRecordStore
@@ -53,10 +56,10 @@ from .._lock.lock import SMTLock
 from .._lock.paths import LOCK_FILE_NAME, RUNNING_DIR, SMT_DIR, postgres_uri
 from .._postgres.client import is_postgres, keep_password_apart, mask_uri, without_password
 from .._postgres.pgpass import password_file
-from ..errors import SMTLockError
-from . import djangostore, moves, provenance, rows, shelf
+from ..errors import SMTLockError, TrackedStoreError
+from . import djangostore, edits, moves, provenance, rows, shelf
 from .djangostore import DjangoConfiguration, DjangoRecordStore, connecting  # None without Django
-from .project import store_path
+from .project import store_path, tracked_smt_files
 from .upstream import is_patched, original, patch
 
 __all__ = ["apply", "is_applied", "add_record", "save_record", "claim_label", "free_label", "prepare_store",
@@ -181,9 +184,10 @@ def save_record(self: Project, record: Any) -> None:
     # A record whose run has ended waits for the lock as long as it takes, whatever $SMTLOCK_TIMEOUT
     # says: a timeout there would throw away a finished run's result (smt run, @smt_logged, @capture).
     ended = not ENDED_TAGS.isdisjoint(record.tags)
+    before = edits.fields(record)
     with _acquired(SMTLock(self, timeout=-1 if ended else None, purpose="save_record"), self, record):
         _write(self, record, claim=False)
-    _remember(record, state)
+    _remember(record, state if edits.fields(record) == before else _state(record))  # a person's edits merged in
     note = os.path.join(self.path, SMT_DIR, RUNNING_DIR, record.label.replace("/", "_"))
     if any(tag in RUNNING_TAGS for tag in record.tags):
         os.makedirs(os.path.dirname(note), exist_ok=True)
@@ -212,6 +216,8 @@ def _unchanged(record: Any, state: Optional[bytes]) -> bool:
 
 
 def _remember(record: Any, state: Optional[bytes]) -> None:
+    """Note that the store holds ``record`` as it is now (its state, and the fields a person may edit)."""
+    edits.note_stored(record)
     key = id(record)
     if state is not None:
         def forget(_: Any, key: int = key) -> None:
@@ -220,13 +226,15 @@ def _remember(record: Any, state: Optional[bytes]) -> None:
 
 
 def _mark_stored(method: Callable) -> Callable:
-    """Records read from the store are stored records: adding one again updates it (no new label)."""
+    """Records read from the store are stored records: adding one again updates it (no new label), and
+    a save merges what changed since with what the store holds then (see edits.py)."""
     @functools.wraps(method)
     def wrapper(self: Project, *args: Any, **kwargs: Any) -> Any:
         found = method(self, *args, **kwargs)
         for record in found if isinstance(found, list) else [found]:
             if hasattr(record, "label"):
                 setattr(record, _CLAIM, record.label)
+                edits.note_stored(record)
         return found
     return wrapper
 
@@ -369,6 +377,28 @@ def _run_in_any_thread(orig: Callable) -> Callable:
     return run
 
 
+# --- the working copy -----------------------------------------------------------------------------
+
+def _tracked_smt_explained(orig: Callable) -> Callable:
+    """``Project.update_code`` and ``Record.register``, whose second argument is the working copy: when
+    git tracks files under ``.smt`` (``git add .`` after ``smt init``), which Sumatra and smtlock rewrite
+    with every record, upstream's check that the code is unchanged fails: "Code has changed, please
+    commit your changes" (a traceback, though the code is unchanged) or a bare AssertionError. Then
+    :class:`~smtlock.errors.TrackedStoreError` says so in one line, with the fix (git is asked only then)."""
+    from sumatra.versioncontrol import UncommittedModificationsError
+
+    @functools.wraps(orig)
+    def checked(self: Any, working_copy: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return orig(self, working_copy, *args, **kwargs)
+        except (AssertionError, UncommittedModificationsError) as err:
+            tracked = tracked_smt_files(getattr(working_copy, "path", None) or ".", changed_only=True)
+            if tracked:
+                raise TrackedStoreError(tracked) from err
+            raise
+    return checked
+
+
 # --- provenance -----------------------------------------------------------------------------------
 
 def _memo_in_project(orig: Callable) -> Callable:
@@ -451,15 +481,18 @@ def apply() -> None:
     # and an HTTP probe whose answers rarely change: remembered while what they read is unchanged
     # (see provenance.py); the project's memo is in its .smt, so new_record says which project.
     patch(Project, "new_record", _memo_in_project)
+    patch(Project, "update_code", _tracked_smt_explained)
+    patch(sumatra.records.Record, "register", _tracked_smt_explained)
     patch(sumatra.dependency_finder.python, "run_script", provenance.run_script)
     patch(sumatra.programs.Executable, "_get_version", provenance.executable_version)
     patch(sumatra.launch.LaunchMode, "get_platform_information", provenance.platform_information)
 
     patch(ShelveRecordStore, "accepts_uri", lambda orig: classmethod(shelf.accepts_uri))
     patch(ShelveRecordStore, "__init__", lambda orig: shelf.locked_init)
-    for name in ("list_projects", "has_project", "save", "get", "list", "labels", "delete",
-                 "delete_by_tag", "most_recent"):
+    for name in ("list_projects", "has_project", "get", "list", "labels", "delete", "delete_by_tag", "most_recent"):
         patch(ShelveRecordStore, name, shelf.fresh)
+    # Upstream's save replaces the stored record whole: a tag or comment added while the job ran is lost.
+    patch(ShelveRecordStore, "save", lambda orig: shelf.fresh(edits.merged_shelve_save(orig)))
 
     if DjangoRecordStore is not None:
         djangostore.tune_registered_databases()
@@ -470,8 +503,10 @@ def apply() -> None:
         # Upstream looks up ~10 never-changing rows with get_or_create in every write (see rows.py).
         patch(DjangoRecordStore, "_get_db_obj", rows.get_db_obj)
         patch(DjangoRecordStore, "_get_db_project", rows.get_db_project)
-        # Upstream looks for the record by label; a label the write has just claimed is new.
-        patch(DjangoRecordStore, "_get_db_record", rows.get_db_record)
+        # Upstream looks for the record by label; a label the write has just claimed is new. Upstream's
+        # save then writes the whole record over the row: a person's tag or comment on a running job is
+        # lost; it is merged with the row found (see edits.py).
+        patch(DjangoRecordStore, "_get_db_record", lambda orig: edits.merged_db_record(rows.get_db_record(orig)))
         # Upstream's sync (smt sync, smt configure --store) reads and writes two Django stores in one
         # process, whose tag links all live in the first store's database: records get others' tags.
         patch(DjangoRecordStore, "sync", moves.sync)

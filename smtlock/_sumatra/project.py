@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Optional, Union
+import subprocess
+from typing import Any, List, Optional, Union
 
 from .._lock.paths import SMT_DIR, project_root
 from .._postgres.client import mask_uri
 from ..errors import ProjectFileError
 
-__all__ = ["load", "store_path", "describe_store"]
+__all__ = ["load", "store_path", "describe_store", "tracked_smt_files"]
 
 
 def load(path: Union[str, "os.PathLike[str]"] = ".") -> Any:
@@ -38,6 +39,18 @@ def store_path(store: Any) -> Optional[str]:
     db_file = getattr(store, "_db_file", None)
     return None if db_file is None or "://" in str(db_file) else str(db_file)
 
+
+
+def tracked_smt_files(folder: Union[str, "os.PathLike[str]"], changed_only: bool = False) -> List[str]:
+    """Files in a ``.smt`` folder under ``folder`` that its git repository tracks (with ``changed_only``:
+    that differ from the index), relative to ``folder``; [] where there is no git repository."""
+    try:
+        done = subprocess.run(["git", "ls-files", "-z", *(["-m"] if changed_only else []), "--", f"*{SMT_DIR}/*"],
+                              cwd=folder, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    paths = [path for path in done.stdout.split("\0") if path] if done.returncode == 0 else []
+    return [path for path in paths if SMT_DIR in path.split("/")[:-1]]
 
 
 def describe_store(store: Any) -> str:
