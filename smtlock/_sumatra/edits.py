@@ -80,9 +80,7 @@ def merge(record: Any, stored: Optional[Edits]) -> None:
     mine = fields(record)
     record.tags = set((stored.tags - (base.tags - mine.tags)) | (mine.tags - base.tags))
     for name in ("outcome", "reason"):
-        value = _text(getattr(base, name), getattr(mine, name), getattr(stored, name))
-        if value is not None or getattr(record, name, None) is not None:
-            setattr(record, name, value)
+        setattr(record, name, _text(getattr(base, name), getattr(mine, name), getattr(stored, name)))
 
 
 def merged_db_record(lookup: Callable[..., Any]) -> Callable[..., Any]:
