@@ -31,6 +31,7 @@ from ._sumatra import patches
 from ._tracking.decorator import current_label, smt_logged
 from .errors import (
     LockFileError,
+    LockLost,
     LockTimeout,
     NoProjectError,
     ProjectFileError,
@@ -49,6 +50,7 @@ __all__ = [
     "current_label",
     "SMTLockError",
     "LockTimeout",
+    "LockLost",
     "NoProjectError",
     "ProjectFileError",
     "LockFileError",

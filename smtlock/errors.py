@@ -14,6 +14,7 @@ __all__ = [
     "ProjectFileError",
     "LockFileError",
     "LockTimeout",
+    "LockLost",
     "StoreError",
     "SettingError",
     "ServerUnreachable",
@@ -64,6 +65,23 @@ class LockTimeout(SMTLockError, TimeoutError):
     def __reduce__(self) -> tuple:
         # pickle rebuilds an exception from self.args (the message alone), which this __init__ refuses
         return type(self), (self.lock_file, self.timeout, self.holder)
+
+
+class LockLost(SMTLockError):
+    """A lock this process held was lost while it held it: another process may have held it since, so
+    the block was not exclusive from then on, and nothing it wrote to the store after the loss was
+    stored. ``lock`` names the lock, ``why`` says how it was lost and ``when`` (UTC) when it was noticed."""
+
+    def __init__(self, lock: str, why: str, when: str) -> None:
+        self.lock, self.why, self.when = lock, why, when
+        super().__init__(f"the lock {lock} was lost ({why}; noticed at {when}): the block was not exclusive "
+                         "from then on and none of its store writes since were stored; run it again")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.lock, self.why, self.when)
 
 
 class ServerUnreachable(StoreError, RecordStoreAccessError):

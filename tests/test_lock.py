@@ -241,13 +241,16 @@ def test_errors_pickle_as_themselves() -> None:
     import pickle
     errors = [LockTimeout("/p/.smt/smtlock.lock", 5, "pid 1 on node7 since T"), NoProjectError("no project"),
               LockFileError("cannot open"), smtlock.SettingError("bad"), smtlock.StoreError("down"),
-              smtlock.ProjectFileError("torn"), smtlock.TrackedStoreError([".smt/records"])]
+              smtlock.ProjectFileError("torn"), smtlock.LockLost("advisory lock 7", "a restart", "T"),
+              smtlock.TrackedStoreError([".smt/records"])]
     for err in errors:
         again = pickle.loads(pickle.dumps(err))
         assert type(again) is type(err) and str(again) == str(err)
     again = pickle.loads(pickle.dumps(errors[0]))
     assert (again.lock_file, again.timeout, again.holder) == ("/p/.smt/smtlock.lock", 5, "pid 1 on node7 since T")
     assert pickle.loads(pickle.dumps(errors[-1])).files == (".smt/records",)
+    lost = pickle.loads(pickle.dumps(errors[-2]))
+    assert (lost.lock, lost.why, lost.when) == ("advisory lock 7", "a restart", "T") and isinstance(lost, SMTLockError)
 
 
 def test_bad_timeout_setting_names_the_variable(bare_project: Path) -> None:
