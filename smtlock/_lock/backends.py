@@ -12,6 +12,7 @@ import fcntl
 import os
 import re
 import secrets
+import select
 import socket
 import threading
 import time
@@ -27,11 +28,11 @@ from .._postgres.client import (
     refuses_transactions,
     statement_pooling,
 )
-from ..errors import LockFileError, ServerUnreachable, SettingError
+from ..errors import LockFileError, ServerUnreachable, SettingError, StoreError
 
 __all__ = ["LockBackend", "FileBackend", "LeaseBackend", "Holder", "lease_setting", "FILE_MODE",
            "replacement_mode", "LEASE_VARIABLE", "CLOCK_SLOP_S", "PostgresBackend", "HOLDER_SUFFIX",
-           "connection_trouble", "probe"]
+           "connection_trouble", "probe", "held_check"]
 
 HOLDER_SUFFIX = ".holder"  # <lock file>.holder: who holds a file lock, for waiters and the doctor
 _HOLDER_SIZE = 256  # fixed-size slot, rewritten in place with one pwrite: no truncation, no torn reads
@@ -83,8 +84,9 @@ class LockBackend(ABC):
         """Try once to take the lock; True when this process now holds it."""
 
     @abstractmethod
-    def release(self) -> None:
-        """Give the lock back; only called by the holder."""
+    def release(self) -> Optional[str]:
+        """Give the lock back; only called by the holder. What it found on the way, if it can tell:
+        why the hold had been lost (None: it was held to the end, or the backend cannot tell)."""
 
     def holder(self) -> str | None:
         """Who holds the lock, if the backend can tell."""
@@ -97,6 +99,12 @@ class LockBackend(ABC):
 
     def abandon(self) -> None:  # noqa: B027 (not abstract: a backend that inherits nothing keeps this)
         """In a forked child: drop what was inherited from the parent without releasing it."""
+
+    def lost(self) -> Optional[str]:
+        """While held: why the hold is gone, if this process can tell at once without waiting (None
+        when it is not known to be lost). Cheap: the watchdog and every store write ask it."""
+        return None
+
 
 
 class FileBackend(LockBackend):
@@ -140,9 +148,10 @@ class FileBackend(LockBackend):
             raise self._no_flock(err) from None
         self._write_holder(Holder.me())
 
-    def release(self) -> None:
+    def release(self) -> Optional[str]:
         self._write_holder(None)
         fcntl.flock(self._descriptor(), fcntl.LOCK_UN)
+        return None  # the kernel keeps a flock until it is let go
 
     def abandon(self) -> None:
         # Closing our copy of an inherited descriptor leaves the parent's flock alone (it is released
@@ -210,6 +219,8 @@ class LeaseBackend(LockBackend):
         self.lease = lease if lease is not None else lease_setting()
         self._claim = ""
         self._stop: threading.Event | None = None
+        self._expires = 0.0  # when the lease runs out unless renewed (time.time())
+        self._gone: Optional[str] = None  # why the hold was lost, once the renewer found it
 
     def try_acquire(self) -> bool:
         self._claim = f"{self.name}.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}"
@@ -228,11 +239,13 @@ class LeaseBackend(LockBackend):
         except OSError as err:
             self._forget_claim()
             raise LockFileError(f"cannot take the lease {self.name}: {err.strerror or err}") from None
+        self._gone = None
         self._stop = threading.Event()
         threading.Thread(target=self._keep, args=(self._stop,), daemon=True, name="smtlock-lease").start()
         return True
 
-    def release(self) -> None:
+    def release(self) -> Optional[str]:
+        why = self.lost()
         if self._stop is not None:
             self._stop.set()
             self._stop = None
@@ -242,6 +255,7 @@ class LeaseBackend(LockBackend):
         except FileNotFoundError:
             pass  # broken by another host after our lease expired
         self._forget_claim()
+        return why
 
     def abandon(self) -> None:
         # a forked child: the parent's claim, lease and renewing thread are the parent's
@@ -260,13 +274,39 @@ class LeaseBackend(LockBackend):
     def _renew(self) -> None:
         expiry = time.time() + self.lease
         os.utime(self._claim, (expiry, expiry))
+        self._expires = expiry
 
     def _keep(self, stop: threading.Event) -> None:
+        # a lease that ran out is never renewed back to life: another host may have broken and held
+        # it meanwhile (this process was stopped, or its filesystem did not answer)
         while not stop.wait(self.lease / 4):
+            self._gone = self._gone or self._taken_away()
+            if self._gone:
+                return
             try:
                 self._renew()
-            except OSError:
+            except OSError as err:
+                self._gone = f"its lease could not be renewed: {err.strerror or err}"
                 return
+
+    def lost(self) -> Optional[str]:
+        """Lost once the lease ran out before it was renewed (the holder was stopped or cut off for
+        longer than the lease), or when the lock file is no longer this holder's claim."""
+        if not self._claim:
+            return None
+        self._gone = self._gone or self._taken_away()
+        return self._gone
+
+    def _taken_away(self) -> Optional[str]:
+        late = time.time() - self._expires
+        if late >= 0:
+            return f"its {self.lease:g} s lease ran out {late:.1f} s before it was renewed"
+        try:
+            if os.stat(self.name).st_ino == os.stat(self._claim).st_ino:
+                return None
+        except OSError:
+            pass
+        return "its lease was broken by another host"
 
     def _forget_claim(self) -> None:
         if self._claim:
@@ -370,9 +410,15 @@ class PostgresBackend(LockBackend):
     def __init__(self, uri: str) -> None:
         self.uri = uri
         self.key = advisory_key(uri)
+        self.write_key = advisory_key(uri, "write")
         self.name = f"advisory lock {self.key} on {mask_uri(uri)}"
         self._conn: Any = None
         self.last_error: Optional[str] = None
+        #: while held: a random key locked (shared) in the hold's transaction, which lives exactly as
+        #: long as the hold: a write's transaction proves the hold is still this holder's by finding it
+        self.token: Optional[int] = None
+        self._using = threading.Lock()  # the connection, between the holder's thread and the watchdog
+        self._same: dict = {}  # URI -> whether it names this lock's database
 
     def connect(self) -> bool:
         """Open the connection the lock is waited for on, if it is not open; False when the server
@@ -406,9 +452,17 @@ class PostgresBackend(LockBackend):
                 if self._conn.server_version >= 170000:
                     extra["transaction_timeout"] = "0"
                 settings, params = local_settings(extra)
-                cur.execute(f"SELECT {settings}", params)
+                # The fence, in the same round trip: the hold's token, and a barrier on the store's
+                # write lock (taken and let go at once), so that a write a former holder began before
+                # it lost the lock has ended before this hold begins; every write after it checks the
+                # token of its own holder inside its transaction (held_check) and finds it gone.
+                token = secrets.randbits(63)
+                cur.execute(f"SELECT {settings}, pg_advisory_xact_lock_shared(%s); SELECT pg_advisory_lock(%s); "
+                            "SELECT pg_advisory_unlock(%s)", [*params, token, self.write_key, self.write_key])
+                self.token = token
             return True
-        return bool(self._failing_over(take))
+        with self._using:
+            return bool(self._failing_over(take))
 
     def _failing_over(self, step: Any) -> Any:
         """Run ``step``; a server with no free connection makes it False (wait on), one that is down
@@ -428,23 +482,69 @@ class PostgresBackend(LockBackend):
             connect(self.uri).close()  # refused: raises the one line that says what is wrong
             return False  # it connects now (the refusal has passed): wait on, as when busy
 
-    def release(self) -> None:
+    def release(self) -> Optional[str]:
+        """The ``ROLLBACK`` that ends the hold's transaction (it wrote nothing; its end frees the lock)
+        also proves the hold lived to the end: it fails on a connection that died (directly, or a
+        pooler that lost the server connection closes its client), and the server warns when there
+        was no transaction left to end."""
         import psycopg2
-        if self._conn is None:  # the connection broke and was closed
-            return
+        with self._using:
+            held, self.token = self.token, None
+            if self._conn is None:  # the connection broke and was closed
+                return "its connection to the server was closed" if held is not None else None
+            try:
+                del self._conn.notices[:]
+                with self._conn.cursor() as cur:
+                    cur.execute("ROLLBACK")
+                if any("no transaction in progress" in notice for notice in self._conn.notices):
+                    return "the server had ended the transaction that held it"
+                return None
+            except psycopg2.Error as err:  # the server ended the transaction, and the lock
+                return f"its connection to the server broke: {_reason(err)}"
+            finally:
+                self._close()
+
+    def same_database(self, uri: str) -> bool:
+        """Whether ``uri`` names this lock's database on the same server (as written: one server
+        reached by two names counts as two, and a write there is not fenced by this hold)."""
+        if uri not in self._same:  # asked at every write: parsed once per URI
+            def where(text: str) -> tuple:
+                kwargs = connect_kwargs(text)
+                return kwargs["host"], kwargs["port"], kwargs["dbname"]
+            try:
+                self._same[uri] = where(uri) == where(self.uri)
+            except (StoreError, SettingError):
+                self._same[uri] = False
+        return self._same[uri]
+
+    def lost(self) -> Optional[str]:
+        """Lost once the hold's connection has anything to read: nothing comes on it while a hold is
+        idle but the server's or pooler's goodbye (a restart, a crash) or the kernel's report that the
+        peer is gone (the client keepalives: about 5 s after a cut). Never blocks."""
+        import psycopg2
+        if not self._using.acquire(blocking=False):
+            return None  # the holder's thread is using it
         try:
-            with self._conn.cursor() as cur:
-                cur.execute("ROLLBACK")  # the lock's transaction wrote nothing; its end frees the lock
-        except psycopg2.Error:
-            pass  # the connection died (a server restart): the server ended the transaction and its lock
+            if self.token is None or self._conn is None:
+                return None
+            try:
+                readable, _, _ = select.select([self._conn.fileno()], [], [], 0)
+                if readable:
+                    self._conn.poll()  # reads what came: raises if it says the connection ended
+                if self._conn.closed:
+                    return "its connection to the server closed"
+            except (psycopg2.Error, OSError, ValueError) as err:
+                return f"its connection to the server broke: {_reason(err)}"
+            return None
         finally:
-            self._close()
+            self._using.release()
 
     def abandon(self) -> None:
         # A forked child drops the inherited connection without closing it: psycopg2 closes a
         # connection only in the process that opened it, so the parent's session (and the lock it
         # holds) lives on; close() here would end that session on the server.
-        self._conn = None
+        self._conn, self.token = None, None
+        self._using = threading.Lock()
 
     def _close(self) -> None:
         if self._conn is not None:
@@ -473,6 +573,15 @@ class PostgresBackend(LockBackend):
             return self.last_error and f"unknown ({self.last_error})"
         name, addr = row
         return f"{name.removeprefix('smtlock ')}" + (f" (client {addr})" if addr else "")
+
+
+def held_check(token: int) -> str:
+    """A query, run in another transaction than the hold's, whose one value is true while the hold
+    that took ``token`` (its fence key, :attr:`PostgresBackend.token`, held shared) lives: an exclusive
+    try on the key fails exactly then. When the hold is gone the try takes the key, until the asking
+    transaction ends; nobody else ever asks for it. A function call: no catalog view to read, which a
+    write's fresh connection would pay for."""
+    return f"SELECT NOT pg_try_advisory_xact_lock({int(token)})"
 
 
 #: what a server that cannot take one more client says; it is up: wait for a free connection

@@ -21,19 +21,22 @@ from types import TracebackType
 from typing import Any, Callable, List, Optional, Tuple, Union
 
 from .._postgres.client import mask_uri
-from ..errors import LockTimeout, NoProjectError, ServerUnreachable, SettingError
+from ..errors import LockLost, LockTimeout, NoProjectError, ServerUnreachable, SettingError
 from .backends import FileBackend, LeaseBackend, LockBackend, PostgresBackend, probe
 from .filesystem import is_shared
 from .paths import LEASE_SUFFIX, LOCK_FILE_NAME, SMT_DIR, postgres_uri, project_root
 
 __all__ = ["SMTLock", "store_lock", "TIMEOUT_VARIABLE", "timeout_setting", "enable_stats", "collected_stats",
-           "SERVER_WAIT_S", "server_wait", "wait_for_server", "current_hold", "in_before_store"]
+           "SERVER_WAIT_S", "server_wait", "wait_for_server", "current_hold", "in_before_store", "WATCH_S"]
 
 _MIN_POLL = 0.0005  # seconds; the wait between tries doubles up to poll_interval, with jitter
 _FOREVER = -1.0
 TIMEOUT_VARIABLE = "SMTLOCK_TIMEOUT"
 #: how long a job waits for its store's PostgreSQL server when it is down ($SMTLOCK_TIMEOUT overrides)
 SERVER_WAIT_S = 300.0
+#: how often the watchdog asks each held backend whether its hold is gone (a loss is noticed within
+#: this of the backend telling: at once for a closed connection, ~5 s after a cut, at a lease's end)
+WATCH_S = 0.5
 
 
 @dataclass
@@ -50,6 +53,8 @@ class _Shared:
     owner: Optional["SMTLock"] = None  # the SMTLock whose acquire took the backends
     thread: int = 0  # the thread that holds it
     server_waits: List[float] = field(default_factory=list)  # each acquisition's wait for the server
+    lost: Optional[LockLost] = None  # the hold was lost (the watchdog or a check found it): never held again
+    holds: int = 0  # how many holds began: an answer about an earlier one is not this one's
 
 
 _shared: dict = {}
@@ -67,9 +72,46 @@ def _forget_after_fork() -> None:
             backend.abandon()
     _shared.clear()
     _shared_guard = threading.Lock()
+    _watchdog.clear()  # threads do not survive a fork
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+_watchdog: List[threading.Thread] = []
+
+
+def _watch() -> None:
+    """The watchdog: every :data:`WATCH_S`, each hold of this process that is not known lost asks its
+    backends :meth:`~smtlock._lock.backends.LockBackend.lost`; one process-wide thread, started with the
+    first hold."""
+    while True:
+        time.sleep(WATCH_S)
+        with _shared_guard:
+            held = [shared for shared in _shared.values() if shared.depth > 0 and shared.lost is None]
+        for shared in held:
+            _notice(shared)
+
+
+def _notice(shared: _Shared) -> Optional[LockLost]:
+    """Whether a backend of the hold says it is gone (remembered: a hold once lost stays lost)."""
+    hold = shared.holds
+    if shared.lost is None:
+        for backend in list(shared.taken):
+            why = backend.lost()
+            if why and hold == shared.holds:
+                shared.lost = _lost(backend, why)
+                break
+    return shared.lost
+
+
+def _lost(backend: LockBackend, why: str) -> LockLost:
+    return LockLost(backend.name, why, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+
+def _again(lost: LockLost) -> LockLost:
+    """A fresh copy to raise (each raise its own traceback and chain)."""
+    return LockLost(lost.lock, lost.why, lost.when)
 
 
 def enable_stats() -> None:
@@ -195,6 +237,11 @@ class SMTLock:
             shared.wait_s = shared.held_since - start
             shared.purpose = self.purpose
             shared.owner, shared.thread = self, threading.get_ident()
+            shared.lost = None
+            shared.holds += 1
+            if not _watchdog:
+                _watchdog.append(threading.Thread(target=_watch, daemon=True, name="smtlock-watchdog"))
+                _watchdog[0].start()
         shared.depth += 1
         shared.server_waits.append(self.server_wait_s)
         return _Acquired(self)
@@ -245,33 +292,68 @@ class SMTLock:
 
     def let_go_until_reachable(self, reason: str) -> None:
         """Called by this lock's holder, which holds it once (the write path's own hold, whose write
-        is redone whole after): let go of every backend, wait for the store's server holding nothing
-        (up to :attr:`server_wait_s`), and take them again as :meth:`acquire` did."""
+        is redone whole after; its server went down or its hold was lost): let go of every backend, wait
+        for the store's server holding nothing (up to :attr:`server_wait_s`), and take them again as
+        :meth:`acquire` did."""
         shared = self._shared
         for backend in reversed(shared.taken):
-            backend.release()
+            backend.release()  # lost or not: the write is redone under the hold taken next
         shared.taken = []
-        wait_for_server(self._store_uri or "", reason, self.server_wait_s)
+        if self._store_uri:
+            wait_for_server(self._store_uri, reason, self.server_wait_s)
         deadline = None if self.timeout < 0 else time.monotonic() + self.timeout
         self._acquire_backends(shared, deadline, self.timeout, None)
+        shared.lost = None  # a hold of its own again, whatever became of the one before
+        shared.holds += 1
+
+    @property
+    def lost(self) -> Optional[LockLost]:
+        """While this process holds the lock: the :class:`~smtlock.errors.LockLost` that says it was lost
+        since it was taken (the block is no longer exclusive), else None. Asks the backends, without
+        waiting; the watchdog asks them every :data:`WATCH_S` too."""
+        shared = self._shared
+        return _notice(shared) if shared.depth > 0 else None
+
+    def check(self) -> None:
+        """Raise :class:`~smtlock.errors.LockLost` if the lock held was lost (for long blocks: call it
+        before anything that must not happen without the lock; every store write checks by itself)."""
+        lost = self.lost
+        if lost is not None:
+            raise _again(lost)
+
+    def fence_token(self, uri: str) -> Optional[int]:
+        """While held: the token that a write to the PostgreSQL database at ``uri`` checks inside its
+        transaction (see :func:`~smtlock._lock.backends.held_check`); None when the hold has none
+        there (no PostgreSQL backend, or a write to another database: ``smt sync``, a move)."""
+        for backend in self._shared.taken:
+            if isinstance(backend, PostgresBackend) and backend.same_database(uri):
+                return backend.token
+        return None
 
     def release(self) -> None:
-        """Undo one :meth:`acquire`; the last one lets other processes in."""
+        """Undo one :meth:`acquire`; the last one lets other processes in. The last release of a user's
+        hold (``purpose="user"``) raises :class:`~smtlock.errors.LockLost`, once it has let go, when the
+        hold was lost while held (the ``ROLLBACK`` that ends a PostgreSQL hold proves it lived to the end)."""
         shared = self._shared
         if shared.depth <= 0:
             raise RuntimeError(f"release of {self.lock_file}, which this process does not hold")
         shared.depth -= 1
         shared.server_waits.pop()
+        lost = None
         try:
             if shared.depth == 0:
                 held = time.perf_counter() - shared.held_since
+                lost = _notice(shared)
                 taken, shared.taken, shared.owner = shared.taken, [], None
                 for backend in reversed(taken):
-                    backend.release()
+                    why = backend.release()  # a user's block: was it exclusive to its end?
+                    lost = lost or (_lost(backend, why) if why else None)
                 if _stats is not None:
                     _stats.append((shared.purpose, shared.wait_s, held))
         finally:
             shared.mutex.release()
+        if lost is not None and shared.purpose == "user":  # smtlock's own holds' writes were fenced
+            raise _again(lost)
 
     def holder(self) -> Optional[str]:
         """Who holds the lock now, as recorded by the holder (None when free or unknown)."""
@@ -286,7 +368,7 @@ class SMTLock:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Optional[TracebackType]) -> None:
-        self.release()
+        _release_at_exit(self, exc)
 
     def __repr__(self) -> str:
         return f"SMTLock(lock_file={self.lock_file!r}, locked={self.is_locked})"
@@ -302,7 +384,17 @@ class _Acquired:
         return self.lock
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Optional[TracebackType]) -> None:
-        self.lock.release()
+        _release_at_exit(self.lock, exc)
+
+
+def _release_at_exit(lock: SMTLock, exc: Optional[BaseException]) -> None:
+    """The end of a ``with`` block: release; a hold that was lost raises LockLost (chained to the
+    exception that ends the block, unless that is the LockLost of a write inside it already)."""
+    try:
+        lock.release()
+    except LockLost:
+        if not isinstance(exc, LockLost):
+            raise
 
 
 _acquiring = threading.local()  # .before_store: this thread runs a before_store, holding a host's lock
