@@ -16,12 +16,26 @@ from smtlock._postgres.server import _NOBODY
 from smtlock._postgres.server import ThrowawayServer as Cluster
 from smtlock._postgres.server import _free_port as free_port
 
-__all__ = ["Cluster", "free_port", "Bouncer", "pgbouncer_binary"]
+__all__ = ["Cluster", "free_port", "Bouncer", "pgbouncer_binary", "need_pgbouncer"]
 
 
 def pgbouncer_binary() -> Optional[str]:
     """Debian's ``pgbouncer`` (in /usr/sbin, often not on a user's PATH), or None."""
     return shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin:/usr/local/sbin")
+
+
+def need_pgbouncer() -> None:
+    """Debian's pgbouncer, installed here as `make test` does when missing (as root, with apt); only where
+    neither is possible is the test skipped (never in CI, which runs as root)."""
+    import pytest
+    if pgbouncer_binary() is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(["apt-get", "install", "-y", "-qq", "pgbouncer"], capture_output=True,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    if pgbouncer_binary() is None:
+        if os.environ.get("CI"):
+            pytest.fail("pgbouncer is missing in CI: `make test-tools` installs it")
+        pytest.skip("Debian's pgbouncer is not installed and cannot be here (no root or no apt-get): "
+                    "sudo apt-get install pgbouncer")
 
 
 class Bouncer:
@@ -32,7 +46,7 @@ class Bouncer:
     startup parameters it cannot track (``options``) unless told to ignore them. ``stop()`` ends it by its pid."""
 
     def __init__(self, cluster: Cluster, users: Dict[str, str], databases: Dict[str, tuple],
-                 ignore_startup_parameters: str = "") -> None:
+                 ignore_startup_parameters: str = "", pool_size: int = 2) -> None:
         binary = pgbouncer_binary()
         if binary is None:
             raise RuntimeError("pgbouncer not found (apt-get install pgbouncer)")
@@ -46,7 +60,7 @@ class Bouncer:
         (self.dir / "pgbouncer.ini").write_text(
             f"[databases]\n{entries}\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {self.port}\n"
             f"unix_socket_dir =\nauth_type = scram-sha-256\nauth_file = {self.dir / 'userlist.txt'}\n"
-            f"pool_mode = transaction\ndefault_pool_size = 2\nmax_client_conn = 200\n"
+            f"pool_mode = transaction\ndefault_pool_size = {pool_size}\nmax_client_conn = 200\n"
             f"ignore_startup_parameters = {ignore_startup_parameters}\n"
             f"logfile = {self.dir / 'pgbouncer.log'}\n")
         as_user = []
@@ -55,13 +69,21 @@ class Bouncer:
                 os.chown(path, 65534, 65534)
             as_user = _NOBODY
         # its log goes to the logfile; on stderr too, which nobody reads: a pipe would fill and block it
-        self.proc = subprocess.Popen([*as_user, binary, str(self.dir / "pgbouncer.ini")],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._argv = [*as_user, binary, str(self.dir / "pgbouncer.ini")]
+        self.proc = subprocess.Popen(self._argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             self._wait_listening()
         except BaseException:
             self.stop()
             raise
+
+    def crash_and_restart(self) -> None:
+        """SIGKILL PgBouncer (every client and server connection it had is cut) and start it again
+        on the same port."""
+        self.proc.kill()
+        self.proc.wait()
+        self.proc = subprocess.Popen(self._argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._wait_listening()
 
     def _wait_listening(self) -> None:
         """Until PgBouncer accepts a TCP connection (or has exited: then its error)."""

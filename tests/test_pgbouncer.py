@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Iterator
 
 import pytest
 from conftest import PROGRAMS, overlaps
-from pgserver import Bouncer, free_port, pgbouncer_binary
+from pgserver import Bouncer, free_port, need_pgbouncer
 
 from smtlock._harness.burst import JOB_SCRIPT, make_project, start_together
 
@@ -23,24 +22,11 @@ SECTIONS = str(PROGRAMS / "sections.py")
 SITE_DATABASES = ("sitedb", "movedb", "stmtdb")
 
 
-def _pgbouncer() -> None:
-    """Debian's pgbouncer, installed here as `make test` does when missing (as root, with apt); only where
-    neither is possible is the module skipped (never in CI, which runs as root)."""
-    if pgbouncer_binary() is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run(["apt-get", "install", "-y", "-qq", "pgbouncer"], capture_output=True,
-                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-    if pgbouncer_binary() is None:
-        if os.environ.get("CI"):
-            pytest.fail("pgbouncer is missing in CI: `make test-tools` installs it")
-        pytest.skip("Debian's pgbouncer is not installed and cannot be here (no root or no apt-get): "
-                    "sudo apt-get install pgbouncer")
-
-
 @pytest.fixture(scope="module")
 def site(pg) -> Iterator[Bouncer]:
     """PgBouncer in front of the session's server: `sitedb` and `movedb` pooled per transaction, `stmtdb`
     per statement; the `postgres` database not exposed; role `site` may not create databases."""
-    _pgbouncer()
+    need_pgbouncer()
     pg.sql("DO $$ BEGIN CREATE ROLE site LOGIN PASSWORD 'site-pw' NOCREATEDB; "
            "EXCEPTION WHEN duplicate_object THEN END $$")
     for db in SITE_DATABASES:

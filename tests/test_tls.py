@@ -79,7 +79,7 @@ from smtlock._postgres.client import connect
 with smtlock.SMTLock("."):  # the lock's own connection, then a query on the server about it
     conn = connect(sys.argv[1])
     with conn.cursor() as cur:
-        cur.execute("SELECT count(*) FROM pg_locks l JOIN pg_stat_ssl s USING (pid) "
+        cur.execute("SELECT count(DISTINCT pid) FROM pg_locks l JOIN pg_stat_ssl s USING (pid) "
                     "WHERE l.locktype = 'advisory' AND l.granted AND s.ssl")
         print(json.dumps(cur.fetchone()[0]))
 """

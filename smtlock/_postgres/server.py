@@ -573,9 +573,10 @@ class ThrowawayServer:
     def uri(self, user: str, password: str, db: str, host: str = "127.0.0.1") -> str:
         return f"postgres://{user}:{password}@{host}:{self.port}/{db}"
 
-    def restart(self) -> None:
-        """Fast shutdown and start, as an upgrade or a failover does: every session is cut."""
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.dir / "server.log"), "-m", "fast", "-w",
+    def restart(self, mode: str = "fast") -> None:
+        """Shutdown and start, as an upgrade or a failover does (``mode`` "immediate": as a crash
+        does): every session is cut."""
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.dir / "server.log"), "-m", mode, "-w",
                   "restart")
 
     def stop(self) -> None:

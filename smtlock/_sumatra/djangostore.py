@@ -17,12 +17,13 @@ import time
 from typing import Any, Callable, Dict, Iterator, Optional, Set, Tuple
 from urllib.parse import quote, urlencode, urlsplit
 
-from .._lock.backends import connection_trouble
+from .._lock.backends import connection_trouble, held_check
 from .._lock.filesystem import is_shared
 from .._lock.hostclaim import one_host
 from .._lock.lock import current_hold, in_before_store, server_wait, store_lock, wait_for_server
 from .._lock.paths import postgres_uri, project_root
 from .._postgres import client as postgres
+from ..errors import LockLost
 from . import rows, uniques
 from .upstream import original
 
@@ -33,7 +34,8 @@ except ImportError:  # Django is optional for Sumatra and for us
     DjangoConfiguration = DjangoRecordStore = None
 
 __all__ = ["SQLITE_BUSY_TIMEOUT_S", "READ_WAIT_S", "LABEL_INDEX", "is_django", "transaction", "save", "write_lock",
-           "without_stale_rows", "retrying", "uri_to_db", "tune_registered_databases", "connecting", "reading",
+           "without_stale_rows", "retrying", "fenced_commit", "own_hold", "again_if_lost",
+           "uri_to_db", "tune_registered_databases", "connecting", "reading",
            "close", "hygiene", "sqlite_pragmas", "create_databases", "before_fork", "after_fork_in_child"]
 
 SQLITE_BUSY_TIMEOUT_S = 60.0  # how long an SQLite connection waits for another writer, not fail
@@ -58,9 +60,11 @@ def transaction(store: Any, steps: Callable[[], Any], undo: Callable[[], None]) 
 
     def attempt() -> None:
         connection = connections[store._db_label]
+        fenced_commit()  # a hold known lost writes nothing (nor waits for a server it cannot reach)
         with rows.one_write(), django_transaction.atomic(using=store._db_label), _no_savepoints(connection):
             write_lock(store)
             steps()
+            fenced_commit()
     without_stale_rows(lambda: retrying(attempt, store, undo), store, undo)
 
 
@@ -138,12 +142,13 @@ def save(self: Any, project_name: str, record: Any) -> None:
         with rows.one_write(), transaction.atomic(using=self._db_label):
             write_lock(self)
             original("DjangoRecordStore.save")(self, project_name, record)
+            fenced_commit()
     if rows.in_one_write():  # inside transaction(): it holds the write lock and retries
         original("DjangoRecordStore.save")(self, project_name, record)
     elif connections[self._db_label].in_atomic_block:  # in a caller's transaction: it retries
         write()
-    else:  # called by itself (smt sync, smtlock postgres)
-        without_stale_rows(write, self, lambda: None)
+    else:  # called by itself (smt sync, smtlock postgres, smt tag)
+        without_stale_rows(lambda: again_if_lost(write, lambda: None, current_hold()), self, lambda: None)
 
 
 def without_stale_rows(write: Callable[[], Any], store: Any, undo: Callable[[], None]) -> Any:
@@ -172,14 +177,34 @@ def write_lock(store: Any) -> None:
     a holder cut off from the server can never commit after another holder began: the write and its
     lock die together. Upstream races get_or_create on tables without unique constraints, and the
     duplicate rows it leaves make every later write fail (MultipleObjectsReturned). The server's keepalives
-    are set in the same statement, for the transaction only (:func:`smtlock._postgres.client.local_settings`)."""
+    are set in the same statement, for the transaction only (:func:`smtlock._postgres.client.local_settings`).
+
+    The fence, in the same round trip: a write made holding an SMTLock checks, holding the write key,
+    that the hold's token still lives on the server (:func:`smtlock._lock.backends.held_check`); a hold
+    that was lost (its connection died, a restart, a cut) raises LockLost and the write is rolled
+    back. A new holder waits for the write key once before its hold begins, so a write of a former
+    holder either ended before that or finds its token gone."""
     uri = postgres_uri(store)
     if uri:
         from django.db import connections
         settings, params = postgres.local_settings()
+        hold = current_hold()
+        token = hold[0].fence_token(uri) if hold else None
+        sql = f"SELECT {settings}, pg_advisory_xact_lock(%s)" + (f"; {held_check(token)}" if token else "")
         with connections[store._db_label].cursor() as cursor:
-            cursor.execute(f"SELECT {settings}, pg_advisory_xact_lock(%s)",
-                           [*params, postgres.advisory_key(uri, "write")])
+            cursor.execute(sql, [*params, postgres.advisory_key(uri, "write")])
+            if hold and token and not cursor.fetchone()[0]:
+                hold[0].check()  # the backend's own reason, when it knows it
+                raise LockLost(hold[0].lock_file, "the server no longer holds it for this process",
+                               time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+
+def fenced_commit() -> None:
+    """Before a write commits (any store): the SMTLock held must not be known lost, so a holder that
+    resumes after its lease ran out writes nothing (PostgreSQL proves it in :func:`write_lock` too)."""
+    hold = current_hold()
+    if hold is not None:
+        hold[0].check()
 
 
 def retrying(attempt: Callable[[], Any], store: Any, undo: Callable[[], None]) -> Any:
@@ -191,10 +216,10 @@ def retrying(attempt: Callable[[], Any], store: Any, undo: Callable[[], None]) -
     (see :func:`hygiene`)."""
     from django.db import InterfaceError, OperationalError, connections
     uri = postgres_uri(store)
-    if not uri:
-        return attempt()
-    connection = connections[store._db_label]
     hold = current_hold()
+    if not uri:
+        return again_if_lost(attempt, undo, hold)
+    connection = connections[store._db_label]
     seconds = hold[2] if hold else server_wait()
     deadline = time.monotonic() + seconds
     delay = 0.05
@@ -202,6 +227,12 @@ def retrying(attempt: Callable[[], Any], store: Any, undo: Callable[[], None]) -
         while True:
             try:
                 return attempt()
+            except LockLost as lost:  # the hold's connection died: a hold of its own is taken again
+                undo()
+                connection.close()
+                if not own_hold(hold):
+                    raise
+                hold[0].let_go_until_reachable(lost.why)  # type: ignore[index]
             except (OperationalError, InterfaceError) as error:
                 broken = _broke(error)  # not the connection's state now: Django may have reconnected
                 undo()
@@ -209,8 +240,8 @@ def retrying(attempt: Callable[[], Any], store: Any, undo: Callable[[], None]) -
                 trouble = connection_trouble(error)
                 if not broken or trouble == "refused":
                     raise
-                if trouble == "down" and hold is not None and hold[1] == 1:
-                    hold[0].let_go_until_reachable(_reason(error))
+                if trouble == "down" and own_hold(hold):
+                    hold[0].let_go_until_reachable(_reason(error))  # type: ignore[index]
                     continue
                 left = deadline - time.monotonic()
                 if trouble == "down":  # in a caller's block that holds the lock: wait holding it
@@ -221,6 +252,26 @@ def retrying(attempt: Callable[[], Any], store: Any, undo: Callable[[], None]) -
                 delay = min(delay * 2, 2.0)
     finally:
         connection.close()  # a job holds no connection between writes
+
+
+def own_hold(hold: Optional[Tuple[Any, int, float]]) -> bool:
+    """Whether the lock this thread holds is a write's own hold (held once, not a user's block): one
+    that it may let go of and take again, redoing the write whole."""
+    return hold is not None and hold[1] == 1 and hold[0].purpose != "user"
+
+
+def again_if_lost(attempt: Callable[[], Any], undo: Callable[[], None],
+                  hold: Optional[Tuple[Any, int, float]]) -> Any:
+    """Run ``attempt``; when it raised LockLost in a write's own hold, undo it, take the lock
+    again and run it again (a user's block gets the LockLost)."""
+    while True:
+        try:
+            return attempt()
+        except LockLost as lost:
+            undo()
+            if not own_hold(hold):
+                raise
+            hold[0].let_go_until_reachable(lost.why)  # type: ignore[index]
 
 
 def _reason(error: BaseException) -> str:

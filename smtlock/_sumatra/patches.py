@@ -52,7 +52,7 @@ from sumatra.recordstore.shelve_store import ShelveRecordStore
 from .._lock.atomic import atomic_open
 from .._lock.backends import FileBackend
 from .._lock.hostclaim import one_host
-from .._lock.lock import SMTLock
+from .._lock.lock import SMTLock, current_hold
 from .._lock.paths import LOCK_FILE_NAME, RUNNING_DIR, SMT_DIR, postgres_uri
 from .._postgres.client import is_postgres, keep_password_apart, mask_uri, without_password
 from .._postgres.pgpass import password_file
@@ -103,13 +103,16 @@ def _write(project: Project, record: Any, claim: bool) -> None:
         if claim:
             claim_label(project, record)
         original("Project.save_record")(project, record)
-    if not djangostore.is_django(store):
-        return steps()
     label, claimed = record.label, getattr(record, _CLAIM, None)
 
-    def undo() -> None:  # the transaction rolled back: so does the label it claimed
+    def undo() -> None:  # the transaction rolled back (or nothing was written): so does the label it claimed
         record.label = label
         setattr(record, _CLAIM, claimed)
+    if not djangostore.is_django(store):  # shelve: a lost hold writes nothing
+        def fenced() -> None:
+            djangostore.fenced_commit()
+            steps()
+        return djangostore.again_if_lost(fenced, undo, current_hold())
     djangostore.transaction(store, steps, undo)
 
 
