@@ -2,7 +2,7 @@
 statements run while it is held; on SQLite and on a throwaway local PostgreSQL server.
 
     python benchmarks/held.py [--writes 300] [--jobs 30] [--stored 20000] [--label after]
-                                                              (adds to benchmarks/held.json)
+                              [--against DIR [--rounds 3]]    (adds to benchmarks/held.json)
 
 One process makes a project and writes records with the pattern of the README's first example:
 ``new_record`` (outside the lock), then ``with SMTLock(project): add_record; save``. Each write is
@@ -11,6 +11,9 @@ purpose: ``add_record`` (the record write) and ``user`` (the whole ``with`` bloc
 ``first_write``: the same, one after another, in ``--jobs`` fresh processes that each write one
 record, as each job of a sweep does (nothing remembered yet; statements counted for ``add_record``).
 ``stored_records``: the record write again, in a store that already holds ``--stored`` records.
+``--against DIR`` (another checkout of smtlock, e.g. ``git worktree add /tmp/before HEAD~3``): the
+record write and the first write measured with both, alternating ``--rounds`` times in this one run
+(the machine is shared: only ratios mean anything), medians and this/against ratios under ``against``.
 """
 import argparse
 import json
@@ -21,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
@@ -94,19 +98,25 @@ print(json.dumps(out))
 """
 
 
-def measure(project: Path, writes: int, stored: int = 0) -> dict:
+def _env(tree: Optional[str]) -> Optional[dict]:
+    """The environment that imports smtlock from ``tree`` (None: this checkout)."""
+    return {**os.environ, "PYTHONPATH": tree} if tree else None
+
+
+def measure(project: Path, writes: int, stored: int = 0, tree: Optional[str] = None) -> dict:
     done = subprocess.run([sys.executable, "-c", WRITER, str(writes), str(stored)], cwd=project,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env=_env(tree))
     if done.returncode:
         raise SystemExit(done.stderr)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def measure_first(project: Path, jobs: int) -> dict:
+def measure_first(project: Path, jobs: int, tree: Optional[str] = None) -> dict:
     """One record written by each of ``jobs`` fresh processes, one after another."""
     held, statements = [], []
     for _ in range(jobs):
-        done = subprocess.run([sys.executable, "-c", WRITER, "1", "first"], cwd=project, capture_output=True, text=True)
+        done = subprocess.run([sys.executable, "-c", WRITER, "1", "first"], cwd=project, capture_output=True, text=True,
+                              env=_env(tree))
         if done.returncode:
             raise SystemExit(done.stderr)
         out = json.loads(done.stdout.strip().splitlines()[-1])
@@ -122,6 +132,22 @@ def stored_records(project: Path, args: argparse.Namespace) -> dict:
     return {"records": args.stored, **measure(project, args.writes, args.stored)["add_record"]}
 
 
+def side_by_side(new_project: Any, args: argparse.Namespace) -> dict:
+    """This checkout and ``--against``, alternating, each in projects of its own: median held p50s
+    (``add_record``, ``user``, ``first_write``) and the ratios this/against."""
+    figures: dict = {"this": {}, "against": {}}
+    for n in range(args.rounds):
+        for who, tree in (("this", None), ("against", args.against)):
+            out = measure(new_project(f"{who}-{n}"), args.writes, tree=tree)
+            first = measure_first(new_project(f"{who}-first-{n}"), args.jobs, tree=tree)
+            for key, value in (("add_record", out["add_record"]["held_p50_ms"]),
+                               ("user", out["user"]["held_p50_ms"]), ("first_write", first["held_p50_ms"])):
+                figures[who].setdefault(key, []).append(value)
+    medians = {who: {k: statistics.median(v) for k, v in f.items()} for who, f in figures.items()}
+    return {"against": args.against, "rounds": args.rounds, "held_p50_ms": medians,
+            "ratio": {k: round(medians["this"][k] / medians["against"][k], 3) for k in medians["this"]}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--writes", type=int, default=300)
@@ -129,9 +155,26 @@ def main() -> None:
     parser.add_argument("--stored", type=int, default=20000,
                         help="records in the store for the stored_records measurement")
     parser.add_argument("--label", default="now", help="the name of this measurement in held.json")
+    parser.add_argument("--against", help="another checkout of smtlock to measure beside this one")
+    parser.add_argument("--rounds", type=int, default=3, help="alternations with --against")
     args = parser.parse_args()
-    results = {}
+    results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
+        if args.against:
+            results["sqlite"] = {"side_by_side": side_by_side(lambda name: make_project(Path(tmp) / name), args)}
+            from pgserver import Cluster
+            server = Cluster()
+            try:
+                server.sql("CREATE ROLE smt LOGIN PASSWORD 'bench' CREATEDB")
+
+                def pg_project(name: str) -> Path:
+                    db = name.replace("-", "_")
+                    server.sql(f"CREATE DATABASE {db} OWNER smt")
+                    return make_project(Path(tmp) / f"pg-{name}", server.uri("smt", "bench", db))
+                results["postgres"] = {"side_by_side": side_by_side(pg_project, args)}
+            finally:
+                server.stop()
+            return _save(results, args, f" --against {args.against} --rounds {args.rounds}")
         results["sqlite"] = measure(make_project(Path(tmp) / "sqlite"), args.writes)
         results["sqlite"]["first_write"] = measure_first(make_project(Path(tmp) / "sqlite-first"), args.jobs)
         results["sqlite"]["stored_records"] = stored_records(make_project(Path(tmp) / "sqlite-stored"), args)
@@ -150,11 +193,15 @@ def main() -> None:
                 make_project(Path(tmp) / "pg-stored", server.uri("smt", "bench", "stored")), args)
         finally:
             server.stop()
+    _save(results, args, "")
+
+
+def _save(results: dict, args: argparse.Namespace, extra: str) -> None:
     print(json.dumps(results, indent=1))
     out = HERE / "held.json"
     runs = json.loads(out.read_text()) if out.exists() else {}
     runs[args.label] = {"command": f"python benchmarks/held.py --writes {args.writes} --jobs {args.jobs} "
-                                   f"--stored {args.stored} --label {args.label}",
+                                   f"--stored {args.stored} --label {args.label}{extra}",
                         "machine": f"{os.cpu_count()} cores, Python {platform.python_version()}",
                         **results}
     out.write_text(json.dumps(runs, indent=1) + "\n")
