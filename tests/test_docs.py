@@ -61,7 +61,7 @@ def run(project: Path, *command: str) -> str:
 def test_every_block_is_tested() -> None:
     assert [(page, name) for page, name, _ in BLOCKS] == [
         ("README.rst", "simulate.py"), ("scripts.rst", "sweep.py"), ("scripts.rst", "simulate.py"),
-        ("scripts.rst", "pool.py")]
+        ("scripts.rst", "pool.py"), ("scripts.rst", "again.py")]
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)), ids=[f"{page}:{name}" for page, name, _ in BLOCKS])
