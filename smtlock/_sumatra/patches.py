@@ -500,9 +500,11 @@ def apply() -> None:
     if DjangoRecordStore is not None:
         djangostore.tune_registered_databases()
         patch(DjangoRecordStore, "save", lambda orig: djangostore.hygiene(djangostore.save))
-        for name in ("get", "list", "labels", "delete", "delete_by_tag", "most_recent", "has_project",
-                     "list_projects"):
+        for name in ("get", "list", "delete", "delete_by_tag", "most_recent", "has_project", "list_projects"):
             patch(DjangoRecordStore, name, djangostore.hygiene)
+        # Upstream builds every record's model object, with its related rows, to read the labels
+        # (`smt list`, and `.smt/labels` at the end of every `smt run`): the label column alone.
+        patch(DjangoRecordStore, "labels", lambda orig: djangostore.hygiene(djangostore.labels))
         # Upstream looks up ~10 never-changing rows with get_or_create in every write (see rows.py).
         patch(DjangoRecordStore, "_get_db_obj", rows.get_db_obj)
         patch(DjangoRecordStore, "_get_db_project", rows.get_db_project)
