@@ -58,8 +58,9 @@ def _plan(models: Any, db: str, seed: Any) -> Dict[str, Any]:
 def _copies(models: Any, db: str, copies: List[tuple]) -> None:
     """One batch of copies: parameter sets, records, output data keys, many-to-many and tag links."""
     def parameters(plan: Dict[str, Any], k: int) -> Any:
-        seed = plan["parameters"]
-        content = seed.content + f"\ncopy = {k}" if seed.type == "SimpleParameterSet" else seed.content
+        seed = plan["parameters"]  # records may share one: each copy's is its own, where it can be told
+        unique = f"\ncopy_of = {plan['seed'].pk}\ncopy = {k}"
+        content = seed.content + unique if seed.type == "SimpleParameterSet" else seed.content
         return models.ParameterSet(type=seed.type, content=content)
     psets = models.ParameterSet.objects.using(db).bulk_create([parameters(plan, k) for plan, k in copies])
     made = models.Record.objects.using(db).bulk_create([
