@@ -357,6 +357,48 @@ def test_the_platform_is_asked_once_per_host_while_its_network_is_unchanged(tmp_
     assert ask("smtlock")["events"] == []
 
 
+MIME = r"""
+import json, mimetypes, sys
+if sys.argv[1] == "smtlock":
+    import smtlock
+from sumatra.projects import load_project
+reads = []
+sys.addaudithook(lambda name, args: reads.append(str(args[0])) if name == "open" and str(args[0]).endswith("mime.types")
+                 else None)
+seen = {}
+load_project()
+seen["first"], reads[:] = len(reads), []
+load_project()  # nothing it reads has changed: no file read again
+seen["again"], reads[:] = len(reads), []
+mimetypes.add_type("application/x-smtlock-added", ".smtlockadded")
+load_project()
+seen["after add_type"], reads[:] = len(reads), []
+seen["added type"] = mimetypes.guess_type("a.smtlockadded")[0]
+with open(".smt/mime.types", "w") as f:  # the project's own types: read at the next load
+    f.write("application/x-smtlock-project smtlockproject\n")
+load_project()
+seen["after the project's file"] = len(reads)
+seen["project type"] = mimetypes.guess_type("a.smtlockproject")[0]
+print(json.dumps(seen))
+"""
+
+
+def test_load_project_reads_the_mime_types_again_only_when_they_could_differ(tmp_path: Path) -> None:
+    """Upstream's ``load_project`` re-reads every system ``mime.types`` file each time (``@smt_logged``
+    loads the project for every call); the types it gives output files are plain Sumatra's."""
+    def seen(who: str) -> Dict[str, Any]:
+        project = make_project(tmp_path / who)
+        done = subprocess.run([sys.executable, "-c", MIME, who], cwd=project, capture_output=True, text=True,
+                              check=True)
+        return json.loads(done.stdout)
+    plain, ours = seen("plain"), seen("smtlock")
+    assert plain["again"] >= 1 and ours["first"] >= 1 and ours["again"] == 0
+    assert ours["after add_type"] >= 1 and ours["after the project's file"] >= 1
+    types = ("added type", "project type")
+    assert [ours[t] for t in types] == [plain[t] for t in types] == ["application/x-smtlock-added",
+                                                                     "application/x-smtlock-project"]
+
+
 JOB = """
 import os, sys
 from sumatra.cli import smt

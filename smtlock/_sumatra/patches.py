@@ -59,7 +59,7 @@ from .._postgres.pgpass import password_file
 from ..errors import SMTLockError, TrackedStoreError
 from . import djangostore, edits, moves, provenance, rows, shelf
 from .djangostore import DjangoConfiguration, DjangoRecordStore, connecting  # None without Django
-from .project import store_path, tracked_smt_files
+from .project import MimeTypesOnce, store_path, tracked_smt_files
 from .upstream import is_patched, original, patch
 
 __all__ = ["apply", "is_applied", "add_record", "save_record", "claim_label", "free_label", "prepare_store",
@@ -479,6 +479,9 @@ def apply() -> None:
             setattr(module, "open", atomic_open)  # noqa: B010 (a module attribute mypy cannot see)
 
     patch(sumatra.programs, "run", _run_in_any_thread)
+    # Upstream's load_project re-reads every system mime.types file each time (see MimeTypesOnce).
+    if not isinstance(sumatra.projects.mimetypes, MimeTypesOnce):
+        setattr(sumatra.projects, "mimetypes", MimeTypesOnce())  # noqa: B010 (a module attribute mypy cannot see)
 
     # Upstream repeats for every record a dependency scan, `python --version`, `file -b`, `uname -p`
     # and an HTTP probe whose answers rarely change: remembered while what they read is unchanged

@@ -12,7 +12,7 @@ from .._lock.paths import SMT_DIR, project_root
 from .._postgres.client import mask_uri
 from ..errors import ProjectFileError
 
-__all__ = ["load", "store_path", "describe_store", "tracked_smt_files"]
+__all__ = ["load", "store_path", "describe_store", "tracked_smt_files", "MimeTypesOnce"]
 
 
 def load(path: Union[str, "os.PathLike[str]"] = ".") -> Any:
@@ -58,3 +58,43 @@ def describe_store(store: Any) -> str:
     db_file = getattr(store, "_db_file", None) or getattr(store, "_shelf_name", None)
     kind = "Django" if hasattr(store, "_db_file") else type(store).__name__
     return f"{kind} store {mask_uri(str(db_file))}" if db_file else kind
+
+
+class MimeTypesOnce:
+    """Stands in for the ``mimetypes`` module inside ``sumatra.projects``: ``load_project`` calls
+    ``mimetypes.init(knownfiles + [.smt/mime.types])`` every time, re-reading every system
+    ``mime.types`` file (~7 ms of each ``@smt_logged`` call, which loads the project). Here it is done
+    again only when it could give another answer: a file in the list changed (its stat), the list is
+    another, or the table is not exactly what that ``init`` left (another ``init``, an ``add_type``)."""
+
+    def __init__(self) -> None:
+        import mimetypes
+        self._module = mimetypes
+        self._done: Optional[tuple] = None  # (files, their stats, the table init left)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._module, name)
+
+    def init(self, files: Optional[List[str]] = None) -> None:
+        stamps = [_stat(path) for path in files or ()]
+        if self._done is not None and files is not None and self._done[:2] == (list(files), stamps) \
+                and self._done[2] == self._table():
+            return
+        self._module.init(files)
+        self._done = (list(files), stamps, self._table()) if files is not None else None
+
+    def _table(self) -> tuple:
+        """The mimetypes table as it is now (copies, so that a later change shows)."""
+        db = getattr(self._module, "_db", None)
+        if db is None:
+            return ()
+        return (id(db), [dict(m) for m in db.types_map], [dict(m) for m in db.types_map_inv],
+                dict(db.encodings_map), dict(db.suffix_map))
+
+
+def _stat(path: str) -> Optional[tuple]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
