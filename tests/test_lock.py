@@ -1,5 +1,6 @@
 """SMTLock: re-entrancy, threads, timeout message, a holder killed with SIGKILL, bad input."""
 
+import json
 import os
 import signal
 import subprocess
@@ -234,6 +235,39 @@ def test_a_forked_child_neither_holds_nor_frees_its_parents_lock(bare_project: P
     finally:
         parent.kill()
         parent.wait()
+
+
+FORK_AFTER_USE = """
+import json, os, sys, threading, warnings
+import smtlock
+lock = smtlock.SMTLock(sys.argv[1])
+with lock:
+    pass
+before = sorted(t.name for t in threading.enumerate())
+with warnings.catch_warnings(record=True) as caught:  # 3.12+: a fork of a multi-threaded process warns
+    warnings.simplefilter("always")
+    for held in (False, True):  # after the lock was used, and while it is held
+        if held:
+            lock.acquire()
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+    after = sorted(t.name for t in threading.enumerate())
+    lock.release()
+print(json.dumps([before, after, [str(w.message) for w in caught]]))
+"""
+
+
+def test_a_process_that_used_the_lock_forks_with_no_thread_of_ours(bare_project: Path) -> None:
+    """The watchdog stops for a fork and starts again in the parent: a pool forking its workers after
+    the lock was used forks a process with the threads it had (Python 3.12+ warns at a fork of a
+    multi-threaded process; Sumatra prints warnings on stdout: before, every fork after the first hold did)."""
+    done = subprocess.run([sys.executable, "-c", FORK_AFTER_USE, str(bare_project)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    before, after, warned = json.loads(done.stdout)
+    assert before == after == ["MainThread", "smtlock-watchdog"]
+    assert warned == []
 
 
 def test_errors_pickle_as_themselves() -> None:

@@ -66,31 +66,70 @@ _stats: Optional[List[Tuple[str, float, float]]] = [] if os.environ.get("SMTLOCK
 def _forget_after_fork() -> None:
     # A forked child holds no lock of ours, whatever its parent held: it gives up the inherited
     # descriptors and connections without releasing them, and makes its own on first use.
-    global _shared_guard
+    global _shared_guard, _watchdog_guard
     for shared in _shared.values():
         for backend in shared.backends:
             backend.abandon()
     _shared.clear()
     _shared_guard = threading.Lock()
     _watchdog.clear()  # threads do not survive a fork
+    _paused.clear()
+    _watchdog_guard = threading.Lock()
 
 
-os.register_at_fork(after_in_child=_forget_after_fork)
+#: the watchdog thread and the event that stops it (empty until the first hold, and while a fork is made)
+_watchdog: List[Tuple[threading.Thread, threading.Event]] = []
+_paused: List[bool] = []  # the watchdog was stopped for a fork: the parent starts it again
+_watchdog_guard = threading.Lock()
+#: how long a fork waits for the watchdog to stop (it may be in a stat of a filesystem that hangs)
+_FORK_WAIT_S = 2.0
 
 
-_watchdog: List[threading.Thread] = []
-
-
-def _watch() -> None:
+def _watch(stop: threading.Event) -> None:
     """The watchdog: every :data:`WATCH_S`, each hold of this process that is not known lost asks its
     backends :meth:`~smtlock._lock.backends.LockBackend.lost`; one process-wide thread, started with the
     first hold."""
-    while True:
-        time.sleep(WATCH_S)
+    while not stop.wait(WATCH_S):
         with _shared_guard:
             held = [shared for shared in _shared.values() if shared.depth > 0 and shared.lost is None]
         for shared in held:
             _notice(shared)
+
+
+def _start_watchdog() -> None:
+    with _watchdog_guard:
+        if not _watchdog:
+            stop = threading.Event()
+            thread = threading.Thread(target=_watch, args=(stop,), daemon=True, name="smtlock-watchdog")
+            _watchdog.append((thread, stop))
+            thread.start()
+
+
+def _stop_watchdog_for_fork() -> None:
+    """Before a fork: stop the watchdog, so that the process forks with the threads it had before it used
+    the lock (Python 3.12+ warns that a fork of a multi-threaded process may deadlock the child, and a
+    pool forking its workers would say so for each one)."""
+    with _watchdog_guard:
+        if _watchdog:
+            thread, stop = _watchdog.pop()
+            stop.set()
+            thread.join(_FORK_WAIT_S)
+            # join returns as the thread's Python state ends; the warning counts the threads the kernel
+            # still has (/proc/self/stat), so wait, briefly, until this one has gone there too
+            deadline = time.monotonic() + _FORK_WAIT_S
+            while os.path.exists(f"/proc/self/task/{thread.native_id}") and time.monotonic() < deadline:
+                time.sleep(0.0002)
+            _paused.append(True)
+
+
+def _restart_watchdog_after_fork() -> None:
+    if _paused:
+        _paused.clear()
+        _start_watchdog()
+
+
+os.register_at_fork(before=_stop_watchdog_for_fork, after_in_parent=_restart_watchdog_after_fork,
+                    after_in_child=_forget_after_fork)
 
 
 def _notice(shared: _Shared) -> Optional[LockLost]:
@@ -239,9 +278,7 @@ class SMTLock:
             shared.owner, shared.thread = self, threading.get_ident()
             shared.lost = None
             shared.holds += 1
-            if not _watchdog:
-                _watchdog.append(threading.Thread(target=_watch, daemon=True, name="smtlock-watchdog"))
-                _watchdog[0].start()
+            _start_watchdog()
         shared.depth += 1
         shared.server_waits.append(self.server_wait_s)
         return _Acquired(self)
