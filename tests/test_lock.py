@@ -253,20 +253,22 @@ with warnings.catch_warnings(record=True) as caught:  # 3.12+: a fork of a multi
         if pid == 0:
             os._exit(0)
         os.waitpid(pid, 0)
+    stopped = [t.name for t in threading.enumerate() if t.name == "smtlock-watchdog"]
+    assert lock.lost is None  # the lock's next use starts the watchdog again
     after = sorted(t.name for t in threading.enumerate())
     lock.release()
-print(json.dumps([before, after, [str(w.message) for w in caught]]))
+print(json.dumps([before, stopped, after, [str(w.message) for w in caught]]))
 """
 
 
 def test_a_process_that_used_the_lock_forks_with_no_thread_of_ours(bare_project: Path) -> None:
-    """The watchdog stops for a fork and starts again in the parent: a pool forking its workers after
+    """The watchdog stops for a fork and starts again at the lock's next use: a pool forking its workers after
     the lock was used forks a process with the threads it had (Python 3.12+ warns at a fork of a
     multi-threaded process; Sumatra prints warnings on stdout: before, every fork after the first hold did)."""
     done = subprocess.run([sys.executable, "-c", FORK_AFTER_USE, str(bare_project)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    before, after, warned = json.loads(done.stdout)
-    assert before == after == ["MainThread", "smtlock-watchdog"]
+    before, stopped, after, warned = json.loads(done.stdout)
+    assert before == after == ["MainThread", "smtlock-watchdog"] and stopped == []
     assert warned == []
 
 

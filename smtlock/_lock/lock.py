@@ -73,13 +73,11 @@ def _forget_after_fork() -> None:
     _shared.clear()
     _shared_guard = threading.Lock()
     _watchdog.clear()  # threads do not survive a fork
-    _paused.clear()
     _watchdog_guard = threading.Lock()
 
 
 #: the watchdog thread and the event that stops it (empty until the first hold, and while a fork is made)
 _watchdog: List[Tuple[threading.Thread, threading.Event]] = []
-_paused: List[bool] = []  # the watchdog was stopped for a fork: the parent starts it again
 _watchdog_guard = threading.Lock()
 #: how long a fork waits for the watchdog to stop (it may be in a stat of a filesystem that hangs)
 _FORK_WAIT_S = 2.0
@@ -108,7 +106,9 @@ def _start_watchdog() -> None:
 def _stop_watchdog_for_fork() -> None:
     """Before a fork: stop the watchdog, so that the process forks with the threads it had before it used
     the lock (Python 3.12+ warns that a fork of a multi-threaded process may deadlock the child, and a
-    pool forking its workers would say so for each one)."""
+    pool forking its workers would say so for each one). It starts again at the lock's next use in the
+    parent (an acquire, ``lost``, ``check()``, a store write), not in the fork's parent hook: Python 3.13
+    counts the threads after that hook."""
     with _watchdog_guard:
         if _watchdog:
             thread, stop = _watchdog.pop()
@@ -119,17 +119,9 @@ def _stop_watchdog_for_fork() -> None:
             deadline = time.monotonic() + _FORK_WAIT_S
             while os.path.exists(f"/proc/self/task/{thread.native_id}") and time.monotonic() < deadline:
                 time.sleep(0.0002)
-            _paused.append(True)
 
 
-def _restart_watchdog_after_fork() -> None:
-    if _paused:
-        _paused.clear()
-        _start_watchdog()
-
-
-os.register_at_fork(before=_stop_watchdog_for_fork, after_in_parent=_restart_watchdog_after_fork,
-                    after_in_child=_forget_after_fork)
+os.register_at_fork(before=_stop_watchdog_for_fork, after_in_child=_forget_after_fork)
 
 
 def _notice(shared: _Shared) -> Optional[LockLost]:
@@ -349,7 +341,10 @@ class SMTLock:
         since it was taken (the block is no longer exclusive), else None. Asks the backends, without
         waiting; the watchdog asks them every :data:`WATCH_S` too."""
         shared = self._shared
-        return _notice(shared) if shared.depth > 0 else None
+        if shared.depth <= 0:
+            return None
+        _start_watchdog()  # again, if a fork stopped it while this process held the lock
+        return _notice(shared)
 
     def check(self) -> None:
         """Raise :class:`~smtlock.errors.LockLost` if the lock held was lost (for long blocks: call it
