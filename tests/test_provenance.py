@@ -226,6 +226,17 @@ def test_a_change_makes_the_next_record_plain_sumatras_again(setup: Any, change:
         assert deps(memo)["localpkg"][1:3] == [memo["version"], ""] and memo["version"] != before["version"]
 
 
+def test_a_hard_link_to_a_file_the_scan_read_keeps_the_memo(setup: Any) -> None:
+    """uv and pip install by hard-linking from their caches: each install of the same file elsewhere
+    moves that file's change time (its link count), though nothing in it changed. Before: every such
+    install invalidated the memo (CI failed when a venv was built between two records)."""
+    project, site, workers, tmp = setup
+    both(workers)
+    os.link(site / "attrpkg" / "__init__.py", tmp / "a-link")
+    before, memo, stats = both(workers)
+    assert memo == before and stats["reused"] == 1 and stats["scans"] == 1
+
+
 def test_a_simulation_that_writes_a_tracked_file(setup: Any) -> None:
     """The run rewrites the tracked helper.py right after its record, with content of the same size
     (it may share the timestamp the memo's stat saw)."""

@@ -34,7 +34,7 @@ import tempfile
 import threading
 import time
 from modulefinder import Module
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from .._lock.atomic import AtomicFile
 from .._lock.paths import SMT_DIR
@@ -52,7 +52,7 @@ _PATH_ENV = ("PYTHONPATH", "PYTHONHOME", "PYTHONNOUSERSITE", "PYTHONUSERBASE", "
 #: the names in a folder that an import could find (and folders: packages, namespace packages)
 _IMPORTABLE = (".py", ".pyc", ".pyw", ".so", ".pyd", ".pth", ".zip", ".egg", ".egg-info", ".dist-info",
                ".egg-link")
-_FORMAT = 1  # of a memo file; another number is not read
+_FORMAT = 2  # of a memo file; another number is not read
 _RACY_NS = 2_000_000_000  # a file changed this close to its stamp is compared by content too (as git does)
 
 #: what this process did, for tests and ``smtlock`` diagnostics: scans run, scans reused
@@ -83,8 +83,8 @@ def in_project(path: Optional[str]) -> Any:
 # --- stamps: what a stat says about a path, compared before each reuse ------------------------------
 
 def _stamp(path: str, now_ns: int) -> Any:
-    """What a stat says of a file (None when absent): identity, size, change times; with its
-    content's digest when it changed within 2 s of ``now_ns``, where a later change may share the
+    """What a stat says of a file (None when absent): identity, size, change times, link count; with
+    its content's digest when it changed within 2 s of ``now_ns``, where a later change may share the
     timestamp (as git does for "racily clean" files). A folder: the names in it that could be
     imported (a folder's own mtime changes with every file a run writes there)."""
     try:
@@ -93,10 +93,8 @@ def _stamp(path: str, now_ns: int) -> Any:
         return None
     if stat.S_ISDIR(st.st_mode):
         return [st.st_ino, "dir", _importable(path)]
-    stamp: List[Any] = [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
-    if now_ns - max(st.st_mtime_ns, st.st_ctime_ns) < _RACY_NS:
-        stamp.append(_digest(path))
-    return stamp
+    racy = now_ns - max(st.st_mtime_ns, st.st_ctime_ns) < _RACY_NS
+    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_nlink, _digest(path) if racy else None]
 
 
 def _importable(folder: str) -> Optional[str]:
@@ -128,9 +126,15 @@ def _same(path: str, stamp: Any) -> bool:
         return False
     if stat.S_ISDIR(st.st_mode):
         return stamp[:2] == [st.st_ino, "dir"] and stamp[2] == _importable(path)
-    if stamp[:4] != [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]:
+    ino, size, mtime, ctime, links, digest = stamp
+    if [ino, size, mtime] != [st.st_ino, st.st_size, st.st_mtime_ns]:
         return False
-    return len(stamp) == 4 or stamp[4] == _digest(path)
+    # A change time that moved with the link count is a link made or removed (uv and pip install by
+    # hard-linking from their caches: every install of the same file elsewhere touches this inode);
+    # otherwise only the content's digest, where the stamp has one, shows nothing changed
+    if ctime != st.st_ctime_ns and links == st.st_nlink and digest is None:
+        return False
+    return digest is None or digest == _digest(path)
 
 
 def _valid(entry: Dict[str, Any]) -> bool:
