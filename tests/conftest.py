@@ -22,6 +22,15 @@ import pytest
 
 from smtlock._harness.burst import make_project
 
+# Sumatra probes an outside address over HTTP (1 s timeout) for each record's platform information
+# (sumatra.core.have_internet_connection). The tests send no traffic off this machine: the probe goes
+# to a proxy on loopback that refuses at once, so every process the tests start, plain Sumatra's too,
+# gets the answer of a host without internet access (whatever network the machine has).
+os.environ["http_proxy"] = "http://127.0.0.1:9"
+os.environ.pop("HTTP_PROXY", None)
+os.environ.pop("no_proxy", None)
+os.environ.pop("NO_PROXY", None)
+
 #: the flock every burst holds while it runs: one per user of the machine (a test run as root and one
 #: as a developer may overlap; two of the same user never do)
 BURSTS = Path(tempfile.gettempdir()) / f"smtlock-tests-bursts-{os.getuid()}.lock"
