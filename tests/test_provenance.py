@@ -16,7 +16,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pytest
 
@@ -31,7 +31,7 @@ WORKER = r'''
 import json, os, sys
 if os.environ["WITH_SMTLOCK"] == "1":
     import smtlock
-    from smtlock._sumatra import provenance
+    from smtlock._sumatra import provenance, versioncontrol
 from sumatra.programs import PythonExecutable
 from sumatra.projects import load_project
 
@@ -58,7 +58,8 @@ for line in sys.stdin:
     if ask.get("write"):  # the simulation writes a file, right after its record
         with open(ask["write"][0], "w") as f:
             f.write(ask["write"][1])
-    stats = dict(provenance.stats) if os.environ["WITH_SMTLOCK"] == "1" else {}
+    stats = {**provenance.stats, **{"git_" + k: v for k, v in versioncontrol.counts.items()}} \
+        if os.environ["WITH_SMTLOCK"] == "1" else {}
     print(json.dumps({"fields": plain(fields), "stats": stats}), flush=True)
 '''
 
@@ -274,6 +275,57 @@ def test_another_interpreter_at_the_same_path(setup: Any) -> None:
     assert plain["executable"]["version"] != before["executable"]["version"]
     assert deps(plain)["interppkg"][1] != deps(before)["interppkg"][1]
     assert memo == plain and stats["scans"] == 2
+
+
+def _git(where: Path, *args: str) -> None:
+    subprocess.run(GIT + list(args), cwd=where, check=True, capture_output=True)
+
+
+#: what a user does to a repository between two records of one process, each to show in the very
+#: next record (project: the project's repository; dependency: a dependency's own repository)
+GIT_CHANGES: List[Tuple[str, Callable[[Path, Path], None]]] = [
+    ("an edit", lambda project, dep: write(project / "localpkg" / "__init__.py", "VALUE = 4  # edited\n")),
+    ("an edit of the same size", lambda project, dep: write(project / "localpkg" / "__init__.py",
+                                                            "VALUE = 5  # edited\n")),
+    ("a staged new file", lambda project, dep: (write(project / "staged.py", "S = 1\n"),
+                                                _git(project, "add", "staged.py"))),
+    ("a branch made here, then a commit", lambda project, dep: (_git(project, "branch", "other"),
+                                                                _git(project, "commit", "-qam", "four"))),
+    ("a checkout of the other branch", lambda project, dep: _git(project, "checkout", "-q", "other")),
+    ("a new untracked file", lambda project, dep: write(project / "untracked.py", "U = 1\n")),
+    ("a file unstaged", lambda project, dep: _git(project, "rm", "-q", "--cached", "helper.py")),
+    ("an edit in a dependency's repository", lambda project, dep: write(dep / "__init__.py", "X = 2\n")),
+    ("a commit in a dependency's repository", lambda project, dep: _git(dep, "commit", "-qam", "two")),
+    ("the dependency's repository gone", lambda project, dep: shutil.rmtree(dep / ".git")),
+]
+
+
+def test_each_version_control_change_shows_in_the_very_next_record(setup: Any) -> None:
+    """Between two records of one process: a commit, an edit, a staged change, a checkout, a new
+    untracked file, a change in a dependency's repository. Each record equals plain Sumatra's, and
+    one made with nothing changed asks git nothing."""
+    project, site, workers, _ = setup
+    dep = site / "vcdep"
+    write(dep / "__init__.py", "X = 1\n")  # no version of its own: Sumatra asks its repository
+    _git(dep, "init", "-q")
+    _git(dep, "add", "__init__.py")
+    _git(dep, "commit", "-qm", "one")
+    write(project / "vcmain.py", "import vcdep\nimport localpkg\n")
+    _git(project, "add", "vcmain.py")
+    _git(project, "commit", "-qm", "vcmain")
+    before, memo, stats = both(workers, "vcmain.py")
+    assert memo == before
+    again, memo, stats_again = both(workers, "vcmain.py")
+    assert again == before and memo == before
+    assert stats_again["git_asked"] == stats["git_asked"] and stats_again["git_reused"] > stats["git_reused"]
+    for what, change in GIT_CHANGES:
+        change(project, dep)
+        plain, memo, _ = both(workers, "vcmain.py")
+        assert memo == plain, what
+        if what != "a new untracked file":  # upstream leaves untracked files out of the diff
+            assert plain != before, what
+        before = plain
+    assert deps(plain)["vcdep"][1] == "unknown"  # the last change: no repository, as plain Sumatra says
 
 
 # --- across processes: smt run ------------------------------------------------------------------------

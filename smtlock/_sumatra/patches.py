@@ -45,6 +45,7 @@ import sumatra.launch
 import sumatra.programs
 import sumatra.projects
 import sumatra.records
+import sumatra.versioncontrol._git
 from sumatra.core import STATUS_FORMAT, get_encoding
 from sumatra.projects import Project
 from sumatra.recordstore.shelve_store import ShelveRecordStore
@@ -57,7 +58,7 @@ from .._lock.paths import LOCK_FILE_NAME, RUNNING_DIR, SMT_DIR, postgres_uri
 from .._postgres.client import is_postgres, keep_password_apart, mask_uri, without_password
 from .._postgres.pgpass import password_file
 from ..errors import SMTLockError, TrackedStoreError
-from . import djangostore, edits, moves, provenance, rows, shelf
+from . import djangostore, edits, moves, provenance, rows, shelf, versioncontrol
 from .djangostore import DjangoConfiguration, DjangoRecordStore, connecting  # None without Django
 from .project import MimeTypesOnce, store_path, tracked_smt_files
 from .upstream import is_patched, original, patch
@@ -492,6 +493,13 @@ def apply() -> None:
     patch(sumatra.dependency_finder.python, "run_script", provenance.run_script)
     patch(sumatra.programs.Executable, "_get_version", provenance.executable_version)
     patch(sumatra.launch.LaunchMode, "get_platform_information", provenance.platform_information)
+    # Upstream asks git in 7 subprocesses for every record (check-ignore, 4 diffs, cat-file, ls-files)
+    # and reads its configuration files for every working copy made: each answer remembered while
+    # nothing git reads for it has changed (see versioncontrol.py).
+    patch(sumatra.versioncontrol._git, "findrepo", versioncontrol.findrepo)
+    for name in ("has_changed", "diff", "current_version", "contains", "get_username"):
+        patch(sumatra.versioncontrol._git.GitWorkingCopy, name, versioncontrol.remembered)
+    patch(sumatra.versioncontrol._git.GitRepository, "_get_upstream", versioncontrol.remembered)
 
     patch(ShelveRecordStore, "accepts_uri", lambda orig: classmethod(shelf.accepts_uri))
     patch(ShelveRecordStore, "__init__", lambda orig: shelf.locked_init)

@@ -1,0 +1,296 @@
+"""Git's answers for a record, asked again only when something git reads to give them has changed.
+
+Sumatra 0.8.1 asks git in 7 subprocesses for every record: ``check-ignore`` to find the working copy,
+``is_dirty`` twice (4 ``git diff``), ``cat-file`` for the version and ``ls-files`` for the main file.
+On a busy node they are the largest part of a short call. Here each answer still comes from
+Sumatra's own method, run as upstream runs it; it is remembered for the repository, in this process,
+and reused while an ``lstat`` shows unchanged everything git reads to give it, stamped before git was
+asked:
+
+- ``HEAD``, the ref it names, the packed refs and the reftable list (a commit, a checkout, a reset);
+- the index (``add``, ``rm``, ``stash``, a commit);
+- each tracked file, by ``lstat`` (inode, mode, size, modification and change times) and, when it
+  changed within 2 s of its stamp, by content: a later write may share the timestamp (git's own
+  "racily clean" rule);
+- the ``.gitattributes`` and ``.gitignore`` of each folder with tracked files and of each path asked
+  about, ``info/exclude`` and ``info/attributes``, the excludes and attributes files the
+  configuration names, and every configuration file git reads (as ``git config --show-origin``
+  lists them, includes too, and the usual places where one may appear);
+- ``.git`` in each folder above a path asked about (a repository made or removed there).
+
+The ``GIT_*`` environment, ``HOME`` and ``XDG_CONFIG_HOME`` are part of the key. A repository with a
+submodule is asked every time (its state lives in another repository). A new untracked file changes
+none of Sumatra's answers (``is_dirty`` and ``git diff HEAD`` leave untracked files out), and none is
+reused across one: a folder's ``.gitignore`` is stamped. The memo is off with the provenance memo
+(``SMTLOCK_MEMO=0``).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import stat
+import threading
+import time
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
+
+from . import provenance
+
+__all__ = ["remembered", "findrepo", "counts"]
+
+#: what this process did, for tests: states taken (git asked for its inputs), answers asked of git,
+#: answers reused
+counts: Dict[str, int] = {"states": 0, "asked": 0, "reused": 0}
+
+_RACY_NS = 2_000_000_000  # a file changed this close to its stamp is compared by content too (as git does)
+_ENV = ("HOME", "XDG_CONFIG_HOME")
+_lock = threading.Lock()
+
+
+def _environment() -> Tuple[Tuple[str, str], ...]:
+    # the names first: a value is decoded only for the few that matter (os.environ decodes each read)
+    return tuple(sorted((name, os.environ[name]) for name in os.environ if name.startswith("GIT_") or name in _ENV))
+
+
+# --- stamps ----------------------------------------------------------------------------------------
+
+def _stamp(path: str, now_ns: int) -> Any:
+    """What ``lstat`` says of ``path`` (None when absent), with its content's digest when it changed
+    within 2 s of ``now_ns``."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    racy = stat.S_ISREG(st.st_mode) and now_ns - max(st.st_mtime_ns, st.st_ctime_ns) < _RACY_NS
+    return (st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, _digest(path) if racy else None)
+
+
+def _presence(path: str) -> Any:
+    """Whether ``path`` is there and which inode it is (a ``.git`` folder's times move with every commit)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_ino, stat.S_IFMT(st.st_mode))
+
+
+def _digest(path: str) -> Optional[str]:
+    try:
+        with open(path, "rb") as file:
+            return hashlib.sha256(file.read()).hexdigest()
+    except OSError:
+        return None
+
+
+class _Stamps:
+    """Paths and what a stat said of each, taken before git answered."""
+
+    def __init__(self) -> None:
+        self.files: Dict[str, Any] = {}
+        self.present: Dict[str, Any] = {}
+
+    def take(self, paths: Iterable[str], now_ns: int) -> None:
+        for path in paths:
+            if path not in self.files:
+                self.files[path] = _stamp(path, now_ns)
+
+    def take_presence(self, paths: Iterable[str]) -> None:
+        for path in paths:
+            if path not in self.present:
+                self.present[path] = _presence(path)
+
+    def unchanged(self) -> bool:
+        now = time.time_ns()
+        for path, was in list(self.files.items()):
+            if not _same(path, was, now):
+                return False
+            if was is not None and was[5] is not None and now - max(was[3], was[4]) >= _RACY_NS:
+                # its content is as stamped and its times are now 2 s past: a later write moves them
+                self.files[path] = (*was[:5], None)
+        return all(_presence(path) == was for path, was in self.present.items())
+
+
+def _same(path: str, was: Any, now_ns: int) -> bool:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return was is None
+    if was is None or was[:5] != (st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+        return False
+    return was[5] is None or was[5] == _digest(path)
+
+
+# --- one repository's state ----------------------------------------------------------------------
+
+class _State:
+    """A repository's inputs, stamped, and the answers git gave while they stood (None: not remembered)."""
+
+    def __init__(self, root: str, repo: Any) -> None:
+        now = time.time_ns()
+        self.root = root
+        self.stamps = _Stamps()
+        self.answers: Dict[Any, Any] = {}
+        git_dir, common = repo.git_dir, repo.common_dir
+        home = os.path.expanduser("~")
+        xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
+        self.stamps.take([os.path.join(git_dir, "HEAD"), os.path.join(git_dir, "index"),
+                          os.path.join(git_dir, "config.worktree"), os.path.join(git_dir, "commondir"),
+                          os.path.join(common, "config"), os.path.join(common, "packed-refs"),
+                          os.path.join(common, "reftable", "tables.list"),
+                          os.path.join(common, "info", "exclude"), os.path.join(common, "info", "attributes"),
+                          os.path.join(home, ".gitconfig"), os.path.join(xdg, "git", "config"),
+                          os.path.join(xdg, "git", "ignore"), os.path.join(xdg, "git", "attributes"),
+                          "/etc/gitconfig", os.path.join(root, ".git")], now)
+        self.stamps.take(_refs(git_dir, common), now)
+        listed = repo.git.config("--list", "--show-origin", "-z", with_exceptions=False)
+        origins, named = _configuration(listed, root)
+        self.stamps.take(origins | named, now)
+        configuration = [os.path.join(git_dir, "config.worktree"), os.path.join(common, "config"),
+                         os.path.join(home, ".gitconfig"), os.path.join(xdg, "git", "config"), "/etc/gitconfig",
+                         *origins]
+        self.configuration = _Stamps()  # what an answer from the configuration alone depends on
+        self.configuration.files = {path: self.stamps.files[path] for path in configuration}
+        entries = [e for e in repo.git.ls_files("-z", "--stage").split("\0") if e]
+        self.usable = not any(e.startswith("160000 ") for e in entries)  # a submodule
+        tracked = [os.path.join(root, e.partition("\t")[2]) for e in entries]
+        self.stamps.take(tracked, now)
+        folders = {root}
+        for path in tracked:
+            folder = os.path.dirname(path)
+            while folder not in folders and len(folder) > len(root):
+                folders.add(folder)
+                folder = os.path.dirname(folder)
+        self.stamps.take((os.path.join(f, n) for f in folders for n in (".gitattributes", ".gitignore")), now)
+        counts["states"] += 1
+
+    def watch_path(self, path: str) -> None:
+        """Also stamp what decides whether ``path`` is ignored: each folder's ``.gitignore`` down to it."""
+        now = time.time_ns()
+        folder = path
+        while len(folder) > len(self.root):
+            self.stamps.take([os.path.join(folder, ".gitignore")], now)
+            folder = os.path.dirname(folder)
+
+
+def _refs(git_dir: str, common: str) -> Iterable[str]:
+    """The ref files HEAD leads to (a symbolic ref may name another)."""
+    path = os.path.join(git_dir, "HEAD")
+    for _ in range(5):
+        try:
+            with open(path, encoding="utf-8", errors="replace") as text:
+                head = text.read().strip()
+        except OSError:
+            return
+        if not head.startswith("ref: "):
+            return
+        name = head[5:].strip()
+        path = os.path.join(common if name.startswith("refs/heads/") else git_dir, name)
+        yield path
+        yield os.path.join(common, name)
+
+
+def _configuration(listed: str, root: str) -> Tuple[set, set]:
+    """From ``git config --list --show-origin -z``: the files it read, and the excludes and
+    attributes files they name."""
+    origins, named = set(), set()
+    fields = listed.split("\0")
+    for origin, entry in zip(fields[::2], fields[1::2]):
+        if origin.startswith("file:"):
+            origins.add(os.path.join(root, origin[5:]))
+        key, _, value = entry.partition("\n")
+        if key in ("core.excludesfile", "core.attributesfile") and value:
+            named.add(os.path.join(root, os.path.expanduser(value)))
+    return origins, named
+
+
+_states: Dict[Tuple[str, Any], _State] = {}
+
+
+def _state(root: Optional[str], repo: Callable[[], Any], whole: bool = True) -> Optional[_State]:
+    """The repository at ``root`` as it stands, or None when it is not remembered (memo off, a
+    submodule, git failed); ``repo()`` gives its ``git.Repo`` when a new state must be taken. Not
+    ``whole``: only its configuration files are compared (an answer read from them alone)."""
+    if not provenance.enabled() or not root:
+        return None
+    key = (root, _environment())
+    with _lock:
+        state = _states.get(key)
+    if state is None or not (state.stamps if whole else state.configuration).unchanged():
+        try:
+            state = _State(root, repo())
+        except Exception:  # noqa: BLE001 (git could not list its inputs: Sumatra's own call says why)
+            with _lock:
+                _states.pop(key, None)
+            return None
+        with _lock:
+            _states[key] = state
+    return state if state.usable else None
+
+
+def _answer(state: Optional[_State], key: Any, ask: Callable[[], Any]) -> Any:
+    if state is None:
+        return ask()
+    try:
+        found = state.answers[key]
+    except KeyError:
+        pass
+    else:
+        counts["reused"] += 1
+        return found
+    found = ask()
+    counts["asked"] += 1
+    state.answers[key] = found
+    return found
+
+
+# --- the patches ---------------------------------------------------------------------------------
+
+def remembered(orig: Callable[..., Any]) -> Callable[..., Any]:
+    """A ``GitWorkingCopy`` method (``has_changed``, ``diff``, ``current_version``, ``contains``,
+    ``get_username``) or ``GitRepository._get_upstream``: upstream asks git, or reads its
+    configuration files, each time; here the answer is reused while the repository's state stands."""
+    whole = orig.__name__ not in _CONFIGURATION
+
+    @functools.wraps(orig)
+    def method(self: Any, *args: Any) -> Any:
+        if hasattr(self, "repository"):  # a working copy
+            state = _state(self.path, lambda: self.repository._repository, whole)
+        else:  # a repository: its url is the working copy's folder (or a remote: not remembered)
+            state = _state(self.url if isinstance(self.url, str) and os.path.isabs(self.url) else None,
+                           lambda: self._repository, whole)
+        return _answer(state, (orig.__name__, args), lambda: orig(self, *args))
+    return method
+
+
+#: the methods whose answer comes from git's configuration files alone: a record loaded from the
+#: store makes a repository, which reads its upstream (``smt list -l``: every record)
+_CONFIGURATION = ("_get_upstream", "get_username")
+
+
+def findrepo(orig: Callable[[str], Optional[str]]) -> Callable[[str], Optional[str]]:
+    """``sumatra.versioncontrol._git.findrepo``: upstream runs ``git check-ignore`` for every working
+    copy made (two per record). Reused while no ``.git`` appeared or went above the path, and the
+    repository's state, with the ``.gitignore`` files down to the path, stands."""
+    @functools.wraps(orig)
+    def find(path: str) -> Optional[str]:
+        if not provenance.enabled() or not isinstance(path, str) or not os.path.isabs(path) or \
+                "GIT_DIR" in os.environ or "GIT_WORK_TREE" in os.environ:
+            return orig(path)
+        above, folder = [], os.path.normpath(path)
+        while True:
+            above.append(os.path.join(folder, ".git"))
+            if os.path.lexists(above[-1]) or os.path.dirname(folder) == folder:
+                break
+            folder = os.path.dirname(folder)
+        root = folder if os.path.lexists(above[-1]) else None
+        if root is None:
+            return orig(path)
+        from git import Repo  # GitPython: Sumatra's git support needs it
+        state = _state(root, lambda: Repo(root))
+        if state is None:
+            return orig(path)
+        state.watch_path(os.path.normpath(path))
+        state.stamps.take_presence(above)
+        return _answer(state, ("findrepo", path), lambda: orig(path))
+    return find
