@@ -52,7 +52,7 @@ _PATH_ENV = ("PYTHONPATH", "PYTHONHOME", "PYTHONNOUSERSITE", "PYTHONUSERBASE", "
 #: the names in a folder that an import could find (and folders: packages, namespace packages)
 _IMPORTABLE = (".py", ".pyc", ".pyw", ".so", ".pyd", ".pth", ".zip", ".egg", ".egg-info", ".dist-info",
                ".egg-link")
-_FORMAT = 2  # of a memo file; another number is not read
+_FORMAT = 3  # of a memo file; another number is not read
 _RACY_NS = 2_000_000_000  # a file changed this close to its stamp is compared by content too (as git does)
 
 #: what this process did, for tests and ``smtlock`` diagnostics: scans run, scans reused
@@ -86,14 +86,15 @@ def _stamp(path: str, now_ns: int) -> Any:
     """What a stat says of a file (None when absent): identity, size, change times, link count; with
     its content's digest when it changed within 2 s of ``now_ns``, where a later change may share the
     timestamp (as git does for "racily clean" files). A folder: the names in it that could be
-    imported (a folder's own mtime changes with every file a run writes there)."""
+    imported (a folder's own mtime changes with every file a run writes there), and its mtime when
+    it is older than 2 s (while that stands the names need no listing)."""
     try:
         st = os.stat(path)
     except OSError:
         return None
-    if stat.S_ISDIR(st.st_mode):
-        return [st.st_ino, "dir", _importable(path)]
     racy = now_ns - max(st.st_mtime_ns, st.st_ctime_ns) < _RACY_NS
+    if stat.S_ISDIR(st.st_mode):  # its mtime, when not racy: while it stands, no name came or went
+        return [st.st_ino, "dir", _importable(path), None if racy else st.st_mtime_ns]
     return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_nlink, _digest(path) if racy else None]
 
 
@@ -125,7 +126,7 @@ def _same(path: str, stamp: Any) -> bool:
     if stamp is None:
         return False
     if stat.S_ISDIR(st.st_mode):
-        return stamp[:2] == [st.st_ino, "dir"] and stamp[2] == _importable(path)
+        return stamp[:2] == [st.st_ino, "dir"] and (stamp[3] == st.st_mtime_ns or stamp[2] == _importable(path))
     ino, size, mtime, ctime, links, digest = stamp
     if [ino, size, mtime] != [st.st_ino, st.st_size, st.st_mtime_ns]:
         return False
