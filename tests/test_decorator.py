@@ -107,7 +107,8 @@ def test_a_finished_run_waits_for_the_lock_whatever_the_timeout(project: Path) -
 
 def test_a_store_tracked_by_git_raises_one_clear_error(project: Path) -> None:
     """Upstream: a bare AssertionError from Record.register. The decorator raises TrackedStoreError,
-    whose one line names the files and the fix."""
+    whose one line names the files and the fix, at the first call that finds the tracked store
+    changed (the first call's record is written after its code was found unchanged)."""
     from test_plugin import TRACKED, track_the_store
     track_the_store(project)
     done = run_python("""
@@ -116,9 +117,59 @@ from smtlock import TrackedStoreError, smt_logged
 @smt_logged
 def f():
     return 1
+print(f())
 try:
     f()
 except TrackedStoreError as err:
     print(err)
 """, project)
-    assert done.stdout.strip() == TRACKED.removeprefix("Error: ").format(".smt/records is")
+    assert done.stdout.splitlines() == ["1", TRACKED.removeprefix("Error: ").format(".smt/project, .smt/records are")]
+
+
+WATCHED = '''
+import json, subprocess, sys
+import smtlock
+from smtlock._sumatra import patches
+writes = []
+_write = patches._write
+
+
+def counted(project, record, claim):  # each store write the record path makes, with the tags it stores
+    writes.append(sorted(record.tags))
+    return _write(project, record, claim)
+
+
+patches._write = counted
+READ = """
+import json, sys
+from sumatra.projects import load_project
+r = load_project().get_record(sys.argv[1])
+print(json.dumps([sorted(r.tags), len(r.platforms), r.version]))
+"""
+
+
+@smtlock.smt_logged
+def task(x):
+    read = [sys.executable, "-c", READ, smtlock.current_label()]  # plain Sumatra, while the call runs
+    return json.loads(subprocess.run(read, capture_output=True, text=True, check=True).stdout)
+
+
+print(json.dumps({"seen": [task(1), task(2)], "writes": writes}))
+'''
+
+
+def test_a_call_is_stored_once_running_and_once_ended(project: Path) -> None:
+    """Two store writes a call, not upstream's three: the first stores the record running, with its
+    provenance (plain Sumatra reads it so while the call runs), the second its end. Before: a first
+    write stored it "initialized", before its provenance was gathered."""
+    (project / "watched.py").write_text(WATCHED)
+    subprocess.run(["git", "add", "watched.py"], cwd=project, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "w"], cwd=project,
+                   check=True)
+    done = subprocess.run([sys.executable, "watched.py"], cwd=project, capture_output=True, text=True, check=True)
+    found = json.loads(done.stdout.splitlines()[-1])
+    version = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True,
+                             check=True).stdout.strip()
+    for tags, platforms, seen_version in found["seen"]:
+        assert tags == ["_running_"] and platforms == 1 and seen_version == version
+    assert found["writes"] == [["_running_"], ["_finished_"]] * 2

@@ -22,10 +22,14 @@ The path of one record write, top to bottom (:func:`add_record`)::
                                   a record written before: a person's edits since merged in
                                   (edits.py)
       -> Record.register          dependencies, platform information   (outside the lock)
+
+Under :func:`first_write_deferred` (``@smt_logged``) ``add_record`` writes nothing: the same steps
+run at the record's first ``save_record``, once it is registered and running.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -37,7 +41,7 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any, Callable, Dict, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Set, Tuple
 
 import sumatra.commands
 import sumatra.dependency_finder.python
@@ -64,9 +68,12 @@ from .project import MimeTypesOnce, store_path, tracked_smt_files
 from .upstream import is_patched, original, patch
 
 __all__ = ["apply", "is_applied", "add_record", "save_record", "claim_label", "free_label", "prepare_store",
+           "first_write_deferred",
            "RUNNING_TAGS", "ENDED_TAGS"]
 
 _CLAIM = "_smtlock_claimed_label"  # set on a Record once its label is claimed in its store
+_FIRST = "_smtlock_first_write"  # set on a Record whose first write was deferred (first_write_deferred)
+_deferring = threading.local()  # .on: add_record of a new record in this thread writes nothing yet
 _saved: Dict[int, Tuple[Any, bytes]] = {}  # id(record) -> (weak reference, state last written)
 #: Sumatra's status tags of a record whose process has started and not ended
 RUNNING_TAGS = {STATUS_FORMAT % s for s in ("pre_run", "running", "finished...", "failed...", "killed...")}
@@ -86,6 +93,10 @@ def add_record(self: Project, record: Any) -> None:
     """
     if getattr(record, _CLAIM, None) == record.label and _unchanged(record, _state(record)):
         self._most_recent = record.label  # already stored exactly so by this process: no write
+        return
+    if getattr(_deferring, "on", False) and getattr(record, _CLAIM, None) is None:
+        setattr(record, _FIRST, True)  # its first save_record claims the label and writes it whole
+        self._most_recent = record.label
         return
     prepare_store(self.record_store)
     with _acquired(SMTLock(self, purpose="add_record"), self, record):
@@ -189,8 +200,13 @@ def save_record(self: Project, record: Any) -> None:
     # says: a timeout there would throw away a finished run's result (smt run, @smt_logged, @capture).
     ended = not ENDED_TAGS.isdisjoint(record.tags)
     before = edits.fields(record)
+    first = getattr(record, _FIRST, False)
     with _acquired(SMTLock(self, timeout=-1 if ended else None, purpose="save_record"), self, record):
-        _write(self, record, claim=False)
+        _write(self, record, claim=first)
+    if first:
+        delattr(record, _FIRST)
+        self._most_recent = record.label
+        state = _state(record)
     _remember(record, state if edits.fields(record) == before else _state(record))  # a person's edits merged in
     note = os.path.join(self.path, SMT_DIR, RUNNING_DIR, record.label.replace("/", "_"))
     if any(tag in RUNNING_TAGS for tag in record.tags):
@@ -201,10 +217,24 @@ def save_record(self: Project, record: Any) -> None:
         os.unlink(note)
 
 
+@contextlib.contextmanager
+def first_write_deferred() -> Iterator[None]:
+    """Inside, ``add_record`` of a new record (``Project.new_record`` calls it before the record's
+    provenance is gathered) writes nothing; the record's first ``save_record`` claims its label and
+    writes it whole. ``@smt_logged`` stores each call's record first as running, with its provenance,
+    in one write instead of two (upstream's first write stores it "initialized", without them)."""
+    before = getattr(_deferring, "on", False)
+    _deferring.on = True
+    try:
+        yield
+    finally:
+        _deferring.on = before
+
+
 def _state(record: Any) -> Optional[bytes]:
     """Everything a store write would take from the record, as bytes (None if it cannot pickle)."""
     try:
-        return pickle.dumps({k: v for k, v in vars(record).items() if k != _CLAIM}, protocol=4)
+        return pickle.dumps({k: v for k, v in vars(record).items() if k not in (_CLAIM, _FIRST)}, protocol=4)
     except Exception:
         return None
 

@@ -20,6 +20,7 @@ from sumatra.programs import PythonExecutable
 from sumatra.projects import Project
 
 from .._lock.lock import SMTLock
+from .._sumatra.patches import first_write_deferred
 from .._sumatra.project import load
 from .capture import Captured
 
@@ -82,16 +83,17 @@ def _record_call(func: Callable, options: _Options, args: tuple, kwargs: dict) -
     """One call of a decorated function, recorded."""
     # our load: outside a project, or with a torn project file, one SMTLockError that says what to do
     prj = options.project if isinstance(options.project, Project) else load(options.project or ".")
-    record = prj.new_record(parameters=_parameters(inspect.signature(func), args, kwargs),
-                            main_file=_main_file(func, prj),
-                            executable=PythonExecutable(path=sys.executable),
-                            reason=options.reason)  # writes the record, with a unique label
+    with first_write_deferred():  # stored once it runs, with a unique label (upstream: also before)
+        record = prj.new_record(parameters=_parameters(inspect.signature(func), args, kwargs),
+                                main_file=_main_file(func, prj),
+                                executable=PythonExecutable(path=sys.executable),
+                                reason=options.reason)
     record.launch_mode.working_directory = os.getcwd()
     for tag in options.tags:
         record.add_tag(tag)
     record.add_tag(STATUS_FORMAT % "running")
     record.stdout_stderr = "Not yet captured."
-    prj.save_record(record)
+    prj.save_record(record)  # the first write: the label claimed, the record stored running
     token = _label.set(record.label)
     start = time.time()
     status = "failed"
