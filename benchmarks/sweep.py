@@ -1,19 +1,24 @@
-"""The same sweep of short calls under ``@smt_logged``, under MLflow and untracked, side by side.
+"""The same sweep of short calls under ``@smt_logged``, under Sacred, MLflow and untracked, side by side.
 
     python benchmarks/sweep.py [--workers 2 8] [--calls 16 32] [--repeats 1] [--label now]
                                                         (adds to benchmarks/sweep.json)
     python benchmarks/sweep.py --profile 20             (where one @smt_logged call's time goes)
 
-Needs MLflow: ``pip install -e '.[bench]'``. Each tracker gets a project of its own in a temporary
-folder, made as a user makes one: for ``@smt_logged`` a git repository, ``smt init`` (Sumatra's
-default SQLite store) and the task module committed; for MLflow an SQLite tracking store
-(``sqlite:///.../mlflow.db``), created before the workers start (two workers creating one at once
-crash in its schema migration). The task takes a parameter and gives a metric and does nothing else:
-``@smt_logged`` records the call (its argument, what it prints, its duration); MLflow's ``start_run``,
-``log_param``, ``log_metric``. For each pool size W and its call count C, a fork pool of W workers is
-started and each worker makes one call (imports, connections, first queries) before the clock starts;
-then the pool makes C calls. Every run is counted afterwards: a call whose record or run is missing
-fails the benchmark. Calls/s is C / wall time; the ratio is each tracker's calls/s over MLflow's.
+Needs Sacred and MLflow: ``pip install -e '.[bench]'``. Each tracker gets a project of its own in a
+temporary folder, made as a user makes one: for ``@smt_logged`` a git repository, ``smt init``
+(Sumatra's default SQLite store) and the task module committed; for Sacred the same git repository
+with the task committed, and its FileStorageObserver (a folder of runs) with its default output
+capture; for MLflow an SQLite tracking store (``sqlite:///.../mlflow.db``), created before the
+workers start (two workers creating one at once crash in its schema migration). The task takes a
+parameter, prints a line and gives a result and does nothing else: ``@smt_logged`` records the call
+(its argument, what it prints, its duration, its provenance); Sacred runs it as an experiment (its
+config, what it prints, its result; sources, dependencies, git state and host at each run);
+MLflow's ``start_run``, ``log_param``, ``log_metric``. For each pool size W and its call count C, a
+fork pool of W workers is started and each worker makes one call (imports, connections, first
+queries) before the clock starts; then the pool makes C calls. Every run is counted afterwards: a
+call whose record or run is missing fails the benchmark; a record or run without the printed line
+is counted (``output_lost``). Calls/s is C / wall time; the ratios are each tracker's calls/s over
+Sacred's and over MLflow's.
 ``--profile N``: one process, one warm-up call, then N ``@smt_logged`` calls under cProfile; prints
 each part's milliseconds per call (cumulative, so nested parts are inside their callers).
 """
@@ -39,7 +44,9 @@ sys.path.insert(0, str(ROOT))
 from smtlock._harness.burst import make_project  # noqa: E402
 
 GIT = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
-TRACKERS = ("smt_logged", "mlflow", "untracked")
+TRACKERS = ("smt_logged", "sacred", "mlflow", "untracked")
+#: the trackers in git repositories, as a user of each keeps the code it records
+IN_GIT = ("smt_logged", "sacred")
 
 # One module per tracker, so Sumatra's dependency scan of the task's file sees only what that file
 # imports (ModuleFinder finds imports inside functions too).
@@ -53,6 +60,31 @@ def task(x):
     y = 2 * x + 1
     print(f"y={y}")
     return y
+''',
+    "sacred": '''"""The same short call recorded by Sacred (FileStorageObserver, default capture)."""
+import os
+
+from sacred import Experiment
+from sacred.observers import FileStorageObserver
+
+ex = Experiment("sweep_task")
+ex.observers.append(FileStorageObserver(os.path.join(os.path.dirname(os.path.abspath(__file__)), "runs")))
+
+
+@ex.config
+def config():
+    x = 0
+
+
+@ex.main
+def _main(x):
+    y = 2 * x + 1
+    print(f"y={y}")
+    return y
+
+
+def task(x):
+    return ex.run(config_updates={"x": x}).result
 ''',
     "mlflow": '''"""The same short call tracked by MLflow."""
 import mlflow
@@ -85,8 +117,12 @@ def make_folders(base: Path, trackers: Iterable[str] = TRACKERS) -> Dict[str, Pa
             make_project(folder)  # git init, main.py committed, `smt init` by plain Sumatra
         else:
             folder.mkdir(parents=True)
+        if tracker == "sacred":
+            subprocess.run(GIT + ["init", "-q"], cwd=folder, check=True)
+            (folder / ".gitignore").write_text("runs/\n")
+            subprocess.run(GIT + ["add", ".gitignore"], cwd=folder, check=True)
         (folder / "sweep_task.py").write_text(source)
-        if tracker == "smt_logged":
+        if tracker in IN_GIT:
             subprocess.run(GIT + ["add", "sweep_task.py"], cwd=folder, check=True)
             subprocess.run(GIT + ["commit", "-qm", "sweep task"], cwd=folder, check=True)
         if tracker == "mlflow":
@@ -111,9 +147,16 @@ def _python(code: str, cwd: Path, *args: str) -> str:
 def count(tracker: str, folder: Path) -> Dict[str, int]:
     """What the tracker kept: records (distinct labels) or runs."""
     if tracker == "smt_logged":
-        labels = json.loads(_python("import json; from sumatra.projects import load_project; "
-                                    "print(json.dumps(load_project().get_labels()))", folder))
-        return {"kept": len(labels), "distinct": len(set(labels))}
+        outputs = json.loads(_python("import json; from sumatra.projects import load_project; "
+                                     "print(json.dumps({r.label: r.stdout_stderr for r in "
+                                     "load_project().find_records()}))", folder))
+        return {"kept": len(outputs), "distinct": len(set(outputs)),
+                "output_lost": sum("y=" not in text for text in outputs.values())}
+    if tracker == "sacred":
+        runs = [run for run in (folder / "runs").iterdir() if (run / "run.json").exists()]
+        done = [run for run in runs if json.loads((run / "run.json").read_text())["status"] == "COMPLETED"]
+        lost = [run for run in done if "y=" not in (run / "cout.txt").read_text()]
+        return {"kept": len(done), "distinct": len(done), "output_lost": len(lost)}
     if tracker == "mlflow":
         ids = json.loads(_python("import json, mlflow; mlflow.set_tracking_uri(sys.argv[1]); "
                                  "print(json.dumps(list(mlflow.search_runs(search_all_experiments=True)"
@@ -170,22 +213,22 @@ def pool(tracker: str, workers: int, calls: int) -> dict:
 
 #: (what, file ending, function): the parts of a call, cumulative ms per call
 PARTS = [
-    ("the whole call", "smtlock/decorator.py", "_record_call"),
+    ("the whole call", "smtlock/_tracking/decorator.py", "_record_call"),
     ("  load the project (load_project)", "sumatra/projects.py", "load_project"),
     ("  Project.new_record", "sumatra/projects.py", "new_record"),
     ("    update_code (VCS)", "sumatra/projects.py", "update_code"),
-    ("    add_record (write 1)", "smtlock/patches.py", "add_record"),
+    ("    add_record (write 1)", "smtlock/_sumatra/patches.py", "add_record"),
     ("    Record.register", "sumatra/records.py", "register"),
     ("      dependency scan", "sumatra/dependency_finder/__init__.py", "find_dependencies"),
     ("      platform information", "sumatra/launch.py", "get_platform_information"),
     ("  PythonExecutable(): its version", "sumatra/programs.py", "_get_version"),
-    ("  save_record (writes 2 and 3)", "smtlock/patches.py", "save_record"),
+    ("  save_record (writes 2 and 3)", "smtlock/_sumatra/patches.py", "save_record"),
     ("  find_new_data", "sumatra/datastore/filesystem.py", "find_new_data"),
     ("  Project.save (.smt/project)", "sumatra/projects.py", "save"),
     ("every git command (GitPython)", "git/cmd.py", "execute"),
     ("every subprocess, waited for", "subprocess.py", "communicate"),
-    ("every record write (lock held)", "smtlock/patches.py", "_write"),
-    ("every SMTLock acquire", "smtlock/lock.py", "acquire"),
+    ("every record write (lock held)", "smtlock/_sumatra/patches.py", "_write"),
+    ("every SMTLock acquire", "smtlock/_lock/lock.py", "acquire"),
 ]
 
 
@@ -247,6 +290,7 @@ def main() -> None:
     if len(args.calls) == 1:
         args.calls = args.calls * len(args.workers)
     import mlflow
+    import sacred
     sizes: List[dict] = []
     with tempfile.TemporaryDirectory(prefix="smtlock-sweep-") as tmp:
         folders = make_folders(Path(tmp), args.trackers)
@@ -263,20 +307,21 @@ def main() -> None:
             for tracker in args.trackers:
                 rates = [run["calls_per_s"] for run in size[tracker]["runs"]]
                 size[tracker]["calls_per_s"] = round(statistics.median(rates), 2)
-            if "mlflow" in args.trackers:
-                for tracker in args.trackers:
-                    size[tracker]["vs_mlflow"] = round(size[tracker]["calls_per_s"] / size["mlflow"]["calls_per_s"],
-                                                       3)
+            for peer in ("sacred", "mlflow"):
+                if peer in args.trackers:
+                    for tracker in args.trackers:
+                        size[tracker][f"vs_{peer}"] = round(size[tracker]["calls_per_s"] /
+                                                            size[peer]["calls_per_s"], 3)
             sizes.append(size)
-        for tracker in ("smt_logged", "mlflow"):
-            if tracker in args.trackers:
-                kept = count(tracker, folders[tracker])
-                assert kept == {"kept": expected[tracker], "distinct": expected[tracker]}, (tracker, kept, expected)
+        kept = {tracker: count(tracker, folders[tracker]) for tracker in args.trackers if tracker != "untracked"}
+        for tracker, found in kept.items():
+            assert found["kept"] == found["distinct"] == expected[tracker], (tracker, found, expected)
     command = ["python benchmarks/sweep.py", "--workers", *map(str, args.workers), "--calls", *map(str, args.calls),
                "--repeats", str(args.repeats), "--label", args.label]
     result = {"command": " ".join(command),
               "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
-              "mlflow": mlflow.__version__, "all_kept": True, "sizes": sizes}
+              "mlflow": mlflow.__version__, "sacred": sacred.__version__, "all_kept": True, "kept": kept,
+              "sizes": sizes}
     print(table(result))
     out = HERE / "sweep.json"
     runs = json.loads(out.read_text()) if out.exists() else {}
@@ -285,12 +330,12 @@ def main() -> None:
 
 
 def table(result: dict) -> str:
-    lines = ["workers  calls  tracker     calls/s  vs MLflow"]
+    lines = ["workers  calls  tracker     calls/s  vs Sacred  vs MLflow"]
     for size in result["sizes"]:
         for tracker in TRACKERS:
             if tracker in size:
                 lines.append(f"{size['workers']:7}  {size['calls']:5}  {tracker:10}  {size[tracker]['calls_per_s']:7}  "
-                             f"{size[tracker].get('vs_mlflow', '-'):>9}")
+                             f"{size[tracker].get('vs_sacred', '-'):>9}  {size[tracker].get('vs_mlflow', '-'):>9}")
     return "\n".join(lines)
 
 
