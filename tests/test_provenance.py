@@ -380,6 +380,48 @@ def test_two_smt_runs_in_a_row_share_the_scan(tmp_path: Path) -> None:
     assert log.read_text().split() == ["scan"] * 4
 
 
+PLATFORM = r"""
+import json, sys
+with_smtlock = sys.argv[1] == "smtlock"
+if with_smtlock:
+    import smtlock
+    from smtlock._sumatra import provenance
+from sumatra.launch import SerialLaunchMode
+events = []  # what the platform information costs: subprocesses (file -b, uname -p), connections (the probe)
+sys.addaudithook(lambda name, args: events.append(name) if name in ("subprocess.Popen", "socket.connect") else None)
+if with_smtlock:
+    with provenance.in_project("."):
+        found = SerialLaunchMode().get_platform_information()
+else:
+    found = SerialLaunchMode().get_platform_information()
+print(json.dumps({"info": [vars(i) for i in found], "events": sorted(set(events))}))
+"""
+
+
+def test_the_platform_is_asked_once_per_host_while_its_network_is_unchanged(tmp_path: Path) -> None:
+    """Upstream runs ``file -b`` and ``uname -p`` and probes an outside address (1 s timeout) for every
+    record: a job array on an offline node paid the timeout in every job. The first process of a host
+    asks, the next ones reuse its answer, which is plain Sumatra's; a changed network asks again."""
+    project = make_project(tmp_path / "p")
+
+    def ask(who: str) -> Dict[str, Any]:
+        done = subprocess.run([sys.executable, "-c", PLATFORM, who], cwd=project, capture_output=True, text=True,
+                              check=True)
+        return json.loads(done.stdout)
+    plain, first, second = ask("plain"), ask("smtlock"), ask("smtlock")
+    assert "subprocess.Popen" in plain["events"] and "subprocess.Popen" in first["events"]
+    assert second["events"] == []  # no subprocess, no connection
+    assert first["info"] == second["info"] == plain["info"]
+    memo = list((project / ".smt" / MEMO_DIR).glob("platform-*.json"))
+    assert len(memo) == 1
+    entry = json.loads(memo[0].read_text())
+    entry["network"] = "another network"  # as after a change of routes, addresses or name resolution
+    memo[0].write_text(json.dumps(entry))
+    again = ask("smtlock")
+    assert "subprocess.Popen" in again["events"] and again["info"] == plain["info"]
+    assert ask("smtlock")["events"] == []
+
+
 MIME = r"""
 import json, mimetypes, sys
 if sys.argv[1] == "smtlock":
@@ -451,7 +493,7 @@ def test_eight_smt_runs_at_once_share_the_memo(tmp_path: Path) -> None:
                 ["shadowed", str(tmp_path / "site" / "shadowed"), "7", "", "attribute"]]
     assert all(sorted(r[1]) == expected for r in records if r[2]["job"] > 0)
     memo_dir = project / ".smt" / MEMO_DIR
-    assert [p.name for p in memo_dir.iterdir() if not p.name.startswith("scan-")] == []  # no temporary file
+    assert [p.name for p in memo_dir.iterdir() if not p.name.startswith(("scan-", "platform-"))] == []  # no temp file
     for memo_file in memo_dir.iterdir():
         json.loads(memo_file.read_text())  # whole
     scans = len(log.read_text().split())

@@ -15,7 +15,8 @@ answer; their outputs are remembered, and reused only while what they read is un
   next ``smt run`` process reuses the first one's scan. What Sumatra computes from them in-process
   (version control of each dependency, egg-info) still runs for every record.
 - an executable's version (:func:`executable_version`): its path, the file it resolves to and its stat.
-- platform information with its internet probe (:func:`platform_information`): once per process.
+- platform information with its internet probe (:func:`platform_information`): once per host, while
+  its boot, the interpreter and the network (routes, addresses, name resolution) are as they were.
 
 ``SMTLOCK_MEMO=0`` in the environment turns all of it off.
 """
@@ -29,12 +30,14 @@ import functools
 import hashlib
 import json
 import os
+import socket
 import stat
+import sys
 import tempfile
 import threading
 import time
 from modulefinder import Module
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .._lock.atomic import AtomicFile
 from .._lock.paths import SMT_DIR
@@ -349,19 +352,108 @@ def executable_version(orig: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return version
 
 
-_platform: Dict[str, Any] = {}
+_platform: Dict[str, Any] = {}  # "serial" -> (the network's digest, the platform information)
+#: what a host's platform information depends on besides its name, its boot (kernel release and version)
+#: and the interpreter (``file -b`` reads its architecture): the network the probe and the address
+#: lookup go through (routes and addresses; name resolution)
+_NETWORK = ("/proc/net/route", "/proc/net/if_inet6", "/proc/net/fib_trie", "/etc/hosts", "/etc/resolv.conf",
+            "/etc/nsswitch.conf", "/etc/hostname")
 
 
 def platform_information(orig: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """``LaunchMode.get_platform_information`` of a serial launch: upstream runs ``file -b`` and
-    ``uname -p`` and probes an outside address over HTTP (1 s timeout) for every record. The host's
-    answer is taken once per process."""
+    ``uname -p`` and probes an outside address over HTTP (1 s timeout, paid in full on a node whose
+    firewall drops it) for every record. The answer is taken once per host and kept in the project's
+    memo for the next processes (a job array pays the probe once per node): valid for the same host
+    name, boot and interpreter (the key) while the network is as it was (:func:`_network`), so the
+    answer is the one plain Sumatra would get there."""
     @functools.wraps(orig)
     def information(self: Any) -> Any:
         if not enabled() or type(self).get_platform_information is not information:
             return orig(self)  # a launch mode with its own way (MPI: the remote nodes)
+        network = _network()
         with _lock:
-            if "serial" not in _platform:
-                _platform["serial"] = orig(self)
-            return copy.deepcopy(_platform["serial"])
+            known = _platform.get("serial")
+        if known is None or known[0] != network:
+            found = _read_platform(network)
+            if found is None:
+                found = orig(self)
+                _store_platform(network, found)
+            known = (network, found)
+            with _lock:
+                _platform["serial"] = known
+        return copy.deepcopy(known[1])
     return information
+
+
+def _network() -> str:
+    """A digest of what the platform probe's answer depends on that can change without a reboot:
+    the network's files, and the proxies urllib sends the probe through (``*_proxy``)."""
+    digest = hashlib.sha256()
+    proxies = sorted((name, value) for name, value in os.environ.items() if name.lower().endswith("_proxy"))
+    digest.update(json.dumps(proxies).encode() + b"\0")
+    for path in _NETWORK:
+        try:
+            with open(path, "rb") as file:
+                digest.update(path.encode() + b"\0" + file.read() + b"\0")
+        except OSError:
+            digest.update(path.encode() + b"\0-\0")
+    return digest.hexdigest()
+
+
+def _host_key() -> str:
+    """This host, this boot and this interpreter (its path and stat)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as file:
+            boot = file.read().strip()
+    except OSError:  # not Linux: the kernel's release and version stand for the boot
+        boot = " ".join(os.uname()[2:4])
+    interpreter = os.path.realpath(sys.executable)
+    try:  # a plain stat: another build installed there is another file (a digest would read it whole)
+        st = os.stat(interpreter)
+        built = [st.st_ino, st.st_size, st.st_mtime_ns]
+    except OSError:
+        built = None
+    text = json.dumps([_FORMAT, socket.gethostname(), boot, interpreter, built])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _platform_file() -> Optional[Tuple[str, str]]:
+    project = getattr(_project, "path", None)
+    if not project:
+        return None
+    key = _host_key()
+    return os.path.join(project, SMT_DIR, MEMO_DIR, f"platform-{key[:32]}.json"), key
+
+
+def _read_platform(network: str) -> Optional[List[Any]]:
+    """The platform information another process of this host kept, if still valid."""
+    where = _platform_file()
+    if where is None:
+        return None
+    try:
+        with open(where[0]) as text:
+            entry = json.load(text)
+        if entry.get("format") != _FORMAT or entry.get("key") != where[1] or entry.get("network") != network:
+            return None
+        from sumatra.launch import PlatformInformation
+        found = [PlatformInformation(**fields) for fields in entry["platforms"]]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+    stats["memo_read"] += 1
+    return found
+
+
+def _store_platform(network: str, found: Any) -> None:
+    where = _platform_file()
+    if where is None:
+        return
+    try:
+        entry = {"format": _FORMAT, "key": where[1], "network": network,
+                 "platforms": [dict(vars(information)) for information in found]}
+        os.makedirs(os.path.dirname(where[0]), exist_ok=True)
+        with AtomicFile(where[0], "w", cache=True, encoding="utf-8") as out:
+            json.dump(entry, out)
+        stats["memo_written"] += 1
+    except (OSError, TypeError, ValueError):
+        pass  # a cache: the next process asks again
