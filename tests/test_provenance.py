@@ -281,6 +281,11 @@ def _git(where: Path, *args: str) -> None:
     subprocess.run(GIT + list(args), cwd=where, check=True, capture_output=True)
 
 
+def _new_repository(folder: Path) -> None:
+    for args in (["init", "-q"], ["add", "."], ["commit", "-qm", "first"]):
+        _git(folder, *args)
+
+
 #: what a user does to a repository between two records of one process, each to show in the very
 #: next record (project: the project's repository; dependency: a dependency's own repository)
 GIT_CHANGES: List[Tuple[str, Callable[[Path, Path], None]]] = [
@@ -297,6 +302,7 @@ GIT_CHANGES: List[Tuple[str, Callable[[Path, Path], None]]] = [
     ("an edit in a dependency's repository", lambda project, dep: write(dep / "__init__.py", "X = 2\n")),
     ("a commit in a dependency's repository", lambda project, dep: _git(dep, "commit", "-qam", "two")),
     ("the dependency's repository gone", lambda project, dep: shutil.rmtree(dep / ".git")),
+    ("a repository made around a dependency", lambda project, dep: _new_repository(dep.parent / "attrpkg")),
 ]
 
 
@@ -307,10 +313,8 @@ def test_each_version_control_change_shows_in_the_very_next_record(setup: Any) -
     project, site, workers, _ = setup
     dep = site / "vcdep"
     write(dep / "__init__.py", "X = 1\n")  # no version of its own: Sumatra asks its repository
-    _git(dep, "init", "-q")
-    _git(dep, "add", "__init__.py")
-    _git(dep, "commit", "-qm", "one")
-    write(project / "vcmain.py", "import vcdep\nimport localpkg\n")
+    _new_repository(dep)
+    write(project / "vcmain.py", "import vcdep\nimport localpkg\nimport attrpkg\n")
     _git(project, "add", "vcmain.py")
     _git(project, "commit", "-qm", "vcmain")
     before, memo, stats = both(workers, "vcmain.py")
@@ -325,7 +329,8 @@ def test_each_version_control_change_shows_in_the_very_next_record(setup: Any) -
         if what != "a new untracked file":  # upstream leaves untracked files out of the diff
             assert plain != before, what
         before = plain
-    assert deps(plain)["vcdep"][1] == "unknown"  # the last change: no repository, as plain Sumatra says
+    assert deps(plain)["vcdep"][1] == "unknown"  # no repository any more, as plain Sumatra says
+    assert len(deps(plain)["attrpkg"][1]) == 40  # its repository's commit, not its __version__
 
 
 # --- across processes: smt run ------------------------------------------------------------------------

@@ -527,6 +527,7 @@ def apply() -> None:
     # and reads its configuration files for every working copy made: each answer remembered while
     # nothing git reads for it has changed (see versioncontrol.py).
     patch(sumatra.versioncontrol._git, "findrepo", versioncontrol.findrepo)
+    patch(sumatra.versioncontrol, "get_working_copy", versioncontrol.get_working_copy)
     for name in ("has_changed", "diff", "current_version", "contains", "get_username"):
         patch(sumatra.versioncontrol._git.GitWorkingCopy, name, versioncontrol.remembered)
     patch(sumatra.versioncontrol._git.GitRepository, "_get_upstream", versioncontrol.remembered)

@@ -37,7 +37,7 @@ from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 from . import provenance
 
-__all__ = ["remembered", "findrepo", "counts"]
+__all__ = ["remembered", "findrepo", "get_working_copy", "counts"]
 
 #: what this process did, for tests: states taken (git asked for its inputs), answers asked of git,
 #: answers reused
@@ -293,4 +293,43 @@ def findrepo(orig: Callable[[str], Optional[str]]) -> Callable[[str], Optional[s
         state.watch_path(os.path.normpath(path))
         state.stamps.take_presence(above)
         return _answer(state, ("findrepo", path), lambda: orig(path))
+    return find
+
+
+_outside: Dict[Tuple[str, Any], Tuple[list, str]] = {}  # (path, environment) -> (.git paths above, message)
+
+
+def get_working_copy(orig: Callable[..., Any]) -> Callable[..., Any]:
+    """``sumatra.versioncontrol.get_working_copy``: for a path in no repository (a dependency in
+    site-packages), upstream runs GitPython's discovery twice and reads the configuration of the
+    working directory's repository, for every such dependency of every record (~1 ms each). Its
+    answer, "no working copy", is remembered while no ``.git`` appears in a folder above the path.
+    Only when git is the one version control system Sumatra has (another's folder is not watched)."""
+    from sumatra.core import get_registered_components
+    from sumatra.versioncontrol import VersionControlError, WorkingCopy
+    from sumatra.versioncontrol._git import GitWorkingCopy
+
+    @functools.wraps(orig)
+    def find(path: Optional[str] = None) -> Any:
+        if not provenance.enabled() or not isinstance(path, str) or not os.path.isabs(path) or \
+                "GIT_DIR" in os.environ or set(get_registered_components(WorkingCopy).values()) != {GitWorkingCopy}:
+            return orig(path)
+        key = (path, _environment())
+        known = _outside.get(key)
+        if known is not None and not any(os.path.lexists(above) for above in known[0]):
+            counts["reused"] += 1
+            raise VersionControlError(known[1])
+        folder, above = os.path.realpath(path), []
+        while True:
+            above.append(os.path.join(folder, ".git"))
+            if os.path.dirname(folder) == folder:
+                break
+            folder = os.path.dirname(folder)
+        if any(os.path.lexists(git) for git in above):
+            return orig(path)  # in a repository: as upstream (its parts remembered above)
+        try:
+            return orig(path)
+        except VersionControlError as err:
+            _outside[key] = (above, str(err))
+            raise
     return find
