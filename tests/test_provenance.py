@@ -281,6 +281,13 @@ def _git(where: Path, *args: str) -> None:
     subprocess.run(GIT + list(args), cwd=where, check=True, capture_output=True)
 
 
+def _linked_copy(folder: Path) -> None:
+    """The folder moved aside and a link left in its place: its files keep their inodes and times
+    through the link, and git sees them gone."""
+    folder.rename(folder.with_name(folder.name + ".real"))
+    folder.symlink_to(folder.name + ".real")
+
+
 def _new_repository(folder: Path) -> None:
     for args in (["init", "-q"], ["add", "."], ["commit", "-qm", "first"]):
         _git(folder, *args)
@@ -299,6 +306,7 @@ GIT_CHANGES: List[Tuple[str, Callable[[Path, Path], None]]] = [
     ("a checkout of the other branch", lambda project, dep: _git(project, "checkout", "-q", "other")),
     ("a new untracked file", lambda project, dep: write(project / "untracked.py", "U = 1\n")),
     ("a file unstaged", lambda project, dep: _git(project, "rm", "-q", "--cached", "helper.py")),
+    ("a tracked folder made a link to its copy", lambda project, dep: _linked_copy(project / "localpkg")),
     ("an edit in a dependency's repository", lambda project, dep: write(dep / "__init__.py", "X = 2\n")),
     ("a commit in a dependency's repository", lambda project, dep: _git(dep, "commit", "-qam", "two")),
     ("the dependency's repository gone", lambda project, dep: shutil.rmtree(dep / ".git")),

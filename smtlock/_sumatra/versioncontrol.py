@@ -45,6 +45,9 @@ counts: Dict[str, int] = {"states": 0, "asked": 0, "reused": 0}
 
 _RACY_NS = 2_000_000_000  # a file changed this close to its stamp is compared by content too (as git does)
 _ENV = ("HOME", "XDG_CONFIG_HOME")
+#: variables that make git read a repository, index or work tree other than the one found (hooks set
+#: some): with one set, git is asked every time
+_ELSEWHERE = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR", "GIT_OBJECT_DIRECTORY")
 _lock = threading.Lock()
 
 
@@ -55,11 +58,23 @@ def _environment() -> Tuple[Tuple[str, str], ...]:
 
 # --- stamps ----------------------------------------------------------------------------------------
 
-def _stamp(path: str, now_ns: int) -> Any:
-    """What ``lstat`` says of ``path`` (None when absent), with its content's digest when it changed
+def _stat(path: str, opened: bool) -> os.stat_result:
+    """``lstat``, as git looks at a tracked file; or ``fstat`` of the file opened, as git reads its own
+    files (on NFS an open revalidates the attributes a bare stat may take from a minute-old cache)."""
+    if not opened:
+        return os.lstat(path)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        return os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
+def _stamp(path: str, now_ns: int, opened: bool = False) -> Any:
+    """What a stat says of ``path`` (None when absent), with its content's digest when it changed
     within 2 s of ``now_ns``."""
     try:
-        st = os.lstat(path)
+        st = _stat(path, opened)
     except OSError:
         return None
     racy = stat.S_ISREG(st.st_mode) and now_ns - max(st.st_mtime_ns, st.st_ctime_ns) < _RACY_NS
@@ -76,11 +91,14 @@ def _presence(path: str) -> Any:
 
 
 def _digest(path: str) -> Optional[str]:
+    digest = hashlib.sha256()
     try:
         with open(path, "rb") as file:
-            return hashlib.sha256(file.read()).hexdigest()
+            for block in iter(lambda: file.read(1 << 20), b""):  # a large data file: in pieces
+                digest.update(block)
     except OSError:
         return None
+    return digest.hexdigest()
 
 
 class _Stamps:
@@ -89,11 +107,14 @@ class _Stamps:
     def __init__(self) -> None:
         self.files: Dict[str, Any] = {}
         self.present: Dict[str, Any] = {}
+        self.opened: set = set()  # files stamped through an open, as git reads them
 
-    def take(self, paths: Iterable[str], now_ns: int) -> None:
+    def take(self, paths: Iterable[str], now_ns: int, opened: bool = False) -> None:
         for path in paths:
             if path not in self.files:
-                self.files[path] = _stamp(path, now_ns)
+                self.files[path] = _stamp(path, now_ns, opened)
+                if opened:
+                    self.opened.add(path)
 
     def take_presence(self, paths: Iterable[str]) -> None:
         for path in paths:
@@ -103,17 +124,17 @@ class _Stamps:
     def unchanged(self) -> bool:
         now = time.time_ns()
         for path, was in list(self.files.items()):
-            if not _same(path, was, now):
+            if not _same(path, was, now, path in self.opened):
                 return False
             if was is not None and was[5] is not None and now - max(was[3], was[4]) >= _RACY_NS:
                 # its content is as stamped and its times are now 2 s past: a later write moves them
                 self.files[path] = (*was[:5], None)
-        return all(_presence(path) == was for path, was in self.present.items())
+        return all(_presence(path) == was for path, was in list(self.present.items()))  # (threads add)
 
 
-def _same(path: str, was: Any, now_ns: int) -> bool:
+def _same(path: str, was: Any, now_ns: int, opened: bool) -> bool:
     try:
-        st = os.lstat(path)
+        st = _stat(path, opened)
     except OSError:
         return was is None
     if was is None or was[:5] != (st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns):
@@ -134,23 +155,30 @@ class _State:
         git_dir, common = repo.git_dir, repo.common_dir
         home = os.path.expanduser("~")
         xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
-        self.stamps.take([os.path.join(git_dir, "HEAD"), os.path.join(git_dir, "index"),
+        head = os.path.join(git_dir, "HEAD")
+        self.stamps.take([head, os.path.join(git_dir, "index"),
                           os.path.join(git_dir, "config.worktree"), os.path.join(git_dir, "commondir"),
                           os.path.join(common, "config"), os.path.join(common, "packed-refs"),
                           os.path.join(common, "reftable", "tables.list"),
                           os.path.join(common, "info", "exclude"), os.path.join(common, "info", "attributes"),
                           os.path.join(home, ".gitconfig"), os.path.join(xdg, "git", "config"),
                           os.path.join(xdg, "git", "ignore"), os.path.join(xdg, "git", "attributes"),
-                          "/etc/gitconfig", os.path.join(root, ".git")], now)
-        self.stamps.take(_refs(git_dir, common), now)
+                          "/etc/gitconfig"], now, opened=True)
+        dot_git = os.path.join(root, ".git")  # a folder (its times move with every commit), or a file
+        if os.path.isdir(dot_git):            # naming the repository's folder (a worktree)
+            self.stamps.take_presence([dot_git])
+        else:
+            self.stamps.take([dot_git], now, opened=True)
+        self.stamps.take(_refs(git_dir, common), now, opened=True)
         listed = repo.git.config("--list", "--show-origin", "-z", with_exceptions=False)
-        origins, named = _configuration(listed, root)
-        self.stamps.take(origins | named, now)
+        origins, named, by_branch = _configuration(listed, root)
+        self.stamps.take(origins | named, now, opened=True)
         configuration = [os.path.join(git_dir, "config.worktree"), os.path.join(common, "config"),
                          os.path.join(home, ".gitconfig"), os.path.join(xdg, "git", "config"), "/etc/gitconfig",
-                         *origins]
+                         *origins, *named, *([head] if by_branch else [])]
         self.configuration = _Stamps()  # what an answer from the configuration alone depends on
         self.configuration.files = {path: self.stamps.files[path] for path in configuration}
+        self.configuration.opened = set(configuration)
         entries = [e for e in repo.git.ls_files("-z", "--stage").split("\0") if e]
         self.usable = not any(e.startswith("160000 ") for e in entries)  # a submodule
         tracked = [os.path.join(root, e.partition("\t")[2]) for e in entries]
@@ -161,15 +189,18 @@ class _State:
             while folder not in folders and len(folder) > len(root):
                 folders.add(folder)
                 folder = os.path.dirname(folder)
-        self.stamps.take((os.path.join(f, n) for f in folders for n in (".gitattributes", ".gitignore")), now)
+        self.stamps.take_presence(folders)  # a folder become a link: git sees its files gone
+        self.stamps.take((os.path.join(f, n) for f in folders for n in (".gitattributes", ".gitignore")), now,
+                         opened=True)
         counts["states"] += 1
 
     def watch_path(self, path: str) -> None:
         """Also stamp what decides whether ``path`` is ignored: each folder's ``.gitignore`` down to it."""
         now = time.time_ns()
+        self.stamps.take_presence([path])  # gone, or a folder become a file: another answer
         folder = path
         while len(folder) > len(self.root):
-            self.stamps.take([os.path.join(folder, ".gitignore")], now)
+            self.stamps.take([os.path.join(folder, ".gitignore")], now, opened=True)
             folder = os.path.dirname(folder)
 
 
@@ -190,18 +221,24 @@ def _refs(git_dir: str, common: str) -> Iterable[str]:
         yield os.path.join(common, name)
 
 
-def _configuration(listed: str, root: str) -> Tuple[set, set]:
-    """From ``git config --list --show-origin -z``: the files it read, and the excludes and
-    attributes files they name."""
-    origins, named = set(), set()
+def _configuration(listed: str, root: str) -> Tuple[set, set, bool]:
+    """From ``git config --list --show-origin -z``: the files it read; the excludes and attributes
+    files they name, and the files they include (one still empty is listed as no origin); whether an
+    inclusion depends on the branch checked out."""
+    origins, named, by_branch = set(), set(), False
     fields = listed.split("\0")
     for origin, entry in zip(fields[::2], fields[1::2]):
+        where = os.path.join(root, origin[5:]) if origin.startswith("file:") else root
         if origin.startswith("file:"):
-            origins.add(os.path.join(root, origin[5:]))
+            origins.add(where)
         key, _, value = entry.partition("\n")
-        if key in ("core.excludesfile", "core.attributesfile") and value:
-            named.add(os.path.join(root, os.path.expanduser(value)))
-    return origins, named
+        if key.startswith("includeif.onbranch:"):
+            by_branch = True
+        if value and (key in ("core.excludesfile", "core.attributesfile", "include.path") or
+                      (key.startswith("includeif.") and key.endswith(".path"))):
+            base = os.path.dirname(where) if key.endswith(".path") else root  # an include: beside its file
+            named.add(os.path.join(base, os.path.expanduser(value)))
+    return origins, named, by_branch
 
 
 _states: Dict[Tuple[str, Any], _State] = {}
@@ -211,7 +248,7 @@ def _state(root: Optional[str], repo: Callable[[], Any], whole: bool = True) -> 
     """The repository at ``root`` as it stands, or None when it is not remembered (memo off, a
     submodule, git failed); ``repo()`` gives its ``git.Repo`` when a new state must be taken. Not
     ``whole``: only its configuration files are compared (an answer read from them alone)."""
-    if not provenance.enabled() or not root:
+    if not provenance.enabled() or not root or any(name in os.environ for name in _ELSEWHERE):
         return None
     key = (root, _environment())
     with _lock:
@@ -253,13 +290,14 @@ def remembered(orig: Callable[..., Any]) -> Callable[..., Any]:
     whole = orig.__name__ not in _CONFIGURATION
 
     @functools.wraps(orig)
-    def method(self: Any, *args: Any) -> Any:
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
         if hasattr(self, "repository"):  # a working copy
             state = _state(self.path, lambda: self.repository._repository, whole)
         else:  # a repository: its url is the working copy's folder (or a remote: not remembered)
             state = _state(self.url if isinstance(self.url, str) and os.path.isabs(self.url) else None,
                            lambda: self._repository, whole)
-        return _answer(state, (orig.__name__, args), lambda: orig(self, *args))
+        key = (orig.__name__, args, tuple(sorted(kwargs.items())))
+        return _answer(state, key, lambda: orig(self, *args, **kwargs))
     return method
 
 
@@ -275,7 +313,7 @@ def findrepo(orig: Callable[[str], Optional[str]]) -> Callable[[str], Optional[s
     @functools.wraps(orig)
     def find(path: str) -> Optional[str]:
         if not provenance.enabled() or not isinstance(path, str) or not os.path.isabs(path) or \
-                "GIT_DIR" in os.environ or "GIT_WORK_TREE" in os.environ:
+                any(name in os.environ for name in _ELSEWHERE):
             return orig(path)
         above, folder = [], os.path.normpath(path)
         while True:
@@ -296,7 +334,8 @@ def findrepo(orig: Callable[[str], Optional[str]]) -> Callable[[str], Optional[s
     return find
 
 
-_outside: Dict[Tuple[str, Any], Tuple[list, str]] = {}  # (path, environment) -> (.git paths above, message)
+#: (path, environment) -> (the folder it resolved to, the .git paths above it, upstream's message)
+_outside: Dict[Tuple[str, Any], Tuple[str, list, str]] = {}
 
 
 def get_working_copy(orig: Callable[..., Any]) -> Callable[..., Any]:
@@ -312,14 +351,17 @@ def get_working_copy(orig: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(orig)
     def find(path: Optional[str] = None) -> Any:
         if not provenance.enabled() or not isinstance(path, str) or not os.path.isabs(path) or \
-                "GIT_DIR" in os.environ or set(get_registered_components(WorkingCopy).values()) != {GitWorkingCopy}:
+                any(name in os.environ for name in _ELSEWHERE) or \
+                set(get_registered_components(WorkingCopy).values()) != {GitWorkingCopy}:
             return orig(path)
         key = (path, _environment())
         known = _outside.get(key)
-        if known is not None and not any(os.path.lexists(above) for above in known[0]):
+        real = os.path.realpath(path)
+        if known is not None and known[0] == real and os.path.exists(real) and \
+                not any(os.path.lexists(above) for above in known[1]):
             counts["reused"] += 1
-            raise VersionControlError(known[1])
-        folder, above = os.path.realpath(path), []
+            raise VersionControlError(known[2])
+        folder, above = real, []
         while True:
             above.append(os.path.join(folder, ".git"))
             if os.path.dirname(folder) == folder:
@@ -330,6 +372,7 @@ def get_working_copy(orig: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return orig(path)
         except VersionControlError as err:
-            _outside[key] = (above, str(err))
+            if os.path.exists(real):  # (upstream's answer for a path gone is another error)
+                _outside[key] = (real, above, str(err))
             raise
     return find
