@@ -437,10 +437,11 @@ def _tracked_smt_explained(orig: Callable) -> Callable:
 
 def _memo_in_project(orig: Callable) -> Callable:
     """``Project.new_record`` (which also registers the record): as upstream, with the project's
-    ``.smt`` as the place where the scans' memo is shared between processes."""
+    ``.smt`` as the place where the scans' memo is shared between processes, and each repository's
+    state compared once for the record."""
     @functools.wraps(orig)
     def new_record(self: Project, *args: Any, **kwargs: Any) -> Any:
-        with provenance.in_project(self.path):
+        with provenance.in_project(self.path), versioncontrol.one_record():
             return orig(self, *args, **kwargs)
     return new_record
 

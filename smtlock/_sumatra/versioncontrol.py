@@ -27,17 +27,18 @@ reused across one: a folder's ``.gitignore`` is stamped. The memo is off with th
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
 import stat
 import threading
 import time
-from typing import Any, Callable, Dict, Iterable, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple
 
 from . import provenance
 
-__all__ = ["remembered", "findrepo", "get_working_copy", "counts"]
+__all__ = ["remembered", "findrepo", "get_working_copy", "one_record", "counts"]
 
 #: what this process did, for tests: states taken (git asked for its inputs), answers asked of git,
 #: answers reused
@@ -253,6 +254,9 @@ def _state(root: Optional[str], repo: Callable[[], Any], whole: bool = True) -> 
     key = (root, _environment())
     with _lock:
         state = _states.get(key)
+    checked = getattr(_record, "checked", None)  # in one record, each state is compared once
+    if state is not None and checked is not None and state in checked.get(whole, ()):
+        return state if state.usable else None
     if state is None or not (state.stamps if whole else state.configuration).unchanged():
         try:
             state = _State(root, repo())
@@ -262,7 +266,27 @@ def _state(root: Optional[str], repo: Callable[[], Any], whole: bool = True) -> 
             return None
         with _lock:
             _states[key] = state
+    if checked is not None:
+        for level in ((True, False) if whole else (False,)):
+            checked.setdefault(level, []).append(state)
     return state if state.usable else None
+
+
+_record = threading.local()  # .checked: {whole: [states compared]} while this thread makes a record
+
+
+@contextlib.contextmanager
+def one_record() -> Iterator[None]:
+    """While a record is made (``Project.new_record``): each repository's state is compared once, not
+    before each of the ~10 answers Sumatra asks for. Every answer is then one git gave for the
+    repository as it was when the record began, or later (a later one is kept with the stamps taken
+    before it, so the next record compares again and asks again)."""
+    before = getattr(_record, "checked", None)
+    _record.checked = {}
+    try:
+        yield
+    finally:
+        _record.checked = before
 
 
 def _answer(state: Optional[_State], key: Any, ask: Callable[[], Any]) -> Any:
