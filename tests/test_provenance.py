@@ -498,16 +498,22 @@ def test_eight_smt_runs_at_once_share_the_memo(tmp_path: Path) -> None:
     jobs = range(1, 9)
     commands = [[sys.executable, "-c", JOB, "{ready}", "{go}", str(job), python] for job in jobs]
     logs = [tmp_path / f"job{job}.log" for job in jobs]
+    before = len(log.read_text().split())
     burst = start_together(commands, logs, cwd=project, env=env)
     assert burst["codes"] == {i: 0 for i in range(8)}, [p.read_text()[-800:] for p in logs]
+    # one job ran the two scans, the other seven waited and reused them (before: each job, 16 scans)
+    assert len(log.read_text().split()) - before == 2, (before, log.read_text().split())
     records = _records(project)
     assert sorted(r[2]["job"] for r in records) == list(range(9))
     expected = [["attrpkg", str(tmp_path / "site" / "attrpkg"), "1.2.3", "", "attribute"],
                 ["shadowed", str(tmp_path / "site" / "shadowed"), "7", "", "attribute"]]
     assert all(sorted(r[1]) == expected for r in records if r[2]["job"] > 0)
     memo_dir = project / ".smt" / MEMO_DIR
-    assert [p.name for p in memo_dir.iterdir() if not p.name.startswith(("scan-", "platform-"))] == []  # no temp file
-    for memo_file in memo_dir.iterdir():
+    names = [p.name for p in memo_dir.iterdir()]
+    assert [n for n in names if not n.startswith(("scan-", "platform-"))] == []  # no temporary file
+    assert {n for n in names if n.endswith(".lock")} == {n.replace(".json", ".lock") for n in names
+                                                          if n.startswith("scan-") and n.endswith(".json")}
+    for memo_file in memo_dir.glob("*.json"):
         json.loads(memo_file.read_text())  # whole
     scans = len(log.read_text().split())
     subprocess.run(["smt", "run", "-e", python, "params.txt", "job=9"], cwd=project, env=env, check=True,

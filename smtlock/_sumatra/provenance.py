@@ -12,7 +12,8 @@ answer; their outputs are remembered, and reused only while what they read is un
   their folders and every ``sys.path`` folder (a new module there could shadow one found, a new
   distribution change a version), each distribution's metadata, and the interpreter. Remembered
   per process and in ``.smt/smtlock-memo/`` (written atomically, never trusted unvalidated), so the
-  next ``smt run`` process reuses the first one's scan. What Sumatra computes from them in-process
+  next ``smt run`` process reuses the first one's scan; processes that start together with no memo
+  take turns (a lock per scan), so one scans and the others reuse its answer. What Sumatra computes from them in-process
   (version control of each dependency, egg-info) still runs for every record.
 - an executable's version (:func:`executable_version`): its path, the file it resolves to and its stat.
 - platform information with its internet probe (:func:`platform_information`): once per host, while
@@ -26,6 +27,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import copy
+import fcntl
 import functools
 import hashlib
 import json
@@ -37,13 +39,13 @@ import tempfile
 import threading
 import time
 from modulefinder import Module
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from .._lock.atomic import AtomicFile
 from .._lock.paths import SMT_DIR
 
 __all__ = ["enabled", "run_script", "executable_version", "platform_information", "in_project",
-           "MEMO_DIR", "MEMO_SWITCH", "stats"]
+           "MEMO_DIR", "MEMO_SWITCH", "SCAN_WAIT_S", "stats"]
 
 #: the folder under ``.smt`` that holds the memo shared by the project's processes
 MEMO_DIR = "smtlock-memo"
@@ -197,10 +199,18 @@ def run_script(orig: Callable[[str, str], Any]) -> Callable[[str, str], Any]:
 def _finder(orig: Callable[[str, str], Any], executable_path: str, script: str) -> Any:
     key = _key(executable_path, script)
     entry = _lookup(key)
-    if entry is not None:
-        stats["reused"] += 1
-        _local.entry = entry
-        return {name: Module(name, file, path) for name, file, path in entry["modules"]}
+    if entry is None:
+        with _one_scanner(key):  # a burst of cold jobs: one scans, the others wait and reuse its memo
+            entry = _lookup(key)
+            if entry is None:
+                return _scan(orig, key, executable_path, script)
+    stats["reused"] += 1
+    _local.entry = entry
+    return {name: Module(name, file, path) for name, file, path in entry["modules"]}
+
+
+def _scan(orig: Callable[[str, str], Any], key: str, executable_path: str, script: str) -> Any:
+    """Sumatra's ModuleFinder scan, run, and its memo entry kept."""
     _local.entry = None
     fd, seen_file = tempfile.mkstemp(prefix="smtlock-scan-", suffix=".json")
     os.close(fd)
@@ -259,6 +269,16 @@ def _versions(orig: Callable[[str, str], Any], entry: Dict[str, Any], executable
     key = _key(executable_path, script)
     if key in entry["versions"]:
         return ast.literal_eval(entry["versions"][key])
+    with _one_scanner(entry["key"]):
+        kept = _read(entry["key"])  # another process of the burst may have found them meanwhile
+        if kept is not None and kept["stamps"] == entry["stamps"] and key in kept["versions"]:
+            entry["versions"][key] = kept["versions"][key]
+            return ast.literal_eval(kept["versions"][key])
+        return _found_versions(orig, entry, key, executable_path, script)
+
+
+def _found_versions(orig: Callable[[str, str], Any], entry: Dict[str, Any], key: str, executable_path: str,
+                    script: str) -> Any:
     versions = orig(executable_path, script)
     try:
         text = repr(versions)
@@ -269,6 +289,42 @@ def _versions(orig: Callable[[str, str], Any], entry: Dict[str, Any], executable
     entry["versions"][key] = text
     _store(entry)
     return versions
+
+
+#: how long a process waits for another's scan before it scans too (that one may be stopped)
+SCAN_WAIT_S = 120.0
+
+
+@contextlib.contextmanager
+def _one_scanner(key: str) -> Iterator[None]:
+    """While inside, no other process of the project runs the scan for ``key``: a burst of jobs that
+    all find no memo would each run the same scan (seconds of CPU each); one runs it and the others
+    then find its memo. Only a cache's lock (``.smt/smtlock-memo/scan-<key>.lock``): where flock
+    fails, or after :data:`SCAN_WAIT_S`, a process scans without it."""
+    path = _memo_file(key)
+    fd = None
+    if path is not None:
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd = os.open(path[:-len(".json")] + ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:
+            fd = None
+    try:
+        deadline = time.monotonic() + SCAN_WAIT_S
+        while fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:  # another process scans: its memo comes when it ends
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            except OSError:  # no flock on this filesystem
+                break
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # and the lock with it
 
 
 def _lookup(key: str) -> Optional[Dict[str, Any]]:
