@@ -262,6 +262,37 @@ print(json.dumps([sorted(r.tags) for r in project.find_records()]))
     assert json.loads(done.stdout.splitlines()[1]) == [["_initialized_"]] * 3
 
 
+def test_a_records_dependency_and_platform_links_are_added_in_one_statement_each_once(project: Path) -> None:
+    """Upstream adds each dependency and each platform link with its own statement, in every write of
+    a record (@smt_logged writes each call twice). Here a write adds the links it has not seen
+    committed together, one statement for each relation (rows.add_links), and the record's
+    dependencies and platform are stored as found."""
+    for name in ("pkg_a", "pkg_b", "pkg_c"):
+        (project / name).mkdir()
+        (project / name / "__init__.py").write_text("")
+    (project / "deps.py").write_text("import pkg_a\nimport pkg_b\nimport pkg_c\n")
+    subprocess.run(["git", "add", "deps.py", "pkg_a", "pkg_b", "pkg_c"], cwd=project, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "deps"], cwd=project,
+                   check=True)
+    done = run_python(UNDER_THE_LOCK + """
+record = project.new_record(parameters=SimpleParameterSet({"x": 1}), main_file="deps.py")
+written = []
+with connections["default"].execute_wrapper(watch):
+    for outcome in ("registered", "done"):
+        seen.clear()
+        record.outcome = outcome
+        project.add_record(record)
+        written.append([s for s in seen if "_dependencies" in s or "_platforms" in s])
+stored = project.get_record(record.label)
+print(json.dumps([written, sorted(d.name for d in record.dependencies), sorted(d.name for d in stored.dependencies),
+                  len(record.platforms), len(stored.platforms)]))
+""", project)
+    written, found, stored, platforms, stored_platforms = json.loads(done.stdout)
+    assert written == [["INSERT django_store_record_dependencies", "INSERT django_store_record_platforms"], []]
+    assert found == stored == ["pkg_a", "pkg_b", "pkg_c"]
+    assert platforms == stored_platforms == 1
+
+
 def test_a_new_record_and_an_updated_one_keep_exactly_their_tags(project: Path) -> None:
     """A record's first write links its row to all its tags in one INSERT (rows.update_tags); a later
     write of the same record changes its links the upstream way."""

@@ -153,10 +153,12 @@ def save(self: Any, project_name: str, record: Any) -> None:
     def write() -> None:
         with rows.one_write(), transaction.atomic(using=self._db_label):
             write_lock(self)
-            original("DjangoRecordStore.save")(self, project_name, record)
+            with rows.links_batched():
+                original("DjangoRecordStore.save")(self, project_name, record)
             fenced_commit()
     if rows.in_one_write():  # inside transaction(): it holds the write lock and retries
-        original("DjangoRecordStore.save")(self, project_name, record)
+        with rows.links_batched():
+            original("DjangoRecordStore.save")(self, project_name, record)
     elif connections[self._db_label].in_atomic_block:  # in a caller's transaction: it retries
         write()
     else:  # called by itself (smt sync, smtlock postgres, smt tag)

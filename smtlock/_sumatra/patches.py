@@ -484,6 +484,8 @@ def _patch_models() -> None:
     patch(models.TagManager, "get_or_create", rows.get_or_create_tag)
     # Upstream asks for a new record's tag links (it has none), then makes each with get_or_create.
     patch(models.TagManager, "update_tags", rows.update_tags)
+    # Upstream adds each dependency and platform link with its own statement, in every write.
+    rows.patch_links(models.Record)
 
 
 def is_applied() -> bool:

@@ -21,8 +21,9 @@ Upstream also saves rows again right after making them: ``_get_db_obj`` saves a 
 ``get_or_create`` has just inserted, and ``save`` writes the record's row a second time, with its
 tags, after adding its many-to-many links. Inside :func:`one_write` (one transaction, under the lock,
 so nobody else can have changed the row) a save that would write exactly what the same object last
-wrote is skipped (:func:`save_once`), and a row the write inserts gets its tag links in one INSERT
-(:func:`update_tags`).
+wrote is skipped (:func:`save_once`), a row's tag links are changed in at most three statements
+(:func:`update_tags`), and its dependency and platform links are added together, once per process
+(:func:`add_links`).
 """
 
 from __future__ import annotations
@@ -33,13 +34,13 @@ import functools
 import pickle
 import sys
 import threading
-from typing import Any, Callable, Dict, Iterator, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 from .._postgres.client import mask_uri
 
 __all__ = ["REMEMBERED_MODELS", "get_db_obj", "get_db_project", "forget", "one_write", "in_one_write", "save_once",
            "claimed_new", "get_db_record", "get_or_create_tag", "update_tags", "LOOKED_UP", "LOOKED_UP_EACH",
-           "prefetch"]
+           "prefetch", "LINKED", "add_links", "patch_links", "links_batched"]
 
 #: the models whose rows never change once made (DataKey is left out: a write updates its row)
 REMEMBERED_MODELS = frozenset({"Executable", "Repository", "LaunchMode", "Datastore", "ParameterSet",
@@ -203,14 +204,19 @@ def forget(store: Any) -> bool:
         keys = [key for key in _rows if key[0] == store._db_label]
         for key in keys:
             del _rows[key]
-    return bool(keys)
+        links = {link for link in _links if link[0] == store._db_label}
+        _links.difference_update(links)
+    return bool(keys or links)
 
 
 class _Write:
-    """One write in progress: the labels it claimed as new (no record has them yet)."""
+    """One write in progress: the labels it claimed as new (no record has them yet), and while a
+    store's save runs (:func:`links_batched`) the many-to-many links it adds."""
 
     def __init__(self) -> None:
         self.new_labels: Set[Tuple[str, str, str]] = set()  # (database label, project, label)
+        #: (manager class, the row's id) -> [a manager, upstream's add, its database, the rows to link]
+        self.links: Optional[Dict[Tuple[type, Any], List[Any]]] = None
 
 
 _write: contextvars.ContextVar[Optional[_Write]] = contextvars.ContextVar("smtlock_write", default=None)
@@ -278,27 +284,109 @@ def save_once(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def update_tags(original: Callable[..., Any]) -> Callable[..., Any]:
-    """``TagManager.update_tags`` that links a row the current write has just inserted to its tags
-    with one INSERT. Upstream first asks for the row's current links (a new row has none: ids are
-    never reused, AUTOINCREMENT on SQLite, a sequence on PostgreSQL) and then makes each link with a
-    get_or_create (a lookup, an insert); a later update of the same row's tags is upstream's. Only
-    where the links live in the row's own database: upstream keeps them in Django's default one."""
+    """``TagManager.update_tags`` inside :func:`one_write`, in at most three statements: the row's
+    links read once, those of tags it no longer has deleted in one DELETE, the new ones made in one
+    INSERT (a row the write has just inserted has no links: ids are never reused, AUTOINCREMENT on
+    SQLite, a sequence on PostgreSQL, so only the INSERT). Upstream builds an ORM query for the links,
+    a DELETE, and for each new tag a get_or_create of its link (a lookup, a savepoint, an insert):
+    ``smt run`` and ``@smt_logged`` change the status tag in every write. The links left are
+    upstream's. Only where the links live in the row's own database (upstream keeps them in Django's
+    default one)."""
     def update_tags(self: Any, obj: Any, tag_names: Any) -> None:
         from django.db import router
         from sumatra.recordstore.django_store.tagging import TaggedItem
         write = _write.get()
-        if (write is None or getattr(obj, _UNTAGGED, None) is not write
-                or obj._state.db != router.db_for_write(TaggedItem)):
+        database = obj._state.db
+        if write is None or obj.pk is None or database != router.db_for_write(TaggedItem):
             return original(self, obj, tag_names)
         from django.contrib.contenttypes.models import ContentType
+        from django.db import connections
         from sumatra.recordstore.django_store.tagging_utils import parse_tag_input
-        content_type = ContentType.objects.get_for_model(obj)
-        TaggedItem._default_manager.bulk_create(
-            [TaggedItem(tag=self.get_or_create(name=name)[0], content_type_id=content_type.pk, object_id=obj.pk)
-             for name in parse_tag_input(tag_names)])
-        delattr(obj, _UNTAGGED)
+        content_type = ContentType.objects.get_for_model(obj).pk
+        names = parse_tag_input(tag_names)
+        links: List[Tuple[int, str]] = []
+        if getattr(obj, _UNTAGGED, None) is write:
+            delattr(obj, _UNTAGGED)
+        else:
+            connection = connections[database]
+            quote = connection.ops.quote_name
+            item, tag = TaggedItem._meta.db_table, self.model._meta.db_table
+            with connection.cursor() as cursor:
+                cursor.execute(f"SELECT i.id, t.name FROM {quote(item)} i JOIN {quote(tag)} t ON t.id = i.tag_id "
+                               "WHERE i.content_type_id = %s AND i.object_id = %s", [content_type, obj.pk])
+                links = [(row[0], row[1]) for row in cursor.fetchall()]
+                gone = [link for link, name in links if name not in names]
+                if gone:
+                    cursor.execute(f"DELETE FROM {quote(item)} WHERE id IN ({', '.join(['%s'] * len(gone))})", gone)
+        linked = {name for _, name in links}
+        new = [name for name in names if name not in linked]
+        if new:
+            TaggedItem._default_manager.bulk_create(
+                [TaggedItem(tag=self.get_or_create(name=name)[0], content_type_id=content_type, object_id=obj.pk)
+                 for name in new])
         return None
     return update_tags
+
+
+#: the many-to-many relations of a record that upstream's save adds to in every write
+LINKED = ("dependencies", "platforms")
+_links: Set[Tuple[str, str, Any, Any]] = set()  # (database label, link table, record id, linked id), committed
+
+
+def add_links(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``add`` of a record's dependencies and platforms (:data:`LINKED`), inside :func:`links_batched`:
+    a link this process has seen committed is not added again, and the others are added together
+    when the save ends. Upstream adds each dependency and platform with its own INSERT (on PostgreSQL,
+    and Django before 3.0 on SQLite, a SELECT too) in every write: ~50 statements for each call of a
+    function whose module imports smtlock. A link row is never changed or deleted but with its
+    record, whose new row has a new id (ids are never reused)."""
+    def add(self: Any, *objs: Any, **kwargs: Any) -> None:
+        write = _write.get()
+        if write is None or write.links is None or kwargs or self.instance.pk is None:
+            return original(self, *objs, **kwargs)
+        from django.db import router
+        database = router.db_for_write(self.through, instance=self.instance)  # where upstream's add writes
+        table = self.through._meta.db_table
+        new = [obj for obj in objs if getattr(obj, "pk", None) is None
+               or (database, table, self.instance.pk, obj.pk) not in _links]
+        if new:
+            write.links.setdefault((type(self), self.instance.pk), [self, original, database, []])[3].extend(new)
+        return None
+    add._smtlock_links = True  # type: ignore[attr-defined]
+    return add
+
+
+def patch_links(record_model: Any) -> None:
+    """Put :func:`add_links` on the many-to-many managers of ``record_model`` named in :data:`LINKED`."""
+    for name in LINKED:
+        manager = getattr(record_model, name).related_manager_cls
+        if not getattr(manager.add, "_smtlock_links", False):
+            manager.add = add_links(manager.add)
+
+
+@contextlib.contextmanager
+def links_batched() -> Iterator[None]:
+    """Inside :func:`one_write`, around a store's save: the links it adds are made when it ends, in
+    one statement for each relation, still inside the write's transaction; remembered once it commits."""
+    write = _write.get()
+    if write is None or write.links is not None:
+        yield
+        return
+    write.links = {}
+    try:
+        yield
+        pending, write.links = write.links, None
+        from django.db import transaction
+        for manager, add, database, objs in pending.values():
+            add(manager, *objs)
+            keys = {(database, manager.through._meta.db_table, manager.instance.pk, obj.pk) for obj in objs}
+
+            def remember(keys: Set[Tuple[str, str, Any, Any]] = keys) -> None:
+                with _guard:
+                    _links.update(keys)
+            transaction.on_commit(remember, using=database)
+    finally:
+        write.links = None
 
 
 def _values(obj: Any) -> tuple:
