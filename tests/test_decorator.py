@@ -129,9 +129,11 @@ except TrackedStoreError as err:
 WATCHED = '''
 import json, subprocess, sys
 import smtlock
+from smtlock._lock import lock as smtlock_lock
 from smtlock._sumatra import patches
-writes = []
+writes, labels = [], []
 _write = patches._write
+smtlock_lock.enable_stats()
 
 
 def counted(project, record, claim):  # each store write the record path makes, with the tags it stores
@@ -150,11 +152,15 @@ print(json.dumps([sorted(r.tags), len(r.platforms), r.version]))
 
 @smtlock.smt_logged
 def task(x):
-    read = [sys.executable, "-c", READ, smtlock.current_label()]  # plain Sumatra, while the call runs
+    labels.append(smtlock.current_label())
+    read = [sys.executable, "-c", READ, labels[-1]]  # plain Sumatra, while the call runs
     return json.loads(subprocess.run(read, capture_output=True, text=True, check=True).stdout)
 
 
-print(json.dumps({"seen": [task(1), task(2)], "writes": writes}))
+seen = [task(1), task(2)]
+print(json.dumps({"seen": seen, "writes": writes, "last": labels[-1],
+                  "locks": [purpose for purpose, _, _ in smtlock_lock.collected_stats() if purpose != "migrate"],
+                  "most_recent": json.load(open(".smt/project"))["_most_recent"]}))
 '''
 
 
@@ -173,3 +179,7 @@ def test_a_call_is_stored_once_running_and_once_ended(project: Path) -> None:
     for tags, platforms, seen_version in found["seen"]:
         assert tags == ["_running_"] and platforms == 1 and seen_version == version
     assert found["writes"] == [["_running_"], ["_finished_"]] * 2
+    # the lock is taken for the two writes only: the project file, which then names the call as the
+    # most recent record, is written atomically (before: a third hold of the lock, for every call)
+    assert found["locks"] == ["save_record"] * 4
+    assert found["most_recent"] == found["last"]

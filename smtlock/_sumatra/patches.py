@@ -285,8 +285,7 @@ def _locked(method: Callable, purpose: str) -> Callable:
     """Run a Project method with the project's lock held (get-modify-save sequences, file writes)."""
     @functools.wraps(method)
     def wrapper(self: Project, *args: Any, **kwargs: Any) -> Any:
-        if purpose != "save":  # the project file needs no store
-            prepare_store(getattr(self, "record_store", None))
+        prepare_store(getattr(self, "record_store", None))
         with SMTLock(self, purpose=purpose):
             return method(self, *args, **kwargs)
     return wrapper
@@ -499,8 +498,9 @@ def apply() -> None:
         return
     patch(Project, "add_record", lambda orig: add_record)
     patch(Project, "save_record", lambda orig: save_record)
-    # Upstream: save dumps JSON straight into .smt/project (atomic_open below makes it atomic).
-    patch(Project, "save", lambda orig: _locked(orig, "save"))
+    # Project.save is upstream's, without the lock: it dumps JSON straight into .smt/project, and
+    # atomic_open below makes that atomic (a reader sees the old file or the new, whole; the last
+    # writer's wins, as it would under the lock, since no writer reads the file again first).
     for name in ("get_record", "find_records"):
         patch(Project, name, _mark_stored)
     # Upstream: get -> modify -> save_record with no lock loses concurrent tags and comments.
@@ -524,6 +524,9 @@ def apply() -> None:
     patch(Project, "update_code", _tracked_smt_explained)
     patch(sumatra.records.Record, "register", _tracked_smt_explained)
     patch(sumatra.dependency_finder.python, "run_script", provenance.run_script)
+    # Upstream tokenizes its own module again for every record's versions script (inspect.getsource).
+    if not isinstance(sumatra.dependency_finder.python.inspect, provenance.SourceOnce):
+        setattr(sumatra.dependency_finder.python, "inspect", provenance.SourceOnce())  # noqa: B010
     patch(sumatra.programs.Executable, "_get_version", provenance.executable_version)
     patch(sumatra.launch.LaunchMode, "get_platform_information", provenance.platform_information)
     # Upstream asks git in 7 subprocesses for every record (check-ignore, 4 diffs, cat-file, ls-files)

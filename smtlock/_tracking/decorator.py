@@ -19,7 +19,6 @@ from sumatra.parameters import JSONParameterSet, ParameterSet
 from sumatra.programs import PythonExecutable
 from sumatra.projects import Project
 
-from .._lock.lock import SMTLock
 from .._sumatra.patches import first_write_deferred
 from .._sumatra.project import load
 from .capture import Captured
@@ -119,8 +118,7 @@ def _record_call(func: Callable, options: _Options, args: tuple, kwargs: dict) -
         # it takes, whatever $SMTLOCK_TIMEOUT says (a timeout here would throw away a finished run's
         # result). It takes the lock itself, so it can let go of it while it waits for the server.
         prj.save_record(record)
-        with SMTLock(prj, timeout=-1, purpose="final save"):
-            prj.save()
+        prj.save()  # .smt/project, with this record as the most recent: atomic, no lock needed
 
 
 def _parameters(signature: inspect.Signature, args: tuple, kwargs: dict) -> ParameterSet:

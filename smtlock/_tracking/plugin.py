@@ -41,11 +41,12 @@ def _switch(path: str, on: bool) -> str:
     project = load(path)
     if (PLUGIN in project.plugins) == on:
         return f"smtlock is {'already' if on else 'not'} enabled in {project.path} (nothing to do)"
-    if on:
-        project.load_plugins(PLUGIN)
-    else:
-        project.remove_plugins(PLUGIN)
-    project.save()
+    with SMTLock(project, purpose="enable" if on else "disable"):  # a get-modify-save of .smt/project
+        if on:
+            project.load_plugins(PLUGIN)
+        else:
+            project.remove_plugins(PLUGIN)
+        project.save()
     if on:  # tune the store now (an SQLite store gets its WAL journal), not at the first write
         patches.prepare_store(project.record_store)
     if on:
