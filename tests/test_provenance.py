@@ -520,3 +520,37 @@ def test_eight_smt_runs_at_once_share_the_memo(tmp_path: Path) -> None:
                    capture_output=True)
     assert len(log.read_text().split()) == scans  # the burst's memo is reused
     shutil.rmtree(memo_dir)
+
+
+def test_the_standard_library_is_watched_by_its_folders_not_file_by_file() -> None:
+    """The interpreter's own modules change only with the interpreter, whose file every entry stamps:
+    a scan's stamps leave them out (~400 stats of every record of a script importing smtlock). A
+    package installed inside the standard library's tree (pyenv's site-packages) is not one of them."""
+    from smtlock._sumatra.provenance import _standard_library
+    stdlib = "/py/lib/python3.11"
+    path = {"/project", stdlib, f"{stdlib}/lib-dynload", f"{stdlib}/site-packages"}
+    files = {f"{stdlib}/json/__init__.py", f"{stdlib}/lib-dynload/_json.so", f"{stdlib}/os.py",
+             f"{stdlib}/site-packages/numpy/core/multiarray.py", "/project/helper.py",
+             "/elsewhere/loose.py"}
+    assert _standard_library(files, path, [stdlib, stdlib]) == {
+        f"{stdlib}/json/__init__.py", f"{stdlib}/lib-dynload/_json.so", f"{stdlib}/os.py"}
+    assert _standard_library(files, path, []) == set()  # not told where it is: every file is stamped
+
+
+def test_the_versions_script_embeds_the_source_as_it_is_on_disk(tmp_path: Path) -> None:
+    """Sumatra embeds a function's source (inspect.getsource) in every record's versions script;
+    it is remembered while its file is unchanged, and read again once the file changes."""
+    import importlib.util
+    import inspect
+
+    from smtlock._sumatra.provenance import SourceOnce
+    module = tmp_path / "versions_helper.py"
+    module.write_text("def find():\n    return 1\n")
+    spec = importlib.util.spec_from_file_location("versions_helper", module)
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    once = SourceOnce()
+    assert once.getsource(loaded.find) == inspect.getsource(loaded.find) == "def find():\n    return 1\n"
+    module.write_text("def find():\n    return 22\n")  # the installed file changed under the process
+    assert once.getsource(loaded.find) == inspect.getsource(loaded.find) == "def find():\n    return 22\n"
+    assert once.signature is inspect.signature  # the rest of inspect, as it is

@@ -39,13 +39,13 @@ import tempfile
 import threading
 import time
 from modulefinder import Module
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 from .._lock.atomic import AtomicFile
 from .._lock.paths import SMT_DIR
 
 __all__ = ["enabled", "run_script", "executable_version", "platform_information", "in_project",
-           "MEMO_DIR", "MEMO_SWITCH", "SCAN_WAIT_S", "stats"]
+           "SourceOnce", "MEMO_DIR", "MEMO_SWITCH", "SCAN_WAIT_S", "stats"]
 
 #: the folder under ``.smt`` that holds the memo shared by the project's processes
 MEMO_DIR = "smtlock-memo"
@@ -57,7 +57,7 @@ _PATH_ENV = ("PYTHONPATH", "PYTHONHOME", "PYTHONNOUSERSITE", "PYTHONUSERBASE", "
 #: the names in a folder that an import could find (and folders: packages, namespace packages)
 _IMPORTABLE = (".py", ".pyc", ".pyw", ".so", ".pyd", ".pth", ".zip", ".egg", ".egg-info", ".dist-info",
                ".egg-link")
-_FORMAT = 3  # of a memo file; another number is not read
+_FORMAT = 4  # of a memo file; another number is not read
 _RACY_NS = 2_000_000_000  # a file changed this close to its stamp is compared by content too (as git does)
 
 #: what this process did, for tests and ``smtlock`` diagnostics: scans run, scans reused
@@ -154,8 +154,10 @@ _SEEN = '''
 try:
     import json as _smtlock_json
     with open({out!r}, "w") as _smtlock_out:
+        import sysconfig as _smtlock_sysconfig
         _smtlock_json.dump({{"path": sys.path, "executable": sys.executable, "prefix": sys.prefix,
-                            "cwd": os.getcwd(),
+                            "cwd": os.getcwd(), "stdlib": [_smtlock_sysconfig.get_path("stdlib"),
+                                                           _smtlock_sysconfig.get_path("platstdlib")],
                             "files": [m.__file__ for m in finder.modules.values() if m.__file__]}},
                            _smtlock_out)
 except Exception:
@@ -238,17 +240,19 @@ def _new_entry(key: str, executable_path: str, seen: Dict[str, Any], packages: D
     cwd = seen["cwd"]
     folders = {os.path.normpath(os.path.join(cwd, p)) for p in seen["path"]}
     files = {os.path.normpath(os.path.join(cwd, f)) for f in seen["files"]}
+    standard = _standard_library(files, folders, seen.get("stdlib") or [])
     folders |= {os.path.dirname(f) for f in files}
+    files -= standard
     for module in packages.values():
         folders |= {os.path.dirname(p) for p in vars(module).get("__path__") or []}
     metadata = set()
     for folder in list(folders):
         with contextlib.suppress(OSError):
             for name in os.listdir(folder):
-                if name.endswith((".dist-info", ".egg-info", ".egg")):
-                    metadata.add(os.path.join(folder, name))
-                    for inner in ("METADATA", "PKG-INFO", "EGG-INFO"):
-                        metadata.add(os.path.join(folder, name, inner))
+                for suffix, inner in _METADATA.items():
+                    if name.endswith(suffix):
+                        metadata.add(os.path.join(folder, name))
+                        metadata.update(os.path.join(folder, name, *part.split("/")) for part in inner)
     prefix_cfg = os.path.join(seen["prefix"], "pyvenv.cfg")
     watched = files | folders | metadata | {seen["executable"], prefix_cfg}
     resolved = os.path.realpath(executable_path) if os.path.isabs(executable_path) else None
@@ -261,6 +265,32 @@ def _new_entry(key: str, executable_path: str, seen: Dict[str, Any], packages: D
         "stamps": {path: _stamp(path, now) for path in sorted(watched)},
         "versions": {},
     }
+
+
+#: a distribution's metadata, by the suffix of its folder: the files in it that importlib.metadata
+#: (a version a package computes when imported) and Sumatra's egg heuristic read
+_METADATA = {".dist-info": ("METADATA",), ".egg-info": ("PKG-INFO",), ".egg": ("EGG-INFO", "EGG-INFO/PKG-INFO")}
+
+
+def _standard_library(files: Set[str], path: Set[str], stdlib: List[str]) -> Set[str]:
+    """The module files among ``files`` that belong to the interpreter's standard library (those
+    whose nearest ``sys.path`` folder is its ``stdlib`` or lies within it, site-packages aside). They
+    change only when the interpreter is installed again, and that changes the interpreter's own
+    file, which every entry stamps; their folders stay stamped (a module put there could shadow one)."""
+    roots = [os.path.normpath(p) for p in stdlib if p]
+    if not roots:
+        return set()
+    path_folders = sorted(path, key=len, reverse=True)  # the sys.path folders, the nearest first
+
+    def standard(folder: str) -> bool:
+        return os.path.basename(folder) not in ("site-packages", "dist-packages") and any(
+            folder == root or folder.startswith(root + os.sep) for root in roots)
+    found = set()
+    for file in files:
+        owner = next((f for f in path_folders if file.startswith(f + os.sep)), None)
+        if owner is not None and standard(owner):
+            found.add(file)
+    return found
 
 
 def _versions(orig: Callable[[str, str], Any], entry: Dict[str, Any], executable_path: str,
@@ -289,6 +319,37 @@ def _found_versions(orig: Callable[[str, str], Any], entry: Dict[str, Any], key:
     entry["versions"][key] = text
     _store(entry)
     return versions
+
+
+class SourceOnce:
+    """Stands in for the ``inspect`` module inside ``sumatra.dependency_finder.python``: every record's
+    versions script embeds ``inspect.getsource(find_version_by_attribute)``, which tokenizes Sumatra's
+    module again each time (~0.7 ms of an ``@smt_logged`` call). A function's source is remembered
+    while its file's size and mtime are those ``linecache`` would check."""
+
+    def __init__(self) -> None:
+        import inspect
+        self._module = inspect
+        self._sources: Dict[Any, Tuple[Any, str]] = {}  # code object -> (its file's stamp, source)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._module, name)
+
+    def getsource(self, obj: Any) -> str:
+        code = getattr(obj, "__code__", None)
+        if code is None:
+            return self._module.getsource(obj)
+        try:
+            st = os.stat(code.co_filename)
+            stamp: Any = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            return self._module.getsource(obj)
+        kept = self._sources.get(code)
+        if kept is not None and kept[0] == stamp:
+            return kept[1]
+        source = self._module.getsource(obj)
+        self._sources[code] = (stamp, source)
+        return source
 
 
 #: how long a process waits for another's scan before it scans too (that one may be stopped)
