@@ -53,8 +53,27 @@ _lock = threading.Lock()
 
 
 def _environment() -> Tuple[Tuple[str, str], ...]:
+    """The environment git's answers depend on; read once per record (:func:`one_record`: ~60 keys a
+    record of a module with ten dependencies, each a walk over ``os.environ``)."""
+    known = getattr(_record, "environment", None)
+    return known if known is not None else _environment_now()
+
+
+def _environment_now() -> Tuple[Tuple[str, str], ...]:
     # the names first: a value is decoded only for the few that matter (os.environ decodes each read)
     return tuple(sorted((name, os.environ[name]) for name in os.environ if name.startswith("GIT_") or name in _ENV))
+
+
+def _in_record(kind: str, path: str, find: Callable[[str], Any]) -> Any:
+    """``find(path)``, asked once per record for each path (:func:`one_record`): the dependencies of a
+    record share the folders above them, each of which is looked at for a ``.git``."""
+    seen = getattr(_record, "paths", None)
+    if seen is None:
+        return find(path)
+    key = (kind, path)
+    if key not in seen:
+        seen[key] = find(path)
+    return seen[key]
 
 
 # --- stamps ----------------------------------------------------------------------------------------
@@ -272,7 +291,9 @@ def _state(root: Optional[str], repo: Callable[[], Any], whole: bool = True) -> 
     return state if state.usable else None
 
 
-_record = threading.local()  # .checked: {whole: [states compared]} while this thread makes a record
+#: while this thread makes a record: .checked {whole: [states compared]}, .environment (git's, read
+#: when the record began), .paths {(what, path): the answer} (see _in_record)
+_record = threading.local()
 
 
 @contextlib.contextmanager
@@ -281,12 +302,13 @@ def one_record() -> Iterator[None]:
     before each of the ~10 answers Sumatra asks for. Every answer is then one git gave for the
     repository as it was when the record began, or later (a later one is kept with the stamps taken
     before it, so the next record compares again and asks again)."""
-    before = getattr(_record, "checked", None)
-    _record.checked = {}
+    before = (getattr(_record, "checked", None), getattr(_record, "environment", None),
+              getattr(_record, "paths", None))
+    _record.checked, _record.environment, _record.paths = {}, _environment_now(), {}
     try:
         yield
     finally:
-        _record.checked = before
+        _record.checked, _record.environment, _record.paths = before
 
 
 def _answer(state: Optional[_State], key: Any, ask: Callable[[], Any]) -> Any:
@@ -380,9 +402,9 @@ def get_working_copy(orig: Callable[..., Any]) -> Callable[..., Any]:
             return orig(path)
         key = (path, _environment())
         known = _outside.get(key)
-        real = os.path.realpath(path)
+        real = _in_record("realpath", path, os.path.realpath)
         if known is not None and known[0] == real and os.path.exists(real) and \
-                not any(os.path.lexists(above) for above in known[1]):
+                not any(_in_record("lexists", above, os.path.lexists) for above in known[1]):
             counts["reused"] += 1
             raise VersionControlError(known[2])
         folder, above = real, []
