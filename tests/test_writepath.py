@@ -262,11 +262,8 @@ print(json.dumps([sorted(r.tags) for r in project.find_records()]))
     assert json.loads(done.stdout.splitlines()[1]) == [["_initialized_"]] * 3
 
 
-def test_a_records_dependency_and_platform_links_are_added_in_one_statement_each_once(project: Path) -> None:
-    """Upstream adds each dependency and each platform link with its own statement, in every write of
-    a record (@smt_logged writes each call twice). Here a write adds the links it has not seen
-    committed together, one statement for each relation (rows.add_links), and the record's
-    dependencies and platform are stored as found."""
+def _a_main_file_with_three_dependencies(project: Path) -> None:
+    """``deps.py``, committed, importing three packages of the project."""
     for name in ("pkg_a", "pkg_b", "pkg_c"):
         (project / name).mkdir()
         (project / name / "__init__.py").write_text("")
@@ -274,6 +271,14 @@ def test_a_records_dependency_and_platform_links_are_added_in_one_statement_each
     subprocess.run(["git", "add", "deps.py", "pkg_a", "pkg_b", "pkg_c"], cwd=project, check=True)
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "deps"], cwd=project,
                    check=True)
+
+
+def test_a_records_dependency_and_platform_links_are_added_in_one_statement_each_once(project: Path) -> None:
+    """Upstream adds each dependency and each platform link with its own statement, in every write of
+    a record (@smt_logged writes each call twice). Here a write adds the links it has not seen
+    committed together, one statement for each relation (rows.add_links), and the record's
+    dependencies and platform are stored as found."""
+    _a_main_file_with_three_dependencies(project)
     done = run_python(UNDER_THE_LOCK + """
 record = project.new_record(parameters=SimpleParameterSet({"x": 1}), main_file="deps.py")
 written = []
@@ -291,6 +296,31 @@ print(json.dumps([written, sorted(d.name for d in record.dependencies), sorted(d
     assert written == [["INSERT django_store_record_dependencies", "INSERT django_store_record_platforms"], []]
     assert found == stored == ["pkg_a", "pkg_b", "pkg_c"]
     assert platforms == stored_platforms == 1
+
+
+def test_a_process_remembers_the_links_of_its_latest_records_only(project: Path) -> None:
+    """A long session (a notebook's thousands of calls) must not keep every record's links: the
+    process keeps those of the LINKS_KEPT records it wrote last. A record whose links it forgot is
+    written again with its links added again, none doubled."""
+    _a_main_file_with_three_dependencies(project)
+    done = run_python(NEW_RECORD + """
+from smtlock._sumatra import rows
+rows.LINKS_KEPT = 2
+records = []
+for x in range(4):
+    record = project.new_record(parameters=SimpleParameterSet({"x": x}), main_file="deps.py")
+    project.add_record(record)  # registered: its dependencies and platform linked
+    records.append(record)
+kept = len(rows._links)
+records[0].outcome = "again"  # its links forgotten: added again
+project.add_record(records[0])
+stored = [project.get_record(record.label) for record in records]
+print(json.dumps([kept, [sorted(d.name for d in record.dependencies) for record in stored],
+                  [len(record.platforms) for record in stored], stored[0].outcome]))
+""", project)
+    kept, dependencies, platforms, outcome = json.loads(done.stdout)
+    assert kept == 2
+    assert dependencies == [["pkg_a", "pkg_b", "pkg_c"]] * 4 and platforms == [1] * 4 and outcome == "again"
 
 
 def test_a_new_record_and_an_updated_one_keep_exactly_their_tags(project: Path) -> None:

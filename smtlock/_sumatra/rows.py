@@ -28,6 +28,7 @@ wrote is skipped (:func:`save_once`), a row's tag links are changed in at most t
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import contextvars
 import functools
@@ -40,7 +41,7 @@ from .._postgres.client import mask_uri
 
 __all__ = ["REMEMBERED_MODELS", "get_db_obj", "get_db_project", "forget", "one_write", "in_one_write", "save_once",
            "claimed_new", "get_db_record", "get_or_create_tag", "update_tags", "LOOKED_UP", "LOOKED_UP_EACH",
-           "prefetch", "LINKED", "add_links", "patch_links", "links_batched"]
+           "prefetch", "LINKED", "LINKS_KEPT", "add_links", "patch_links", "links_batched"]
 
 #: the models whose rows never change once made (DataKey is left out: a write updates its row)
 REMEMBERED_MODELS = frozenset({"Executable", "Repository", "LaunchMode", "Datastore", "ParameterSet",
@@ -204,8 +205,9 @@ def forget(store: Any) -> bool:
         keys = [key for key in _rows if key[0] == store._db_label]
         for key in keys:
             del _rows[key]
-        links = {link for link in _links if link[0] == store._db_label}
-        _links.difference_update(links)
+        links = [row for row in _links if row[0] == store._db_label]
+        for row in links:
+            del _links[row]
     return bool(keys or links)
 
 
@@ -330,7 +332,11 @@ def update_tags(original: Callable[..., Any]) -> Callable[..., Any]:
 
 #: the many-to-many relations of a record that upstream's save adds to in every write
 LINKED = ("dependencies", "platforms")
-_links: Set[Tuple[str, str, Any, Any]] = set()  # (database label, link table, record id, linked id), committed
+#: how many records' links a process remembers, the most recently written (a record is written again
+#: while its job runs; a long session of calls must not keep every record's links)
+LINKS_KEPT = 256
+#: (database label, record id) -> {(link table, linked id)} committed; the most recently written last
+_links: "collections.OrderedDict[Tuple[str, Any], Set[Tuple[str, Any]]]" = collections.OrderedDict()
 
 
 def add_links(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -347,8 +353,9 @@ def add_links(original: Callable[..., Any]) -> Callable[..., Any]:
         from django.db import router
         database = router.db_for_write(self.through, instance=self.instance)  # where upstream's add writes
         table = self.through._meta.db_table
-        new = [obj for obj in objs if getattr(obj, "pk", None) is None
-               or (database, table, self.instance.pk, obj.pk) not in _links]
+        with _guard:
+            known = set(_links.get((database, self.instance.pk), ()))
+        new = [obj for obj in objs if getattr(obj, "pk", None) is None or (table, obj.pk) not in known]
         if new:
             write.links.setdefault((type(self), self.instance.pk), [self, original, database, []])[3].extend(new)
         return None
@@ -379,11 +386,15 @@ def links_batched() -> Iterator[None]:
         from django.db import transaction
         for manager, add, database, objs in pending.values():
             add(manager, *objs)
-            keys = {(database, manager.through._meta.db_table, manager.instance.pk, obj.pk) for obj in objs}
+            row = (database, manager.instance.pk)
+            keys = {(manager.through._meta.db_table, obj.pk) for obj in objs if getattr(obj, "pk", None) is not None}
 
-            def remember(keys: Set[Tuple[str, str, Any, Any]] = keys) -> None:
+            def remember(row: Tuple[str, Any] = row, keys: Set[Tuple[str, Any]] = keys) -> None:
                 with _guard:
-                    _links.update(keys)
+                    _links.setdefault(row, set()).update(keys)
+                    _links.move_to_end(row)
+                    while len(_links) > LINKS_KEPT:
+                        _links.popitem(last=False)
             transaction.on_commit(remember, using=database)
     finally:
         write.links = None
