@@ -323,6 +323,25 @@ print(json.dumps([kept, [sorted(d.name for d in record.dependencies) for record 
     assert dependencies == [["pkg_a", "pkg_b", "pkg_c"]] * 4 and platforms == [1] * 4 and outcome == "again"
 
 
+def test_a_process_remembers_the_rows_it_used_last_only(project: Path) -> None:
+    """Each call of a sweep has a parameter set of its own: a long session must not remember them
+    all. The process keeps the ROWS_KEPT rows it used last; a value whose row it forgot is looked up
+    in the store again, and no row is made twice."""
+    done = run_python(NEW_RECORD + """
+from smtlock._sumatra import rows
+rows.ROWS_KEPT = 3
+labels = [new(x=x % 4).label for x in range(8)]  # four parameter sets, each used twice, the first again last
+kept = len(rows._rows)
+records = [project.get_record(label) for label in labels]
+import sqlite3
+sets = sqlite3.connect(".smt/records").execute("SELECT COUNT(*) FROM django_store_parameterset").fetchone()[0]
+print(json.dumps([kept, [record.parameters.as_dict()["x"] for record in records], sets]))
+""", project)
+    kept, xs, sets = json.loads(done.stdout)
+    assert kept == 3
+    assert xs == [0, 1, 2, 3, 0, 1, 2, 3] and sets == 4
+
+
 def test_a_new_record_and_an_updated_one_keep_exactly_their_tags(project: Path) -> None:
     """A record's first write links its row to all its tags in one INSERT (rows.update_tags); a later
     write of the same record changes its links the upstream way."""

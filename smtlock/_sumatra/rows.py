@@ -6,7 +6,8 @@ stored yet) for each of about ten values of every record (executable, repository
 datastores, parameter set, platform information, dependencies) and looks up the project's row,
 all while the lock is held: about 250 µs of Python each on SQLite, a network round trip each on
 PostgreSQL. Sumatra never changes these rows once made, so a process remembers which row each value
-maps to and asks again only for a value it has not seen.
+maps to (for the :data:`ROWS_KEPT` values it used last) and asks again only for a value it has not
+seen.
 
 Two rules keep a remembered row true:
 
@@ -41,13 +42,25 @@ from .._postgres.client import mask_uri
 
 __all__ = ["REMEMBERED_MODELS", "get_db_obj", "get_db_project", "forget", "one_write", "in_one_write", "save_once",
            "claimed_new", "get_db_record", "get_or_create_tag", "update_tags", "LOOKED_UP", "LOOKED_UP_EACH",
-           "prefetch", "LINKED", "LINKS_KEPT", "add_links", "patch_links", "links_batched"]
+           "prefetch", "ROWS_KEPT", "LINKED", "LINKS_KEPT", "add_links", "patch_links", "links_batched"]
 
 #: the models whose rows never change once made (DataKey is left out: a write updates its row)
 REMEMBERED_MODELS = frozenset({"Executable", "Repository", "LaunchMode", "Datastore", "ParameterSet",
                                "PlatformInformation", "Dependency"})
 
-_rows: Dict[Tuple[str, str, bytes], Any] = {}  # (database label, model, the value pickled) -> row
+#: how many rows a process remembers, the most recently used: each call of a sweep has a parameter set
+#: of its own, and a long session must not keep them all
+ROWS_KEPT = 4096
+#: (database label, model, the value pickled) -> row; the most recently used last
+_rows: "collections.OrderedDict[Tuple[str, str, bytes], Any]" = collections.OrderedDict()
+
+
+def _keep(key: Tuple[str, str, bytes], row: Any) -> None:
+    """Remember ``row`` for ``key`` (call with ``_guard`` held), forgetting the least recently used."""
+    _rows[key] = row
+    _rows.move_to_end(key)
+    while len(_rows) > ROWS_KEPT:
+        _rows.popitem(last=False)
 _guard = threading.Lock()
 
 
@@ -66,6 +79,8 @@ def _remembered(database: str, model: str, value: Any, find: Callable[[], Any]) 
         return find()
     with _guard:
         row = _rows.get(key)
+        if row is not None:
+            _rows.move_to_end(key)
     if row is not None:
         return row
     row = find()
@@ -73,7 +88,7 @@ def _remembered(database: str, model: str, value: Any, find: Callable[[], Any]) 
 
     def remember() -> None:
         with _guard:
-            _rows[key] = row
+            _keep(key, row)
     transaction.on_commit(remember, using=database)
     return row
 
@@ -183,7 +198,7 @@ def prefetch(store: Any, project_name: str, record: Any) -> None:
         except (ObjectDoesNotExist, MultipleObjectsReturned):  # new: the write makes it / upstream's error
             return
         with _guard:
-            _rows[key] = row
+            _keep(key, row)
 
     find(db, "Project", project_name, lambda: models.Project.objects.using(db).get(id=project_name))
     values = [(model, getattr(record, name, None)) for model, name in LOOKED_UP]
