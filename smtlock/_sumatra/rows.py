@@ -369,8 +369,8 @@ def add_links(original: Callable[..., Any]) -> Callable[..., Any]:
         database = router.db_for_write(self.through, instance=self.instance)  # where upstream's add writes
         table = self.through._meta.db_table
         with _guard:
-            known = set(_links.get((database, self.instance.pk), ()))
-        new = [obj for obj in objs if getattr(obj, "pk", None) is None or (table, obj.pk) not in known]
+            known = _links.get((database, self.instance.pk), ())
+            new = [obj for obj in objs if getattr(obj, "pk", None) is None or (table, obj.pk) not in known]
         if new:
             write.links.setdefault((type(self), self.instance.pk), [self, original, database, []])[3].extend(new)
         return None
@@ -379,7 +379,8 @@ def add_links(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def patch_links(record_model: Any) -> None:
-    """Put :func:`add_links` on the many-to-many managers of ``record_model`` named in :data:`LINKED`."""
+    """Put :func:`add_links` on the many-to-many managers of ``record_model`` named in :data:`LINKED`
+    (not through ``upstream.patch``, which keys on a class's name: Django names both managers alike)."""
     for name in LINKED:
         manager = getattr(record_model, name).related_manager_cls
         if not getattr(manager.add, "_smtlock_links", False):

@@ -52,6 +52,11 @@ _ELSEWHERE = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR", "G
 _lock = threading.Lock()
 
 
+def _elsewhere() -> bool:
+    """Whether a variable of :data:`_ELSEWHERE` is set: then git is asked every time."""
+    return any(name in os.environ for name in _ELSEWHERE)
+
+
 def _environment() -> Tuple[Tuple[str, str], ...]:
     """The environment git's answers depend on; read once per record (:func:`one_record`: ~60 keys a
     record of a module with ten dependencies, each a walk over ``os.environ``)."""
@@ -176,14 +181,13 @@ class _State:
         home = os.path.expanduser("~")
         xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
         head = os.path.join(git_dir, "HEAD")
-        self.stamps.take([head, os.path.join(git_dir, "index"),
-                          os.path.join(git_dir, "config.worktree"), os.path.join(git_dir, "commondir"),
-                          os.path.join(common, "config"), os.path.join(common, "packed-refs"),
-                          os.path.join(common, "reftable", "tables.list"),
+        config_files = [os.path.join(git_dir, "config.worktree"), os.path.join(common, "config"),
+                        os.path.join(home, ".gitconfig"), os.path.join(xdg, "git", "config"), "/etc/gitconfig"]
+        self.stamps.take([head, os.path.join(git_dir, "index"), os.path.join(git_dir, "commondir"),
+                          os.path.join(common, "packed-refs"), os.path.join(common, "reftable", "tables.list"),
                           os.path.join(common, "info", "exclude"), os.path.join(common, "info", "attributes"),
-                          os.path.join(home, ".gitconfig"), os.path.join(xdg, "git", "config"),
                           os.path.join(xdg, "git", "ignore"), os.path.join(xdg, "git", "attributes"),
-                          "/etc/gitconfig"], now, opened=True)
+                          *config_files], now, opened=True)
         dot_git = os.path.join(root, ".git")  # a folder (its times move with every commit), or a file
         if os.path.isdir(dot_git):            # naming the repository's folder (a worktree)
             self.stamps.take_presence([dot_git])
@@ -193,9 +197,7 @@ class _State:
         listed = repo.git.config("--list", "--show-origin", "-z", with_exceptions=False)
         origins, named, by_branch = _configuration(listed, root)
         self.stamps.take(origins | named, now, opened=True)
-        configuration = [os.path.join(git_dir, "config.worktree"), os.path.join(common, "config"),
-                         os.path.join(home, ".gitconfig"), os.path.join(xdg, "git", "config"), "/etc/gitconfig",
-                         *origins, *named, *([head] if by_branch else [])]
+        configuration = [*config_files, *origins, *named, *([head] if by_branch else [])]
         self.configuration = _Stamps()  # what an answer from the configuration alone depends on
         self.configuration.files = {path: self.stamps.files[path] for path in configuration}
         self.configuration.opened = set(configuration)
@@ -268,7 +270,7 @@ def _state(root: Optional[str], repo: Callable[[], Any], whole: bool = True) -> 
     """The repository at ``root`` as it stands, or None when it is not remembered (memo off, a
     submodule, git failed); ``repo()`` gives its ``git.Repo`` when a new state must be taken. Not
     ``whole``: only its configuration files are compared (an answer read from them alone)."""
-    if not provenance.enabled() or not root or any(name in os.environ for name in _ELSEWHERE):
+    if not provenance.enabled() or not root or _elsewhere():
         return None
     key = (root, _environment())
     with _lock:
@@ -359,7 +361,7 @@ def findrepo(orig: Callable[[str], Optional[str]]) -> Callable[[str], Optional[s
     @functools.wraps(orig)
     def find(path: str) -> Optional[str]:
         if not provenance.enabled() or not isinstance(path, str) or not os.path.isabs(path) or \
-                any(name in os.environ for name in _ELSEWHERE):
+                _elsewhere():
             return orig(path)
         above, folder = [], os.path.normpath(path)
         while True:
@@ -397,7 +399,7 @@ def get_working_copy(orig: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(orig)
     def find(path: Optional[str] = None) -> Any:
         if not provenance.enabled() or not isinstance(path, str) or not os.path.isabs(path) or \
-                any(name in os.environ for name in _ELSEWHERE) or \
+                _elsewhere() or \
                 set(get_registered_components(WorkingCopy).values()) != {GitWorkingCopy}:
             return orig(path)
         key = (path, _environment())
