@@ -27,10 +27,14 @@ LINTERS = ["ruff>=0.15,<0.18", "mypy>=1.14,<3"]
 OTHERS = ["3.9", "3.10", "3.12", "3.13"]
 FIELD = ["tests/test_burst.py", "tests/test_writepath.py", "tests/test_lock.py", "tests/test_pools.py",
          "tests/test_plugin.py", "tests/test_stress.py", "tests/test_decorator.py", "tests/test_core.py",
-         "tests/test_group_project.py", "tests/test_provenance.py"]
+         "tests/test_group_project.py", "tests/test_provenance.py", "tests/test_startup.py"]
 #: threads, dask and notebooks (a cluster, a kernel and ~45 records: minutes): the whole suite has them
 #: on 3.11 with the newest dependencies, and the lowest session on 3.9 with the lowest
 LAUNCHERS = ["tests/test_launchers.py"]
+#: what the wheel must have at its root besides the package (setup.py puts smtlock.pth there)
+WHEEL_ROOT = ("import sys, zipfile; names = set(zipfile.ZipFile(sys.argv[1]).namelist()); "
+              "missing = {'smtlock.pth', '_smtlock_startup.py'} - names; sys.exit(f'not in the wheel: {missing}' "
+              "if missing else 0)")
 MIDDLE = ["tests/test_lock.py", "tests/test_writepath.py", "tests/test_core.py"]
 
 
@@ -109,8 +113,10 @@ def docs(session: nox.Session) -> None:
 
 @nox.session(python=PRIMARY)
 def package(session: nox.Session) -> None:
-    """The sdist and the wheel build, and their metadata passes `twine check`."""
+    """The sdist and the wheel build (the wheel from the sdist, with smtlock.pth and its module at its root),
+    and their metadata passes `twine check`."""
     session.install("build", "twine")
     out = session.create_tmp()
     session.run("python", "-m", "build", "--outdir", out, ".")
     session.run("python", "-m", "twine", "check", "--strict", *[str(p) for p in Path(out).iterdir()])
+    session.run("python", "-c", WHEEL_ROOT, *[str(p) for p in Path(out).glob("*.whl")])
