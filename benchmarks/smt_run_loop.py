@@ -9,8 +9,9 @@ Both write benchmarks/smt_run_loop.json. Started together, plain Sumatra loses r
 imports; ``pip install -e '.[bench]'``) is run JOBS times by ``smt run`` in a project with plain
 Sumatra, JOBS times in one with ``smtlock enable``, and JOBS times untracked (``python science.py``),
 the three interleaved, one job at a time. A job's CPU is its process tree's (RUSAGE_CHILDREN); a job's
-overhead is its CPU less the untracked script's mean CPU. ``--modes`` runs some of the three (their
-results join the label's others).
+overhead is its CPU less the untracked script's mean CPU. Plain Sumatra runs with ``SMTLOCK_LAZY_SCIPY=0``,
+as without smtlock installed (smtlock.pth makes Sumatra's import of scipy.stats lazy in any project).
+``--modes`` runs some of the three (their results join the label's others).
 """
 from __future__ import annotations
 
@@ -71,7 +72,15 @@ GIT = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
 
 
 def _env(**extra: str) -> Dict[str, str]:
-    return {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"], **extra}
+    """The jobs' environment: this Python's bin first, and bytecode cached as on a user's machine (this
+    machine sets PYTHONDONTWRITEBYTECODE: every job compiled Sumatra, Django and SciPy again, 2-3 CPU s)."""
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"], **extra}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+#: plain Sumatra is Sumatra without smtlock installed: smtlock.pth's lazy scipy.stats turned off
+PLAIN = {"SMTLOCK_LAZY_SCIPY": "0"}
 
 
 def _rows(project: Path) -> list:
@@ -83,8 +92,8 @@ def run(jobs: int, plugin: bool, base: Path) -> dict:
     """JOBS `smt run` started together; what the store kept."""
     project = make_project(base / ("plugin" if plugin else "plain"), plugin=plugin)
     start = time.perf_counter()
-    done = subprocess.run(["bash", "-c", LOOP], cwd=project, env=_env(JOBS=str(jobs)), capture_output=True,
-                          text=True)
+    env = _env(JOBS=str(jobs), **({} if plugin else PLAIN))
+    done = subprocess.run(["bash", "-c", LOOP], cwd=project, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     rows = _rows(project)
     finished = {job for _, job, tags, _ in rows if "_finished_" in tags}
@@ -129,7 +138,7 @@ def cpu_loop(jobs: int, modes: List[str], base: Path) -> Dict[str, dict]:
                 command = [sys.executable, "science.py", "params.txt"]
             else:
                 command = ["smt", "run", "-m", "science.py", "params.txt", f"job={i}", "rec=0"]
-            per_job[mode].append(_job(command, folders[mode], env))
+            per_job[mode].append(_job(command, folders[mode], {**env, **(PLAIN if mode == "plain" else {})}))
         print(json.dumps({"job": i, **{mode: per_job[mode][-1] for mode in modes}}), flush=True)
     results: Dict[str, dict] = {}
     for mode in modes:
