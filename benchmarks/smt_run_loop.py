@@ -9,8 +9,8 @@ Both write benchmarks/smt_run_loop.json. Started together, plain Sumatra loses r
 imports; ``pip install -e '.[bench]'``) is run JOBS times by ``smt run`` in a project with plain
 Sumatra, JOBS times in one with ``smtlock enable``, and JOBS times untracked (``python science.py``),
 the three interleaved, one job at a time. A job's CPU is its process tree's (RUSAGE_CHILDREN); a job's
-overhead is its CPU less the untracked script's mean CPU. Plain Sumatra runs with ``SMTLOCK_LAZY_SCIPY=0``,
-as without smtlock installed (smtlock.pth makes Sumatra's import of scipy.stats lazy in any project).
+overhead is its CPU less the untracked script's mean CPU. Plain Sumatra runs with ``SMTLOCK_LAZY_IMPORTS=0``,
+as without smtlock installed (smtlock.pth makes Sumatra's imports of numpy and scipy.stats lazy in any project).
 ``--modes`` runs some of the three (their results join the label's others).
 """
 from __future__ import annotations
@@ -79,8 +79,8 @@ def _env(**extra: str) -> Dict[str, str]:
     return env
 
 
-#: plain Sumatra is Sumatra without smtlock installed: smtlock.pth's lazy scipy.stats turned off
-PLAIN = {"SMTLOCK_LAZY_SCIPY": "0"}
+#: plain Sumatra is Sumatra without smtlock installed: smtlock.pth's lazy imports turned off
+PLAIN = {"SMTLOCK_LAZY_IMPORTS": "0"}
 
 
 def _rows(project: Path) -> list:

@@ -1,6 +1,6 @@
 """What every Python process of an environment with smtlock gets at start (``smtlock.pth``, which runs
-``_smtlock_startup``): Sumatra's dependency ``parameters`` no longer imports ``scipy.stats`` when
-``smt`` starts, and a parameter file's distribution draws what it drew. The hook is whatever this
+``_smtlock_startup``): Sumatra's dependency ``parameters`` no longer imports NumPy and ``scipy.stats``
+when ``smt`` starts, and a parameter file's distributions draw what they drew. The hook is whatever this
 environment installed (editable in the main session, a wheel in the field and lowest sessions)."""
 
 from __future__ import annotations
@@ -19,38 +19,45 @@ import json, sys
 import sumatra.commands
 from sumatra.parameters import build_parameters
 random = sys.modules["parameters.random"]
-seen = {"hook": [type(f).__name__ for f in sys.meta_path].count("LazyScipyStats"),
-        "stats_at_start": "scipy.stats" in sys.modules, "have_scipy": random.have_scipy}
+seen = {"hook": [type(f).__name__ for f in sys.meta_path].count("LazyImports"),
+        "at_start": sorted({"numpy", "numpy.random", "scipy", "scipy.stats"} & set(sys.modules)),
+        "have": [random.have_numpy, random.have_scipy]}
 parameters = build_parameters(sys.argv[1])
+seen["pretty"] = parameters.pretty()
 import numpy
 numpy.random.seed(7)
-seen["draws"] = [float(x) for x in parameters["rate"].next(4)]
-seen["pretty"] = parameters.pretty()
-seen["stats_at_end"] = type(sys.modules["scipy.stats"]).__name__
+seen["draws"] = [float(x) for d in ("rate", "noise", "offset") for x in parameters[d].next(3)]
+fitted = random.NormalDist()
+fitted.from_stats([1.0, 2.0, 4.0])  # numpy.mean and numpy.std
+seen["fitted"] = fitted.params
 import scipy.stats
 seen["norm"] = float(scipy.stats.norm.cdf(0.5))
+seen["at_end"] = [random.numpy is numpy, random.scipy is sys.modules["scipy"],
+                  scipy.stats is sys.modules["scipy.stats"], type(sys.modules["scipy.stats"]).__name__,
+                  type(random.numpy.random).__name__]
 print(json.dumps(seen))
 '''
 
 
 def _smt(tmp_path: Path, **env: str) -> dict:
     params = tmp_path / "sweep.param"
-    params.write_text('{"rate": GammaDist(mean=2.0, std=0.5), "n": 3}\n')
+    params.write_text('{"rate": GammaDist(mean=2.0, std=0.5), "noise": NormalDist(mean=0.0, std=1.0), '
+                      '"offset": UniformDist(min=-1.0, max=1.0), "n": 3}\n')
     done = subprocess.run([sys.executable, "-c", SMT, str(params)], cwd=tmp_path, capture_output=True,
                           text=True, env={**os.environ, **env})
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)
 
 
-def test_smt_starts_without_scipy_stats_and_a_distribution_draws_what_it_drew(tmp_path: Path) -> None:
+def test_smt_starts_without_numpy_and_scipy_and_distributions_draw_what_they_drew(tmp_path: Path) -> None:
     lazy = _smt(tmp_path)
     assert lazy["hook"] == 1, "smtlock.pth is not installed in this environment (pip install -e . adds it)"
-    assert lazy["stats_at_start"] is False and lazy["have_scipy"] is True
-    assert lazy["stats_at_end"] == "module"  # the real one, imported at the first draw
-    eager = _smt(tmp_path, SMTLOCK_LAZY_SCIPY="0")  # plain Python: parameters imports scipy.stats
-    assert eager["hook"] == 0 and eager["stats_at_start"] is True
-    assert {k: lazy[k] for k in ("have_scipy", "draws", "pretty", "norm")} == \
-        {k: eager[k] for k in ("have_scipy", "draws", "pretty", "norm")}
+    assert lazy["at_start"] == [] and lazy["have"] == [True, True]
+    assert lazy["at_end"] == [True, True, True, "module", "module"]  # the real ones, from the first draw
+    eager = _smt(tmp_path, SMTLOCK_LAZY_IMPORTS="0")  # plain Python: parameters imports them at once
+    assert eager["hook"] == 0 and eager["at_start"] == ["numpy", "numpy.random", "scipy", "scipy.stats"]
+    same = ("have", "pretty", "draws", "fitted", "norm", "at_end")
+    assert {k: lazy[k] for k in same} == {k: eager[k] for k in same}
 
 
 def test_the_hook_imports_nothing_a_starting_python_has_not_imported_already() -> None:
