@@ -364,6 +364,68 @@ print(json.dumps(tags))
     assert json.loads(done.stdout) == [["a", "b", "c"], ["b", "d"], ["_initialized_", "a", "e"]]
 
 
+ENDED = UNDER_THE_LOCK + """
+import os, sqlite3, subprocess, sys
+from smtlock._sumatra import djangostore
+from sumatra.core import STATUS_FORMAT
+SMT = [os.path.join(os.path.dirname(sys.executable), "smt")]
+
+def run(upstream):
+    record = project.new_record(parameters=SimpleParameterSet({"x": 1}), main_file="deps.py")  # stored
+    record.tags = {STATUS_FORMAT % "running", "sweep"}
+    record.stdout_stderr = "Not yet captured."
+    project.save_record(record)                        # stored running
+    subprocess.run(SMT + ["tag", "person", record.label], check=True)  # a person's edits while it runs
+    subprocess.run(SMT + ["comment", record.label, "looks odd"], check=True)
+    record.tags = {STATUS_FORMAT % "finished", "sweep"}
+    record.duration, record.stdout_stderr, record.outcome = 1.5, "line\\n", "converged"
+    seen.clear()
+    saved = djangostore.save_changed
+    if upstream:
+        djangostore.save_changed = lambda *args: False  # upstream's whole save instead
+    try:
+        with connections["default"].execute_wrapper(watch):
+            project.save_record(record)                # the run ended
+    finally:
+        djangostore.save_changed = saved
+    return record.label, list(seen)
+
+def stored(label):
+    db = sqlite3.connect(".smt/records")
+    db.row_factory = sqlite3.Row
+    row = dict(db.execute("SELECT * FROM django_store_record WHERE label = ?", [label]).fetchone())
+    links = {}
+    for table in ("dependencies", "platforms", "input_data"):
+        links[table] = sorted([v for k, v in dict(r).items() if k not in ("id", "record_id")] for r in db.execute(
+            f"SELECT * FROM django_store_record_{table} WHERE record_id = ?", [row["db_id"]]))
+    links["tags"] = sorted(r[0] for r in db.execute(
+        "SELECT t.name FROM django_store_taggeditem i JOIN django_store_tag t ON t.id = i.tag_id "
+        "WHERE i.object_id = ?", [row["db_id"]]))
+    return {k: v for k, v in row.items() if k not in ("db_id", "label", "timestamp")}, links
+
+(whole, whole_sql), (narrow, narrow_sql) = run(upstream=True), run(upstream=False)
+print(json.dumps([stored(whole), stored(narrow), whole_sql, narrow_sql]))
+"""
+
+
+def test_an_ended_record_is_stored_as_upstream_stores_it_in_one_update(project: Path) -> None:
+    """A record's save after its run ended (status, duration, output, outcome changed, nothing else)
+    updates those columns and its tag links (djangostore.save_changed); upstream rebuilt the whole row
+    under the lock. What is stored must be what upstream's whole save stores, a person's tag and
+    comment made while it ran merged in the same way: every column and every link."""
+    _a_main_file_with_three_dependencies(project)
+    done = run_python(ENDED, project)
+    whole, narrow, whole_sql, narrow_sql = json.loads(done.stdout)
+    assert narrow == whole
+    row, links = narrow
+    assert links["tags"] == ["_finished_", "person", "sweep"] and row["outcome"] == "looks odd\nconverged"
+    assert row["duration"] == 1.5 and row["stdout_stderr"] == "line\n" and links["dependencies"]
+    assert narrow_sql == ["BEGIN ", "SELECT django_store_record", "UPDATE django_store_record",
+                          "SELECT django_store_taggeditem", "DELETE django_store_taggeditem",
+                          "INSERT django_store_taggeditem"]
+    assert len(whole_sql) > len(narrow_sql)
+
+
 def test_labels_with_like_wildcards_are_claimed_exactly(project: Path) -> None:
     """The label claim finds taken labels with a LIKE query compiled once; a label holding LIKE's
     wildcards or its escape character must still see its own earlier use."""

@@ -14,7 +14,8 @@ import sqlite3
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
+from contextvars import ContextVar
+from typing import AbstractSet, Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Set, Tuple
 from urllib.parse import quote, urlencode, urlsplit
 
 from .._lock.backends import connection_trouble, held_check
@@ -24,7 +25,7 @@ from .._lock.lock import current_hold, in_before_store, server_wait, store_lock,
 from .._lock.paths import postgres_uri, project_root
 from .._postgres import client as postgres
 from ..errors import LockLost
-from . import indexes, rows, uniques
+from . import edits, indexes, rows, uniques
 from .upstream import original
 
 try:  # Sumatra's django_store module imports without Django; its store needs it
@@ -33,7 +34,8 @@ try:  # Sumatra's django_store module imports without Django; its store needs it
 except ImportError:  # Django is optional for Sumatra and for us
     DjangoConfiguration = DjangoRecordStore = None
 
-__all__ = ["SQLITE_BUSY_TIMEOUT_S", "READ_WAIT_S", "is_django", "transaction", "save", "write_lock",
+__all__ = ["SQLITE_BUSY_TIMEOUT_S", "READ_WAIT_S", "ENDED_FIELDS", "is_django", "transaction", "save",
+           "only_changed", "save_changed", "write_lock",
            "without_stale_rows", "retrying", "fenced_commit", "own_hold", "again_if_lost",
            "labels", "uri_to_db", "tune_registered_databases", "connecting", "reading",
            "close", "hygiene", "sqlite_pragmas", "create_databases", "before_fork", "after_fork_in_child"]
@@ -154,15 +156,79 @@ def save(self: Any, project_name: str, record: Any) -> None:
         with rows.one_write(), transaction.atomic(using=self._db_label):
             write_lock(self)
             with rows.links_batched():
-                original("DjangoRecordStore.save")(self, project_name, record)
+                _save_record(self, project_name, record)
             fenced_commit()
     if rows.in_one_write():  # inside transaction(): it holds the write lock and retries
         with rows.links_batched():
-            original("DjangoRecordStore.save")(self, project_name, record)
+            _save_record(self, project_name, record)
     elif connections[self._db_label].in_atomic_block:  # in a caller's transaction: it retries
         write()
     else:  # called by itself (smt sync, smtlock postgres, smt tag)
         without_stale_rows(lambda: again_if_lost(write, lambda: None, current_hold()), self, lambda: None)
+
+
+#: what may change alone in a record's later save (its run ended: status tag, duration, output, outcome;
+#: a reason or a comment): the columns :func:`save_changed` sets
+ENDED_FIELDS = frozenset({"tags", "duration", "stdout_stderr", "outcome", "reason"})
+_changed: ContextVar[Optional[FrozenSet[str]]] = ContextVar("smtlock_changed", default=None)
+
+
+@contextlib.contextmanager
+def only_changed(fields: Optional[AbstractSet[str]]) -> Iterator[None]:
+    """Inside, a store's save of a record knows that only ``fields`` of it changed since this process
+    stored it (None: not known, or not only :data:`ENDED_FIELDS`): :func:`save_changed` writes it."""
+    token = _changed.set(frozenset(fields) if fields is not None and fields <= ENDED_FIELDS else None)
+    try:
+        yield
+    finally:
+        _changed.reset(token)
+
+
+def _save_record(store: Any, project_name: str, record: Any) -> None:
+    if _changed.get() is None or not save_changed(store, project_name, record):
+        original("DjangoRecordStore.save")(store, project_name, record)
+
+
+def save_changed(store: Any, project_name: str, record: Any) -> bool:
+    """Upstream's save of a record stored before, when only :data:`ENDED_FIELDS` changed since this
+    process stored it: the columns upstream's save sets from them, to the same values (``reason``,
+    ``duration`` and ``outcome`` unless None; ``tags``; ``stdout_stderr``) in one UPDATE, and the tag
+    links as upstream's save leaves them, after a person's edits are merged in (:mod:`edits`).
+
+    Upstream rebuilds the whole row (a full SELECT, every related row looked up again, two UPDATEs of
+    every column, each dependency link added again): two thirds of an ended write, held under the
+    lock. Every other column and link would be written with what the store holds already; a column
+    someone else changed meanwhile (``smt repeat`` sets ``repeats``) is kept, where upstream would
+    overwrite it. False, having written nothing, when the row is not there exactly once (deleted while
+    the job ran: upstream's save stores it again)."""
+    from django.db import connections
+    from sumatra.recordstore.django_store.tagging_utils import parse_tag_input
+    models = store._get_models()
+    connection = connections[store._db_label]
+    meta, quote = models.Record._meta, connection.ops.quote_name
+
+    def column(name: str) -> str:
+        return quote(meta.get_field(name).column)
+    with connection.cursor() as cursor:  # SQL of its own: Django's query building cost more than the query
+        cursor.execute(f"SELECT {column('db_id')}, {column('tags')}, {column('outcome')}, {column('reason')} "
+                       f"FROM {quote(meta.db_table)} WHERE {column('project')} = %s AND {column('label')} = %s",
+                       [project_name, record.label])
+        found = cursor.fetchmany(2)
+        if len(found) != 1:
+            return False
+        db_id, tags, outcome, reason = found[0]
+        edits.merge(record, edits.Edits(frozenset(parse_tag_input(tags)), outcome, reason))
+        columns = {name: getattr(record, name) for name in ("reason", "duration", "outcome")
+                   if getattr(record, name) is not None}
+        columns.update(tags=",".join(record.tags), stdout_stderr=record.stdout_stderr)
+        names = list(columns)  # each value as the ORM's UPDATE would give it to the database
+        values = [meta.get_field(name).get_db_prep_save(columns[name], connection) for name in names]
+        cursor.execute(f"UPDATE {quote(meta.db_table)} SET {', '.join(column(name) + ' = %s' for name in names)} "
+                       f"WHERE {column('db_id')} = %s", [*values, db_id])
+    row = models.Record(db_id=db_id)  # what upstream's TagField gives update_tags: the row and its tags
+    row._state.db, row._state.adding = store._db_label, False
+    models.Tag.objects.update_tags(row, columns["tags"])
+    return True
 
 
 def without_stale_rows(write: Callable[[], Any], store: Any, undo: Callable[[], None]) -> Any:

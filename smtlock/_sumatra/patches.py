@@ -74,7 +74,7 @@ __all__ = ["apply", "is_applied", "add_record", "save_record", "claim_label", "f
 _CLAIM = "_smtlock_claimed_label"  # set on a Record once its label is claimed in its store
 _FIRST = "_smtlock_first_write"  # set on a Record whose first write was deferred (first_write_deferred)
 _deferring = threading.local()  # .on: add_record of a new record in this thread writes nothing yet
-_saved: Dict[int, Tuple[Any, bytes]] = {}  # id(record) -> (weak reference, state last written)
+_saved: Dict[int, Tuple[Any, Dict[str, bytes]]] = {}  # id(record) -> (weak reference, state last written)
 #: Sumatra's status tags of a record whose process has started and not ended
 RUNNING_TAGS = {STATUS_FORMAT % s for s in ("pre_run", "running", "finished...", "failed...", "killed...")}
 #: Sumatra's status tags once the simulation has ended (with "..." while its outputs are gathered)
@@ -201,7 +201,10 @@ def save_record(self: Project, record: Any) -> None:
     ended = not ENDED_TAGS.isdisjoint(record.tags)
     before = edits.fields(record)
     first = getattr(record, _FIRST, False)
-    with _acquired(SMTLock(self, timeout=-1 if ended else None, purpose="save_record"), self, record):
+    # a record this process stored, of which only what a run's end changes has changed: the store's
+    # save sets those columns (djangostore.save_changed), not the whole row again
+    with djangostore.only_changed(_changed(record, state)), \
+            _acquired(SMTLock(self, timeout=-1 if ended else None, purpose="save_record"), self, record):
         _write(self, record, claim=first)
     if first:
         delattr(record, _FIRST)
@@ -231,15 +234,25 @@ def first_write_deferred() -> Iterator[None]:
         _deferring.on = before
 
 
-def _state(record: Any) -> Optional[bytes]:
-    """Everything a store write would take from the record, as bytes (None if it cannot pickle)."""
+def _state(record: Any) -> Optional[Dict[str, bytes]]:
+    """Everything a store write would take from the record, as bytes by attribute (None if one cannot
+    pickle)."""
     try:
-        return pickle.dumps({k: v for k, v in vars(record).items() if k not in (_CLAIM, _FIRST)}, protocol=4)
+        return {k: pickle.dumps(v, protocol=4) for k, v in vars(record).items() if k not in (_CLAIM, _FIRST)}
     except Exception:
         return None
 
 
-def _unchanged(record: Any, state: Optional[bytes]) -> bool:
+def _changed(record: Any, state: Optional[Dict[str, bytes]]) -> Optional[Set[str]]:
+    """The attributes of ``record`` that changed since this process last wrote it (None: it did not, or
+    cannot tell)."""
+    saved = _saved.get(id(record))
+    if state is None or saved is None or saved[0]() is not record:
+        return None
+    return {name for name in state.keys() | saved[1].keys() if state.get(name) != saved[1].get(name)}
+
+
+def _unchanged(record: Any, state: Optional[Dict[str, bytes]]) -> bool:
     """Whether this process already wrote the record exactly as it is now.
 
     Upstream writes it again regardless: ``new_record`` writes it, then the usual
@@ -249,7 +262,7 @@ def _unchanged(record: Any, state: Optional[bytes]) -> bool:
     return state is not None and saved is not None and saved[0]() is record and saved[1] == state
 
 
-def _remember(record: Any, state: Optional[bytes]) -> None:
+def _remember(record: Any, state: Optional[Dict[str, bytes]]) -> None:
     """Note that the store holds ``record`` as it is now (its state, and the fields a person may edit)."""
     edits.note_stored(record)
     key = id(record)
