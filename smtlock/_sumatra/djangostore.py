@@ -35,7 +35,7 @@ except ImportError:  # Django is optional for Sumatra and for us
     DjangoConfiguration = DjangoRecordStore = None
 
 __all__ = ["SQLITE_BUSY_TIMEOUT_S", "READ_WAIT_S", "ENDED_FIELDS", "is_django", "transaction", "save",
-           "only_changed", "save_changed", "write_lock",
+           "only_changed", "changed_only", "save_changed", "write_lock",
            "without_stale_rows", "retrying", "fenced_commit", "own_hold", "again_if_lost",
            "labels", "uri_to_db", "tune_registered_databases", "connecting", "reading",
            "close", "hygiene", "sqlite_pragmas", "create_databases", "before_fork", "after_fork_in_child"]
@@ -182,6 +182,12 @@ def only_changed(fields: Optional[AbstractSet[str]]) -> Iterator[None]:
         yield
     finally:
         _changed.reset(token)
+
+
+def changed_only() -> bool:
+    """Whether the current save is of a record of which only :data:`ENDED_FIELDS` changed (see
+    :func:`only_changed`): :func:`save_changed` looks up no related row."""
+    return _changed.get() is not None
 
 
 def _save_record(store: Any, project_name: str, record: Any) -> None:

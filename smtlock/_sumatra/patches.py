@@ -144,7 +144,8 @@ def _acquired(lock: SMTLock, project: Project, record: Any) -> Any:
         except DatabaseError:  # only a head start (a server restarting mid-query): the write asks itself
             djangostore.close(store)
     if not postgres_uri(store):
-        prefetch()
+        if not djangostore.changed_only():  # an ended record's update looks up no related row
+            prefetch()
         return lock.acquire()
     try:
         return lock.acquire(before_store=prefetch)
