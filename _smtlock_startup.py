@@ -4,11 +4,13 @@ Sumatra's dependency ``parameters`` made lazy.
 Why: ``parameters.random`` imports NumPy and ``scipy.stats`` whenever they are installed, for the draws
 of its distributions (``GammaDist.next``...). Every ``smt`` command imports it, and they are most of
 what ``smt run`` costs a job before the job starts (1-2 CPU s of ~2.5). Here, while
-``parameters.random`` runs, its imports of ``numpy``, ``numpy.random``, ``scipy`` and ``scipy.stats``
-bind stand-ins. When it is done, the stand-ins are out of ``sys.modules`` (any other import gets the
-real module), and at its first use each imports the real one and puts it in ``parameters.random``'s
-name: from then on the module holds what upstream's holds. ``have_numpy`` and ``have_scipy`` are what
-they were (whether the module can be found), and a distribution draws what it drew.
+``parameters.random`` runs, its ``import numpy``, ``import numpy.random``, ``import scipy`` and
+``import scipy.stats`` bind stand-ins, if NumPy (SciPy) is not imported yet and can be found: so
+``have_numpy`` and ``have_scipy`` are what they were. At its first use a stand-in imports the real
+package with those submodules, puts it in ``parameters.random``'s name (from then on the module holds
+what upstream's holds) and answers from it. The stand-ins are never in ``sys.modules``: no other
+module, and no other thread, sees them. ``builtins.__import__`` answers for ``parameters.random``
+only while it runs (a function defined there keeps Python's own builtins).
 
 It is a module of its own, outside the package: importing ``smtlock`` imports Sumatra and Django, which
 no Python process should pay at start. It imports nothing Python has not loaded when it starts (no
@@ -16,6 +18,7 @@ no Python process should pay at start. It imports nothing Python has not loaded 
 string comparison per import. ``SMTLOCK_LAZY_IMPORTS=0`` turns it off.
 """
 
+import builtins
 import os
 import sys
 from _thread import _local
@@ -32,20 +35,21 @@ TYPE_CHECKING = False  # typing's own costs a process 5 ms at start; type checke
 if TYPE_CHECKING:
     from importlib.abc import Loader
     from types import ModuleType
-    from typing import Any, List, Optional, Sequence
+    from typing import Any, Mapping, Optional, Sequence
 else:
     Loader = object  # a loader needs no base class
 
-#: what ``parameters.random`` imports at its top, each for a few methods (the draws of a distribution)
-DEFERRED = ("numpy", "numpy.random", "scipy", "scipy.stats")
 #: the module whose imports are deferred
 MODULE = "parameters.random"
+#: what it imports at its top, by package, each for a few methods (the draws of a distribution)
+DEFERRED = {"numpy": ("numpy.random",), "scipy": ("scipy.stats",)}
 
-_running = _local()  # .module: this thread is running parameters.random
+_running = _local()  # .stand_ins, .globals: this thread's run of parameters.random (else None)
+_before = [builtins.__import__]  # the __import__ that was in place when parameters.random began
 
 
 class _Running(Loader):
-    """``parameters.random``'s own loader, run with stand-ins in place, then without them."""
+    """``parameters.random``'s own loader, run with :func:`_import` as ``__import__``."""
 
     def __init__(self, loader: "Loader") -> None:
         self.loader = loader
@@ -57,88 +61,72 @@ class _Running(Loader):
         module.__loader__ = self.loader  # what it would be without us (reload, inspect)
         if module.__spec__ is not None:
             module.__spec__.loader = self.loader
-        _running.module = True
+        _before[0] = builtins.__import__
+        _running.stand_ins, _running.globals = {}, vars(module)
+        builtins.__import__ = _import
         try:
             self.loader.exec_module(module)
         finally:
-            _running.module = False
-            _forget()
+            if builtins.__import__ is _import:
+                builtins.__import__ = _before[0]
+            _running.stand_ins = _running.globals = None
 
 
-class _StandIn(Loader):
-    """What ``import numpy``, ``import scipy.stats``... get inside ``parameters.random``: a module that,
-    at its first use, imports the real one, puts it in ``parameters.random``'s name for it, and answers
-    from it."""
-
-    def __init__(self, locations: "Optional[List[str]]") -> None:
-        self.locations = locations
-
-    def create_module(self, spec: ModuleSpec) -> None:
-        return None
-
-    def exec_module(self, module: "ModuleType") -> None:
-        name = module.__name__
-
-        def __getattr__(attr: str) -> "Any":
-            running, _running.module = getattr(_running, "module", False), False  # real imports now
-            try:
-                _forget()
-                real = import_module(name)
-                user = sys.modules.get(MODULE)
-                top = name.partition(".")[0]
-                if user is not None and getattr(vars(user).get(top), "_smtlock_stand_in", False):
-                    vars(user)[top] = import_module(top)  # from now on, exactly what upstream had
-                if f"{name}.{attr}" in DEFERRED:
-                    import_module(f"{name}.{attr}")
-                return getattr(real, attr)
-            finally:
-                _running.module = running
-
-        vars(module).update(__getattr__=__getattr__, _smtlock_stand_in=True)
+def _import(name: str, globals: "Optional[Mapping[str, object]]" = None,
+            locals: "Optional[Mapping[str, object]]" = None, fromlist: "Optional[Sequence[str]]" = (),
+            level: int = 0) -> "ModuleType":
+    """``__import__`` while ``parameters.random`` runs: its plain ``import numpy[.random]`` and ``import
+    scipy[.stats]`` get a stand-in; every other import, and every other thread's, is Python's own."""
+    stand_ins = getattr(_running, "stand_ins", None)
+    top = name.partition(".")[0]
+    if stand_ins is None or globals is not _running.globals or level or fromlist or top not in DEFERRED \
+            or (name != top and name not in DEFERRED[top]) or top in sys.modules:
+        return _before[0](name, globals, locals, fromlist, level)
+    if top not in stand_ins:
+        if not _found(top):  # not on sys.path as files: imported now, as always (or not found, as always)
+            return _before[0](name, globals, locals, fromlist, level)
+        stand_ins[top] = _stand_in(top)
+    return stand_ins[top]
 
 
-def import_module(name: str) -> "ModuleType":
-    """``importlib.import_module``, without importing importlib at start."""
-    __import__(name)
-    return sys.modules[name]
+def _found(top: str) -> bool:
+    """Whether ``top`` and the submodules deferred with it are where Python's path finder finds them."""
+    spec = PathFinder.find_spec(top)
+    return spec is not None and spec.submodule_search_locations is not None and all(
+        PathFinder.find_spec(sub, spec.submodule_search_locations) is not None for sub in DEFERRED[top])
 
 
-def _forget() -> None:
-    """Take the stand-ins out of ``sys.modules`` and out of their parents (``numpy.random`` out of the
-    stand-in ``numpy``), so that any later import, or attribute, is the real module."""
-    stand_ins = {name: sys.modules[name] for name in DEFERRED
-                 if getattr(sys.modules.get(name), "_smtlock_stand_in", False)}
-    for name, stand_in in stand_ins.items():
-        del sys.modules[name]
-        parent, _, child = name.rpartition(".")
-        holder = stand_ins.get(parent) or sys.modules.get(parent)
-        if holder is not None and vars(holder).get(child) is stand_in:
-            del vars(holder)[child]
+def _stand_in(top: str) -> "ModuleType":
+    """A module named ``top`` that imports the real one (and the submodules deferred with it) at its
+    first use, and gives it ``parameters.random``'s name for it."""
+    stand_in = type(sys)(top)
+
+    def __getattr__(attr: str) -> "Any":
+        __import__(top)
+        for sub in DEFERRED[top]:
+            __import__(sub)
+        real = sys.modules[top]
+        user = sys.modules.get(MODULE)
+        if user is not None and vars(user).get(top) is stand_in:
+            vars(user)[top] = real  # from now on, exactly what upstream's module holds
+        return getattr(real, attr)
+
+    vars(stand_in).update(__getattr__=__getattr__, _smtlock_stand_in=True)
+    return stand_in
 
 
 class LazyImports:
-    """The finder: it answers for ``parameters.random``, and for ``numpy``, ``scipy`` and their
-    submodules above only while ``parameters.random`` runs in this thread (each only if Python's own
-    finders find it: ``have_numpy`` and ``have_scipy`` are what they were); every other import goes on
-    to Python's own finders."""
+    """The finder: it answers for ``parameters.random`` alone (its own spec, run by :class:`_Running`);
+    every other import goes on to Python's own finders."""
 
     def find_spec(self, fullname: str, path: "Optional[Sequence[str]]" = None,
                   target: "Optional[ModuleType]" = None) -> "Optional[ModuleSpec]":
-        if fullname == MODULE:
-            spec = PathFinder.find_spec(fullname, path)
-            if spec is not None and spec.loader is not None:
-                spec.loader = _Running(spec.loader)
-            return spec
-        if fullname in DEFERRED and getattr(_running, "module", False):
-            parent, _, _ = fullname.rpartition(".")
-            if parent:  # below a stand-in (whose __path__ is empty): where the real parent lives
-                above = sys.modules[parent].__spec__
-                path = getattr(above and above.loader, "locations", path)
-            spec = PathFinder.find_spec(fullname, path)
-            if spec is not None:  # a package's stand-in has an empty __path__: we find its children
-                return ModuleSpec(fullname, _StandIn(spec.submodule_search_locations),
-                                  is_package=spec.submodule_search_locations is not None)
-        return None
+        if fullname != MODULE:
+            return None
+        spec = PathFinder.find_spec(fullname, path)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _Running(spec.loader)
+        return spec
 
 
 def install() -> None:

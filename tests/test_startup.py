@@ -69,3 +69,61 @@ def test_the_hook_imports_nothing_a_starting_python_has_not_imported_already() -
     done = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True,
                           env={**os.environ, "PYTHONPATH": str(Path(_smtlock_startup.__file__).parent)})
     assert json.loads(done.stdout.replace("'", '"')) == ["_smtlock_startup"]
+
+
+#: parameters.random run with a tracer that notes, at each of its lines, any stand-in in sys.modules
+WATCHED = r'''
+import json, sys
+seen = []
+def tracer(frame, event, arg):
+    if frame.f_globals.get("__name__") != "parameters.random":
+        return None
+    if event == "line":
+        seen.extend(name for name, module in list(sys.modules.items())
+                    if getattr(module, "_smtlock_stand_in", False))
+    return tracer
+sys.settrace(tracer)
+import parameters
+sys.settrace(None)
+random = sys.modules["parameters.random"]
+print(json.dumps([sorted(set(seen)), getattr(random.numpy, "_smtlock_stand_in", False)]))
+'''
+
+
+def test_no_other_module_or_thread_ever_sees_a_stand_in(tmp_path: Path) -> None:
+    """While parameters.random runs, another thread may import NumPy or SciPy (a dask worker's
+    threads, a notebook): sys.modules holds only real modules at every line it runs, and the stand-in
+    is its own name for NumPy alone."""
+    done = subprocess.run([sys.executable, "-c", WATCHED], cwd=tmp_path, capture_output=True, text=True,
+                          check=True)
+    assert json.loads(done.stdout) == [[], True]
+
+
+def test_scipy_imported_before_is_used_as_upstream_uses_it(tmp_path: Path) -> None:
+    """A script that imported SciPy (not scipy.stats) before Sumatra: parameters.random imports
+    scipy.stats as upstream does, also from a SciPy without lazy submodules (before 1.9)."""
+    code = ("import sys, json, scipy\n"
+            "vars(scipy).pop('__getattr__', None)  # as SciPy before 1.9: no lazy submodules\n"
+            "import sumatra.commands, numpy\n"
+            "numpy.random.seed(1)\n"
+            "print(json.dumps([float(x) for x in sys.modules['parameters.random'].GammaDist(mean=2.0, std=0.5)"
+            ".next(2)]))\n")
+    lazy, eager = (subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                                  env={**os.environ, **env}) for env in ({}, {"SMTLOCK_LAZY_IMPORTS": "0"}))
+    assert lazy.returncode == 0, lazy.stderr[-2000:]
+    assert json.loads(lazy.stdout) == json.loads(eager.stdout)
+
+
+def test_a_package_of_ones_own_named_parameters_imports_as_always(tmp_path: Path) -> None:
+    """The hook answers for any module named parameters.random: one that imports other NumPy
+    submodules and uses NumPy as it is imported works as without it."""
+    package = tmp_path / "mine" / "parameters"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "random.py").write_text("import numpy\nimport numpy.linalg\nimport scipy\n"
+                                       "NORM = float(numpy.linalg.norm([3.0, 4.0]))\nPI = numpy.pi\n")
+    code = "import parameters.random as r; print(r.NORM, r.PI, r.numpy.__name__, type(r.scipy).__name__)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path / "mine")})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["5.0", "3.141592653589793", "numpy", "module"]
