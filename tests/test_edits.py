@@ -1,6 +1,7 @@
 """What a person adds to a record while its job runs (a tag, a comment, a reason) is kept by the job's
 later saves, on every store, from ``smt run`` under the plugin and from the API."""
 
+import json
 import os
 import subprocess
 import sys
@@ -219,3 +220,45 @@ def test_a_person_tagging_and_commenting_through_a_burst_loses_nothing(tmp_path:
         tags, outcome, _ = stored[label]
         assert (value in tags) if action == "tag" else (value in outcome.splitlines()), (action, label, stored[label])
     assert all("_finished_" in tags for tags, _, _ in stored.values())
+
+
+STALE = """
+import json, sys, smtlock
+from sumatra.projects import load_project
+from sumatra.parameters import SimpleParameterSet
+project = load_project()
+record = project.new_record(parameters=SimpleParameterSet({"x": 1}), main_file="main.py")  # stored
+print(record.label, flush=True)
+sys.stdin.readline()              # meanwhile: a person's comment, and the executable's row merged away
+record.outcome = "mine"
+record.script_arguments = "again"  # more than a run's end changes: the whole save, which uses that row
+project.save_record(record)
+print(json.dumps(project.get_record(record.label).outcome), flush=True)
+"""
+
+
+def test_a_write_made_again_merges_a_persons_edits_once(project: Path) -> None:
+    """A write that is rolled back and made again (here: it used a row ``smtlock doctor --repair``
+    merged away, and failed on its foreign key) starts again from the record as it was: a person's
+    comment made meanwhile is merged once, not once per attempt."""
+    import sqlite3
+    writer = subprocess.Popen([sys.executable, "-c", STALE], cwd=project, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        label = writer.stdout.readline().strip()
+        assert _smt("comment", label, "theirs", cwd=project).returncode == 0
+        db = sqlite3.connect(str(project / ".smt" / "records"))
+        with db:  # a copy of the executable's row with a lower id: the repair keeps the copy
+            db.execute("DROP INDEX smtlock_unique_django_store_executable")
+            columns = [row[1] for row in db.execute("PRAGMA table_info(django_store_executable)") if row[1] != "id"]
+            db.execute(f"INSERT INTO django_store_executable (id, {', '.join(columns)}) "
+                       f"SELECT 0, {', '.join(columns)} FROM django_store_executable WHERE id = 1")
+        db.close()
+        repair = subprocess.run([os.path.join(BIN, "smtlock"), "doctor", "--repair"], cwd=project,
+                                capture_output=True, text=True)
+        assert "merged 1 extra rows (Executable 1)" in repair.stdout, repair.stdout + repair.stderr
+        out, err = writer.communicate("\n", timeout=120)
+    finally:
+        writer.kill()
+    assert writer.returncode == 0, err
+    assert json.loads(out) == "theirs\nmine"

@@ -23,7 +23,7 @@ import sys
 import weakref
 from typing import Any, Callable, Dict, FrozenSet, NamedTuple, Optional, Tuple
 
-__all__ = ["Edits", "note_stored", "fields", "merge", "merged_db_record", "merged_shelve_save"]
+__all__ = ["Edits", "note_stored", "fields", "restore", "merge", "merged_db_record", "merged_shelve_save"]
 
 
 class Edits(NamedTuple):
@@ -40,6 +40,13 @@ def fields(record: Any) -> Edits:
     """``record``'s editable fields as they are now."""
     return Edits(frozenset(getattr(record, "tags", None) or ()), getattr(record, "outcome", None),
                  getattr(record, "reason", None))
+
+
+def restore(record: Any, edits: Edits) -> None:
+    """Put ``edits`` (taken with :func:`fields`) back into ``record``: a write rolled back is made again
+    from the record as it was, so a person's edits are merged once (not a comment twice)."""
+    record.tags = set(edits.tags)
+    record.outcome, record.reason = edits.outcome, edits.reason
 
 
 def note_stored(record: Any) -> None:

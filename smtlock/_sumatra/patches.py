@@ -115,11 +115,12 @@ def _write(project: Project, record: Any, claim: bool) -> None:
         if claim:
             claim_label(project, record)
         original("Project.save_record")(project, record)
-    label, claimed = record.label, getattr(record, _CLAIM, None)
+    label, claimed, fields = record.label, getattr(record, _CLAIM, None), edits.fields(record)
 
-    def undo() -> None:  # the transaction rolled back (or nothing was written): so does the label it claimed
-        record.label = label
+    def undo() -> None:  # the transaction rolled back (or nothing was written): so does the label it claimed,
+        record.label = label  # and a person's edits merged into the record (the next attempt merges again)
         setattr(record, _CLAIM, claimed)
+        edits.restore(record, fields)
     if not djangostore.is_django(store):  # shelve: a lost hold writes nothing
         def fenced() -> None:
             djangostore.fenced_commit()
