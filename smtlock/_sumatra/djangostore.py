@@ -191,7 +191,7 @@ def changed_only() -> bool:
 
 
 def _save_record(store: Any, project_name: str, record: Any) -> None:
-    if _changed.get() is None or not save_changed(store, project_name, record):
+    if not changed_only() or not save_changed(store, project_name, record):
         original("DjangoRecordStore.save")(store, project_name, record)
 
 

@@ -260,8 +260,7 @@ def _unchanged(record: Any, state: Optional[Dict[str, bytes]]) -> bool:
     Upstream writes it again regardless: ``new_record`` writes it, then the usual
     ``with lock: add_record(record)`` and ``@capture`` write the same record a second time.
     """
-    saved = _saved.get(id(record))
-    return state is not None and saved is not None and saved[0]() is record and saved[1] == state
+    return _changed(record, state) == set()
 
 
 def _remember(record: Any, state: Optional[Dict[str, bytes]]) -> None:

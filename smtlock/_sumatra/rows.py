@@ -55,12 +55,18 @@ ROWS_KEPT = 4096
 _rows: "collections.OrderedDict[Tuple[str, str, bytes], Any]" = collections.OrderedDict()
 
 
+def _used(memory: "collections.OrderedDict[Any, Any]", key: Any, kept: int) -> None:
+    """Mark ``key`` of ``memory`` used last, and forget the least recently used beyond ``kept`` (call
+    with ``_guard`` held)."""
+    memory.move_to_end(key)
+    while len(memory) > kept:
+        memory.popitem(last=False)
+
+
 def _keep(key: Tuple[str, str, bytes], row: Any) -> None:
     """Remember ``row`` for ``key`` (call with ``_guard`` held), forgetting the least recently used."""
     _rows[key] = row
-    _rows.move_to_end(key)
-    while len(_rows) > ROWS_KEPT:
-        _rows.popitem(last=False)
+    _used(_rows, key, ROWS_KEPT)
 _guard = threading.Lock()
 
 
@@ -80,7 +86,7 @@ def _remembered(database: str, model: str, value: Any, find: Callable[[], Any]) 
     with _guard:
         row = _rows.get(key)
         if row is not None:
-            _rows.move_to_end(key)
+            _used(_rows, key, ROWS_KEPT)
     if row is not None:
         return row
     row = find()
@@ -408,9 +414,7 @@ def links_batched() -> Iterator[None]:
             def remember(row: Tuple[str, Any] = row, keys: Set[Tuple[str, Any]] = keys) -> None:
                 with _guard:
                     _links.setdefault(row, set()).update(keys)
-                    _links.move_to_end(row)
-                    while len(_links) > LINKS_KEPT:
-                        _links.popitem(last=False)
+                    _used(_links, row, LINKS_KEPT)
             transaction.on_commit(remember, using=database)
     finally:
         write.links = None
