@@ -74,8 +74,22 @@ def test_poisoned_postgres_store_is_repaired(pg, pg_uri: str, tmp_path: Path) ->
     assert doctor(project)[0] == 0 and len(burst["codes"]) == 16
 
 
+RECORDS = """
+from smtlock import current_label, smt_logged
+@smt_logged
+def simulate(x):
+    return current_label()
+print(" ".join(simulate(x) for x in range(3)))
+"""
+
+
 def test_torn_project_file_is_restored(project: Path) -> None:
     subprocess.run([SMTLOCK, "enable"], cwd=project, check=True, capture_output=True)  # a protected save
+    copy = project / ".smt" / "project.last-good"
+    settings = copy.read_bytes()
+    labels = run_python(RECORDS, project).stdout.split()
+    assert json.loads((project / ".smt" / "project").read_text())["_most_recent"] == labels[-1]
+    assert copy.read_bytes() == settings  # no setting changed: the copy is not written for each record
     (project / ".smt" / "project").write_text('{"name": "stress", "record_st')  # torn as upstream tears it
     status = subprocess.run([SMTLOCK, "status"], cwd=project, capture_output=True, text=True)
     assert status.returncode == 2 and "smtlock doctor --repair" in status.stderr
@@ -84,9 +98,9 @@ def test_torn_project_file_is_restored(project: Path) -> None:
     assert (project / ".smt" / "project").read_text().endswith("record_st")  # without --repair: unchanged
     code, found = doctor(project, "--repair")
     assert code == 0 and found["project file"]["status"] == "repaired"
-    loaded = run_python("from sumatra.projects import load_project; p = load_project(); print(p.name, p.plugins)",
-                        project)
-    assert loaded.stdout.strip() == "stress ['smtlock.plugin']"
+    loaded = run_python("from sumatra.projects import load_project; p = load_project(); "
+                        "print(p.name, p.plugins, p.most_recent().label)", project)
+    assert loaded.stdout.strip() == f"stress ['smtlock.plugin'] {labels[-1]}"  # the store's most recent
 
 
 RUNNER = """

@@ -8,13 +8,14 @@ import builtins
 import contextlib
 import errno
 import io
+import json
 import locale
 import os
 import re
 import signal
 import socket
 import tempfile
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from .backends import replacement_mode
 from .paths import LAST_GOOD_SUFFIX, SMT_DIR
@@ -33,16 +34,18 @@ class AtomicFile:
     temporary name in the target's folder, fsynced and renamed over the target, so a reader sees the
     old content or the new, never a torn file; on an error the target is left as it was.
 
-    ``keep_copy``: ``<path>.last-good`` gets the same content. ``cache``: the file is a cache, left as
-    it is (no error) when its folder is not the user's to write.
+    ``keep_copy``: ``<path>.last-good`` gets the same content when what ``copy_key`` takes from it
+    differs from what it takes from the copy (by default the whole content). ``cache``: the file is a
+    cache, left as it is (no error) when its folder is not the user's to write.
     """
 
     def __init__(self, path: str, mode: str = "w", keep_copy: bool = False, cache: bool = False,
-                 encoding: Optional[str] = None) -> None:
+                 encoding: Optional[str] = None, copy_key: Callable[[bytes], Any] = bytes) -> None:
         if "b" in mode or "a" in mode or "r" in mode:
             raise ValueError(f"AtomicFile writes text from scratch, not mode {mode!r}")
         self.path = os.path.abspath(path)
         self.keep_copy = keep_copy
+        self.copy_key = copy_key
         self.cache = cache
         self.encoding = encoding or locale.getpreferredencoding(False)
         self.buffer = io.StringIO()
@@ -69,8 +72,10 @@ class AtomicFile:
         self.closed = True
         data = self.buffer.getvalue().encode(self.encoding)
         self.buffer.close()
-        targets = ([self.path + LAST_GOOD_SUFFIX] if self.keep_copy else []) + [self.path]
-        if all(_holds(target, data) for target in targets):  # Project.save() after each record, smt list
+        copy = self.path + LAST_GOOD_SUFFIX
+        targets = ([copy] if self.keep_copy and not _holds(copy, data, self.copy_key) else []) + \
+            ([] if _holds(self.path, data) else [self.path])
+        if not targets:  # smt list, and a Project.save() of what the file holds
             return
         try:
             for target in targets:  # the last-good copy (what `smtlock doctor --repair` restores) first
@@ -82,13 +87,28 @@ class AtomicFile:
         _remove_left_behind(os.path.dirname(self.path))
 
 
-def _holds(path: str, data: bytes) -> bool:
-    """Whether the file at ``path`` holds exactly ``data``."""
+def _holds(path: str, data: bytes, key: Callable[[bytes], Any] = bytes) -> bool:
+    """Whether the file at ``path`` holds ``data`` (exactly, or what ``key`` takes from it)."""
     try:
         with open(path, "rb") as file:
-            return file.read() == data
+            held = file.read()
     except OSError:
         return False
+    return held == data or key(held) == key(data)
+
+
+def _settings(data: bytes) -> Any:
+    """What ``.smt/project`` holds but the label of the most recent record (``_most_recent``), which
+    ``Project.save`` changes after every record: the last-good copy keeps the settings, and is written
+    again only when they change (``smtlock doctor --repair`` restores it without a most recent
+    label, so that Sumatra asks the store for it)."""
+    try:
+        settings = json.loads(data)
+    except ValueError:
+        return data
+    if isinstance(settings, dict):
+        settings.pop("_most_recent", None)
+    return settings
 
 
 def _replace(path: str, data: bytes) -> None:
@@ -163,5 +183,6 @@ def atomic_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
             and os.path.basename(os.path.dirname(os.path.abspath(file))) == SMT_DIR):
         path = os.fspath(file)
         name = os.path.basename(path)
-        return AtomicFile(path, mode, keep_copy=name == "project", cache=name == "labels", **kwargs)
+        return AtomicFile(path, mode, keep_copy=name == "project", cache=name == "labels",
+                          copy_key=_settings, **kwargs)
     return builtins.open(file, mode, *args, **kwargs)

@@ -145,8 +145,14 @@ def _check_project_file(smt: Path, repair: bool) -> Finding:
                        "`smtlock enable` again if you used it)", 1)
     if not repair:
         return Finding("project file", PROBLEM, f"{problem}; `--repair` restores {copy.name}", 1)
+    # the copy keeps the settings; the most recent label it holds may be older than the store's (the
+    # copy is rewritten only when a setting changes): without one, Sumatra asks the store
+    settings = json.loads(copy.read_text())
+    if isinstance(settings, dict) and "_most_recent" in settings:
+        settings["_most_recent"] = None
     tmp = smt / "project.restoring"
-    shutil.copyfile(copy, tmp)
+    tmp.write_text(json.dumps(settings, indent=2))
+    shutil.copymode(copy, tmp)
     os.replace(tmp, file)
     return Finding("project file", REPAIRED, f"{problem}: restored from {copy.name}", 1)
 
