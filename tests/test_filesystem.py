@@ -19,8 +19,12 @@ def test_linux_mount_table_with_escaped_spaces(tmp_path: Path) -> None:
     table = tmp_path / "mounts"
     table.write_text("/dev/sda1 / ext4 rw 0 0\n"
                      "nas:/export /home/lab\\040data nfs4 rw,relatime 0 0\n"
-                     "lab@login:/scratch /scratch fuse.sshfs rw 0 0\n")
-    assert _linux_mounts(table) == [("ext4", "/"), ("nfs4", "/home/lab data"), ("fuse.sshfs", "/scratch")]
+                     "lab@login:/scratch /scratch fuse.sshfs rw 0 0\n"
+                     "nas:/donnees /mnt/donn\u00e9es\\134x nfs rw 0 0\n", encoding="utf-8")
+    # a name that is not ASCII stays whole (it came out as "donnÃ©es", and an NFS mount there was
+    # taken for the local filesystem above it)
+    assert _linux_mounts(table) == [("ext4", "/"), ("nfs4", "/home/lab data"), ("fuse.sshfs", "/scratch"),
+                                    ("nfs", "/mnt/donn\u00e9es\\x")]
 
 
 def test_macos_mount_output() -> None:

@@ -7,6 +7,7 @@ written there by more than one host. The doctor asks here.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -89,12 +90,17 @@ def _mounts() -> Iterable[Tuple[str, str]]:
 
 def _linux_mounts(table: Path) -> List[Tuple[str, str]]:
     try:
-        lines = table.read_text().splitlines()
+        lines = table.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
     except OSError:
         return []
     # fields: device, mount point (with octal escapes such as \040 for a space), type, options...
-    return [(fields[2], fields[1].encode().decode("unicode_escape"))
-            for fields in (line.split() for line in lines) if len(fields) >= 3]
+    return [(fields[2], _unescape(fields[1])) for fields in (line.split() for line in lines) if len(fields) >= 3]
+
+
+def _unescape(field: str) -> str:
+    """A mount point as the mount table writes it: ``\\ooo`` octal escapes of bytes (space, tab,
+    newline, backslash), the rest as it is (a name that is not ASCII stays whole)."""
+    return re.sub(r"\\([0-7]{3})", lambda escape: chr(int(escape.group(1), 8)), field)
 
 
 def _parse_bsd_mount(output: str) -> List[Tuple[str, str]]:
