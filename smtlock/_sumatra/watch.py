@@ -14,25 +14,23 @@ polled). Writes through a memory map make no event. Changes made by other hosts 
 there is no watch where a path is on a filesystem not known to be local (NFS, Lustre, FUSE, a virtual
 machine's shared folder...); nor without inotify, in a forked child (it would read its parent's
 events), with ``SMTLOCK_WATCH=0`` or ``SMTLOCK_FILESYSTEM=shared``, or where it could crowd the user's
-own tools out of their inotify limits (:func:`_slot`). Then the caller stats every path, as before.
+own tools out of their inotify limits (:func:`_room`). Then the caller stats every path, as before.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
 import select
 import stat
 import struct
 import sys
-import tempfile
 import threading
 import weakref
-from typing import Any, Callable, Dict, Iterable, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, Optional, Set
 
 from .._lock.filesystem import FILESYSTEM_VARIABLE, mount_of
 
-__all__ = ["Watch", "WATCH_SWITCH", "QUIET", "LOOK", "REARM", "LOCAL_TYPES", "WATCHES_KEPT", "SLOTS_VARIABLE"]
+__all__ = ["Watch", "WATCH_SWITCH", "QUIET", "LOOK", "REARM", "LOCAL_TYPES", "WATCHES_KEPT"]
 
 #: the environment variable that turns watches off when set to 0 (or "off", "no", "false")
 WATCH_SWITCH = "SMTLOCK_WATCH"
@@ -45,9 +43,6 @@ QUIET, LOOK, REARM = "quiet", "look", "rearm"
 _LIMITS = "/proc/sys/fs/inotify/max_user_"
 #: the watches a process keeps at once (provenance closes the oldest)
 WATCHES_KEPT = 2
-#: the folder of the slots that bound how many watches one user's processes hold on this host at once
-#: (an flock on one of its files each); ``/dev/shm/smtlock-watch-<uid>`` unless set
-SLOTS_VARIABLE = "SMTLOCK_WATCH_SLOTS"
 
 # <sys/inotify.h>
 _MODIFY, _ATTRIB, _CLOSE_WRITE = 0x2, 0x4, 0x8
@@ -81,10 +76,9 @@ class _Concern:
 class Watch:
     """One inotify instance over a set of paths; :meth:`quiet` says what happened since it was armed."""
 
-    def __init__(self, fd: int, mounts: int, slot: int) -> None:
+    def __init__(self, fd: int, mounts: int) -> None:
         self._fd = fd
         self._mounts = mounts  # /proc/self/mountinfo, polled: a mount or unmount anywhere
-        self._slot = slot  # the flock'd slot file this watch counts on
         self._poll = select.poll()
         self._poll.register(mounts, select.POLLPRI | select.POLLERR)
         self._concerns: Dict[int, _Concern] = {}
@@ -102,22 +96,19 @@ class Watch:
         if not enabled() or not sys.platform.startswith("linux") or \
                 os.environ.get(FILESYSTEM_VARIABLE, "").strip().lower() == "shared":
             return None
+        most = _room()
         libc = _load_libc()
-        found = _slot() if libc is not None else None
-        if found is None:
+        if libc is None or not most:
             return None
-        slot, most = found
         try:
             mounts = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
-            os.close(slot)
             return None
         fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
         if fd < 0:  # the user's instances are all in use: the stamps will do
             os.close(mounts)
-            os.close(slot)
             return None
-        watch = cls(fd, mounts, slot)
+        watch = cls(fd, mounts)
         try:
             if watch._watch_all(libc, list(files), list(folders), importable, most):
                 return watch
@@ -183,10 +174,10 @@ class Watch:
             self._close()
 
     def _close(self) -> None:
-        for fd in (self._fd, self._mounts, self._slot):  # the slot's flock goes with its last copy
+        for fd in (self._fd, self._mounts):
             if fd >= 0 and self._pid == os.getpid():
                 os.close(fd)
-        self._fd = self._mounts = self._slot = -1
+        self._fd = self._mounts = -1
 
     def _concerned(self, data: bytes) -> str:
         found = QUIET
@@ -267,42 +258,18 @@ def _resolve(path: str, folder: Callable[[str], _Concern], start: str = "/") -> 
     return current
 
 
-def _slot() -> Optional[Tuple[int, int]]:
-    """A free slot (an open file with its flock) and how many paths its watch may watch, or None.
-
-    inotify's limits are per user and shared by all their tools (an editor, a notebook server): a
-    burst of hundreds of jobs must not take them all. One user's watches on this host are bounded by
-    slots, a quarter of their instances (32 of Linux's default 128), each a file locked while a watch
-    counts on it (the lock goes when the process ends, however it ends); each watch may take an equal
-    share of half their watches (3,000 of a current kernel's default, none of the 8,192 older kernels
-    allow)."""
+def _room() -> int:
+    """How many paths one watch may watch: as many processes as this host has CPUs, each with its
+    most watches kept, would use at most half of the user's inotify instances and watches, leaving
+    the rest to their own tools (an editor, a notebook server). 0: no watch."""
+    cpus = os.cpu_count() or 1
     try:
         with open(_LIMITS + "instances") as instances, open(_LIMITS + "watches") as watches:
-            slots, most = int(instances.read()) // 4, int(watches.read())
+            if cpus * WATCHES_KEPT > int(instances.read()) // 2:
+                return 0
+            return int(watches.read()) // (2 * cpus * WATCHES_KEPT)
     except (OSError, ValueError):
-        return None
-    most = most // (2 * max(slots, 1))
-    if slots < 1 or most < 1:
-        return None
-    folder = os.environ.get(SLOTS_VARIABLE) or os.path.join(
-        "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir(), f"smtlock-watch-{os.getuid()}")
-    try:
-        os.makedirs(folder, mode=0o700, exist_ok=True)
-    except OSError:
-        return None
-    start = os.getpid() % slots  # processes started together try different slots first
-    for n in range(slots):
-        try:
-            fd = os.open(os.path.join(folder, f"slot-{(start + n) % slots}"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-                         0o600)
-        except OSError:
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd, most
-        except OSError:
-            os.close(fd)
-    return None
+        return 0
 
 
 def _any_unknown(folders: Dict[str, _Concern]) -> bool:
@@ -332,13 +299,13 @@ def _forget_in_child() -> None:
     queues: reading one would take the parent's events); its guard may have been held by another thread."""
     for watch in list(_live):
         watch._guard = threading.Lock()
-        for fd in (watch._fd, watch._mounts, watch._slot):  # the parent's slot stays locked by the parent
+        for fd in (watch._fd, watch._mounts):
             if fd >= 0:
                 try:
                     os.close(fd)
                 except OSError:
                     pass
-        watch._fd = watch._mounts = watch._slot = -1
+        watch._fd = watch._mounts = -1
 
 
 os.register_at_fork(after_in_child=_forget_in_child)
