@@ -329,29 +329,21 @@ print(json.dumps({"before": before, "watched": watched, "after": version()}))
 """
 
 
-def two_versions(tmp: Path, where: Path, path: Path, inside: str = "") -> Tuple[Path, Dict[str, str]]:
-    """A project whose main.py imports attrpkg; its versions 1 and 2 in ``where/v1`` and ``where/v2``
-    (in their folder ``inside``); the environment of a process that finds it on ``path``. Skips where
-    no watch is armed."""
-    if not watchable(tmp):
-        pytest.skip("no watch on this host (see watch._room) or filesystem")
-    project = make_project(tmp / "project")
-    write(project / "main.py", "import attrpkg\n")
-    subprocess.run(GIT + ["add", "main.py"], cwd=project, check=True)
-    subprocess.run(GIT + ["commit", "-qm", "code"], cwd=project, check=True)
-    for version in ("1", "2"):
-        write(where / f"v{version}" / inside / "attrpkg" / "__init__.py", f"__version__ = '{version}'\n")
-    env = {**os.environ, "PYTHONPATH": str(path)}
-    env.pop("SMTLOCK_MEMO", None)
-    return project, env
-
-
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root and unshare")
 def test_a_folder_mounted_over_a_watched_one(tmp_path: Path) -> None:
     """A folder bind-mounted over one on the way to the packages (an environment image mounted at its
     path) makes no inotify event: the watch polls the mount table. In a mount namespace of its own,
     removed with the process."""
-    project, env = two_versions(tmp_path, tmp_path, tmp_path / "v1")
+    if not watchable(tmp_path):
+        pytest.skip("no watch on this host (see watch._room) or filesystem")
+    project = make_project(tmp_path / "project")
+    write(project / "main.py", "import attrpkg\n")
+    subprocess.run(GIT + ["add", "main.py"], cwd=project, check=True)
+    subprocess.run(GIT + ["commit", "-qm", "code"], cwd=project, check=True)
+    for version in ("1", "2"):
+        write(tmp_path / f"v{version}" / "attrpkg" / "__init__.py", f"__version__ = '{version}'\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "v1")}
+    env.pop("SMTLOCK_MEMO", None)
     done = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, "-c", MOUNTED,
                            str(tmp_path / "v2"), str(tmp_path / "v1")], cwd=project, env=env,
                           capture_output=True, text=True)
@@ -364,9 +356,18 @@ def test_a_link_along_the_path_pointed_elsewhere(tmp_path: Path) -> None:
     """Packages on a path through a link (``envs/current -> v1``, as a module system or a deployment
     keeps them), the link then pointed to another version: no watched file or folder changed, only
     a name looked up on the way to them."""
+    if not watchable(tmp_path):
+        pytest.skip("no watch on this host (see watch._room) or filesystem")
+    project = make_project(tmp_path / "project")
+    write(project / "main.py", "import attrpkg\n")
+    subprocess.run(GIT + ["add", "main.py"], cwd=project, check=True)
+    subprocess.run(GIT + ["commit", "-qm", "code"], cwd=project, check=True)
+    for version in ("1", "2"):
+        write(tmp_path / "envs" / f"v{version}" / "site" / "attrpkg" / "__init__.py", f"__version__ = '{version}'\n")
     current = tmp_path / "envs" / "current"
-    project, env = two_versions(tmp_path, tmp_path / "envs", current / "site", "site")
     current.symlink_to("v1")
+    env = {**os.environ, "PYTHONPATH": str(current / "site")}
+    env.pop("SMTLOCK_MEMO", None)
     workers = Workers(project, env)
     try:
         for _ in range(3):
