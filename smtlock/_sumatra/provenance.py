@@ -43,7 +43,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 from .._lock.atomic import AtomicFile
 from .._lock.paths import SMT_DIR
-from .watch import QUIET, REARM, WATCHES_KEPT, Watch
+from .watch import Watch
 
 __all__ = ["enabled", "run_script", "executable_version", "platform_information", "in_project",
            "SourceOnce", "MEMO_DIR", "MEMO_SWITCH", "SCAN_WAIT_S", "stats"]
@@ -409,34 +409,32 @@ def _lookup(key: str) -> Optional[Dict[str, Any]]:
 
 
 def _still_valid(key: str, entry: Dict[str, Any]) -> bool:
-    """Whether this process's ``entry`` is valid: its stamps checked, unless the watch armed before
-    their last check has seen nothing that concerns them (watch.py). A process arms one at its second
-    check of an entry (one that makes a single record, as ``smt run`` does, never needs it), and keeps
-    the watches of its latest entries only."""
+    """Whether this process's ``entry`` is valid: its stamps checked, or nothing that concerns them
+    seen by the watch armed before their last check (a process's second check of an entry arms one:
+    a process that makes one record, as ``smt run`` does, never needs it)."""
     with _lock:
-        armed = _watches.pop(key, None)
+        armed = _watches.get(key)
         checks = _checks[key] = _checks.get(key, 0) + 1
-    seen = REARM if armed is None or armed[0] is not entry else armed[1].quiet()
-    watch = armed[1] if seen != REARM and armed is not None else None
-    if seen == QUIET:
+    if armed is not None and armed[0] is entry and armed[1].quiet():
         stats["watched"] += 1
-    elif watch is None and checks >= 2:
+        return True
+    watch = None
+    if checks >= 2:
         if armed is not None:
             armed[1].close()
         files = [path for path, stamp in entry["stamps"].items() if not (stamp and stamp[1] == "dir")]
         folders = [path for path, stamp in entry["stamps"].items() if stamp and stamp[1] == "dir"]
         watch = Watch.arm(files + list(entry["links"]), folders, _could_import)
-    if seen != QUIET and not _valid(entry):
+    if not _valid(entry):
         if watch is not None:
             watch.close()
         return False
-    if watch is not None:
-        with _lock:
-            replaced = _watches.pop(key, None)  # another thread's, armed meanwhile
-            _watches[key] = (entry, watch)  # the latest last
-            closing = [_watches.pop(k)[1] for k in list(_watches)[:-WATCHES_KEPT]]
-        for old in closing + ([replaced[1]] if replaced is not None else []):
-            old.close()
+    with _lock:
+        replaced = _watches.pop(key, None)
+        if watch is not None:
+            _watches[key] = (entry, watch)
+    if replaced is not None and replaced[1] is not watch:
+        replaced[1].close()
     return True
 
 
