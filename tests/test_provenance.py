@@ -212,107 +212,21 @@ CHANGES: Dict[str, Callable[[Path, Path, Path], None]] = {
 }
 
 
-@pytest.mark.parametrize("watched", [False, True], ids=["stamps checked", "watched"])
 @pytest.mark.parametrize("change", list(CHANGES))
-def test_a_change_makes_the_next_record_plain_sumatras_again(setup: Any, change: str, watched: bool) -> None:
-    """Made after the second record (the process checks every stamp), or after the fourth (the third
-    armed a watch, watch.py, and the fourth was its: no stamp checked)."""
+def test_a_change_makes_the_next_record_plain_sumatras_again(setup: Any, change: str) -> None:
     project, site, workers, tmp = setup
-    for _ in range(3 if watched else 1):
-        both(workers)
+    both(workers)
     before, memo, stats = both(workers)
-    assert memo == before and stats["watched"] == (1 if watched else 0)
-    reused = stats["reused"]
+    assert memo == before and stats["reused"] == 1
     CHANGES[change](project, site, tmp)
     plain, memo, stats = both(workers)
     assert plain != before  # the change shows in plain Sumatra's record...
     assert memo == plain  # ...and in smtlock's, the first one after it
     if change != "commit the uncommitted change":  # what the scan read changed: it ran again
-        assert stats["scans"] == 2 and stats["reused"] == reused and stats["watched"] == (1 if watched else 0)
+        assert stats["scans"] == 2 and stats["reused"] == 1
     else:  # no module file changed: the scan was reused, version control asked again (as upstream)
-        assert stats["reused"] == reused + 1 and stats["watched"] == (2 if watched else 0)
+        assert stats["reused"] == 2
         assert deps(memo)["localpkg"][1:3] == [memo["version"], ""] and memo["version"] != before["version"]
-
-
-def test_a_file_written_through_a_link_in_another_folder(setup: Any) -> None:
-    """A module file with a hard link in a folder no watch watches (uv installs by hard-linking from
-    its cache), written in place through that link: only the file's own inode reports it."""
-    project, site, workers, tmp = setup
-    os.link(project / "helper.py", tmp / "helper-link")
-    for _ in range(3):
-        both(workers)
-    before, memo, stats = both(workers)
-    assert memo == before and stats["watched"] == 1
-    with open(tmp / "helper-link", "r+") as through:  # in place: the same inode, a name elsewhere
-        through.write("import othrpkg\n")
-    plain, memo, stats = both(workers)
-    assert "othrpkg" in deps(plain) and "attrpkg" not in deps(plain)
-    assert memo == plain and stats["scans"] == 2
-
-
-FORKED = r"""
-import json, os
-import smtlock
-from smtlock._sumatra import provenance
-from sumatra.projects import load_project
-project = load_project()
-def dependencies():
-    return sorted(d.name for d in project.new_record(main_file="main.py").dependencies)
-for _ in range(4):
-    before = dependencies()
-watched = provenance.stats["watched"]
-with open("helper.py", "w") as f:
-    f.write("import othrpkg\n")
-pid = os.fork()
-if pid == 0:
-    print(json.dumps({"child": dependencies()}), flush=True)
-    os._exit(0)
-os.waitpid(pid, 0)
-print(json.dumps({"before": before, "watched": watched, "parent": dependencies()}), flush=True)
-"""
-
-
-def test_a_forked_child_leaves_its_parents_watch_alone(setup: Any) -> None:
-    """A child forked from a process with a watch shares its inotify queue: had the child read it,
-    the change it read would be gone for the parent, whose next record would have missed it."""
-    project, site, workers, _ = setup
-    env = {**os.environ, "PYTHONPATH": str(site)}
-    env.pop("SMTLOCK_MEMO", None)
-    done = subprocess.run([sys.executable, "-c", FORKED], cwd=project, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    child, parent = (json.loads(line) for line in done.stdout.splitlines())
-    assert parent["watched"] == 1 and "attrpkg" in parent["before"]
-    assert "othrpkg" in child["child"] and "attrpkg" not in child["child"]
-    assert "othrpkg" in parent["parent"] and "attrpkg" not in parent["parent"]
-
-
-def test_a_link_along_the_path_pointed_elsewhere(tmp_path: Path) -> None:
-    """Packages on a path through a link (``envs/current -> v1``, as a module system or a deployment
-    keeps them), the link then pointed to another version: no watched file or folder changed, only
-    a name looked up on the way to them."""
-    project = make_project(tmp_path / "project")
-    write(project / "main.py", "import attrpkg\n")
-    subprocess.run(GIT + ["add", "main.py"], cwd=project, check=True)
-    subprocess.run(GIT + ["commit", "-qm", "code"], cwd=project, check=True)
-    for version in ("1", "2"):
-        write(tmp_path / "envs" / f"v{version}" / "site" / "attrpkg" / "__init__.py", f"__version__ = '{version}'\n")
-    current = tmp_path / "envs" / "current"
-    current.symlink_to("v1")
-    env = {**os.environ, "PYTHONPATH": str(current / "site")}
-    env.pop("SMTLOCK_MEMO", None)
-    workers = Workers(project, env)
-    try:
-        for _ in range(3):
-            both(workers)
-        before, memo, stats = both(workers)
-        assert memo == before and deps(memo)["attrpkg"][1] == "1" and stats["watched"] == 1
-        (tmp_path / "envs" / "next").symlink_to("v2")
-        os.replace(tmp_path / "envs" / "next", current)  # as `ln -sfn` would, at once
-        plain, memo, stats = both(workers)
-        assert deps(plain)["attrpkg"][1] == "2"
-        assert memo == plain and stats["scans"] == 2
-    finally:
-        workers.close()
 
 
 def test_a_hard_link_to_a_file_the_scan_read_keeps_the_memo(setup: Any) -> None:

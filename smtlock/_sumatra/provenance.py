@@ -43,7 +43,6 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 from .._lock.atomic import AtomicFile
 from .._lock.paths import SMT_DIR
-from .watch import Watch
 
 __all__ = ["enabled", "run_script", "executable_version", "platform_information", "in_project",
            "SourceOnce", "MEMO_DIR", "MEMO_SWITCH", "SCAN_WAIT_S", "stats"]
@@ -61,14 +60,11 @@ _IMPORTABLE = (".py", ".pyc", ".pyw", ".so", ".pyd", ".pth", ".zip", ".egg", ".e
 _FORMAT = 4  # of a memo file; another number is not read
 _RACY_NS = 2_000_000_000  # a file changed this close to its stamp is compared by content too (as git does)
 
-#: what this process did, for tests and ``smtlock`` diagnostics: scans run, scans reused, reuses whose
-#: check was a watch's (watch.py) rather than a stat of each stamp
-stats: Dict[str, int] = {"scans": 0, "reused": 0, "memo_read": 0, "memo_written": 0, "watched": 0}
+#: what this process did, for tests and ``smtlock`` diagnostics: scans run, scans reused
+stats: Dict[str, int] = {"scans": 0, "reused": 0, "memo_read": 0, "memo_written": 0}
 
 _lock = threading.Lock()
 _memo: Dict[str, Dict[str, Any]] = {}  # key -> entry (see _new_entry), this process
-_checks: Dict[str, int] = {}  # key -> how often this process checked its entry
-_watches: Dict[str, Tuple[Dict[str, Any], Watch]] = {}  # key -> the entry its watch was armed for, the watch
 _local = threading.local()  # .entry: the scan this thread's next versions script follows
 _project = threading.local()  # .path: the project whose record this thread is making
 
@@ -396,7 +392,7 @@ def _lookup(key: str) -> Optional[Dict[str, Any]]:
     """The valid entry for ``key``: this process's, else the project's memo file's."""
     with _lock:
         entry = _memo.get(key)
-    if entry is not None and _still_valid(key, entry):
+    if entry is not None and _valid(entry):
         return entry
     entry = _read(key)
     if entry is not None and _valid(entry):
@@ -406,41 +402,6 @@ def _lookup(key: str) -> Optional[Dict[str, Any]]:
     with _lock:
         _memo.pop(key, None)
     return None
-
-
-def _still_valid(key: str, entry: Dict[str, Any]) -> bool:
-    """Whether this process's ``entry`` is valid: its stamps checked, or nothing that concerns them
-    seen by the watch armed before their last check (a process's second check of an entry arms one:
-    a process that makes one record, as ``smt run`` does, never needs it)."""
-    with _lock:
-        armed = _watches.get(key)
-        checks = _checks[key] = _checks.get(key, 0) + 1
-    if armed is not None and armed[0] is entry and armed[1].quiet():
-        stats["watched"] += 1
-        return True
-    watch = None
-    if checks >= 2:
-        if armed is not None:
-            armed[1].close()
-        files = [path for path, stamp in entry["stamps"].items() if not (stamp and stamp[1] == "dir")]
-        folders = [path for path, stamp in entry["stamps"].items() if stamp and stamp[1] == "dir"]
-        watch = Watch.arm(files + list(entry["links"]), folders, _could_import)
-    if not _valid(entry):
-        if watch is not None:
-            watch.close()
-        return False
-    with _lock:
-        replaced = _watches.pop(key, None)
-        if watch is not None:
-            _watches[key] = (entry, watch)
-    if replaced is not None and replaced[1] is not watch:
-        replaced[1].close()
-    return True
-
-
-def _could_import(name: str, folder: bool) -> bool:
-    """Whether an entry of this name in a folder counts for its stamp (see :func:`_importable`)."""
-    return name.endswith(_IMPORTABLE) or (folder and name != "__pycache__")
 
 
 def _memo_file(key: str) -> Optional[str]:
