@@ -183,3 +183,58 @@ def test_a_call_is_stored_once_running_and_once_ended(project: Path) -> None:
     # most recent record, is written atomically (before: a third hold of the lock, for every call)
     assert found["locks"] == ["save_record"] * 4
     assert found["most_recent"] == found["last"]
+
+
+REUSED = '''
+import json, os, subprocess, sys, threading
+import sumatra.projects
+from smtlock import smt_logged
+loads = []
+load_project = sumatra.projects.load_project
+
+
+def counted(path=None):
+    loads.append(path)
+    return load_project(path)
+
+
+sumatra.projects.load_project = counted
+
+
+@smt_logged
+def task(x):
+    return len(loads)
+
+
+seen = [task(1), task(2)]
+smt = os.path.join(os.path.dirname(sys.executable), "smt")
+subprocess.run([smt, "configure", "--datapath", "Data2"], check=True)  # another process changes a setting
+seen.append(task(3))
+in_thread = threading.Thread(target=lambda: seen.append(task(4)))
+in_thread.start()
+in_thread.join()
+print(json.dumps({"seen": seen, "most_recent": json.load(open(".smt/project"))["_most_recent"]}))
+'''
+STORES = """
+import json
+from sumatra.projects import load_project
+print(json.dumps([(r.parameters.as_dict()["x"], [r.label, r.datastore.root]) for r in load_project().find_records()]))
+"""
+
+
+def test_a_thread_loads_the_project_again_only_when_its_settings_change(project: Path) -> None:
+    """@smt_logged loads the project for its thread's first call and again when a setting in the project
+    file changed (here the data path, by `smt configure` in another process); each record is as a
+    fresh load would make it. Before: the project was loaded for every call."""
+    (project / "reused.py").write_text(REUSED)
+    subprocess.run(["git", "add", "reused.py"], cwd=project, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "r"], cwd=project,
+                   check=True)
+    done = subprocess.run([sys.executable, "reused.py"], cwd=project, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout.splitlines()[-1])
+    assert found["seen"] == [1, 1, 2, 3]  # loads before each call's function ran: a thread loads its own
+    records = dict(json.loads(run_python(STORES, project).stdout))
+    assert {x: os.path.basename(root) for x, (_, root) in records.items()} == \
+        {1: "Data", 2: "Data", 3: "Data2", 4: "Data2"}
+    assert found["most_recent"] == records[4][0]  # the project file names the last call's record

@@ -20,7 +20,7 @@ from sumatra.programs import PythonExecutable
 from sumatra.projects import Project
 
 from .._sumatra.patches import first_write_deferred
-from .._sumatra.project import load
+from .._sumatra.project import load_reused
 from .capture import Captured
 
 __all__ = ["smt_logged", "current_label"]
@@ -80,8 +80,9 @@ class _Options:
 
 def _record_call(func: Callable, options: _Options, args: tuple, kwargs: dict) -> Any:
     """One call of a decorated function, recorded."""
-    # our load: outside a project, or with a torn project file, one SMTLockError that says what to do
-    prj = options.project if isinstance(options.project, Project) else load(options.project or ".")
+    # our load: outside a project, or with a torn project file, one SMTLockError that says what to do;
+    # the Project of this thread's last call again while the project file's settings are the same
+    prj = options.project if isinstance(options.project, Project) else load_reused(options.project or ".")
     with first_write_deferred():  # stored once it runs, with a unique label (upstream: also before)
         record = prj.new_record(parameters=_parameters(inspect.signature(func), args, kwargs),
                                 main_file=_main_file(func, prj),
