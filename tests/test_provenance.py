@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -63,7 +64,7 @@ for line in sys.stdin:
     print(json.dumps({"fields": plain(fields), "stats": stats}), flush=True)
 '''
 
-MAIN = "import helper\nimport localpkg\nimport shadowed\nimport metapkg\n"
+MAIN = "import helper\nimport localpkg\nimport shadowed\nimport metapkg\nimport plainpkg\n"
 HELPER = "import attrpkg\n"
 
 
@@ -137,6 +138,7 @@ def setup(tmp_path: Path) -> Any:
     site = tmp_path / "site"
     write(site / "attrpkg" / "__init__.py", "__version__ = '1.2.3'\n")
     write(site / "othrpkg" / "__init__.py", "__version__ = '4.5.6'\n")
+    write(site / "plainpkg" / "__init__.py", "VALUE = 1  # no version: Sumatra's egg heuristic looks\n")
     write(site / "shadowed" / "__init__.py", "__version__ = 'site'\n")
     write(site / "interppkg" / "__init__.py", "import sys\n__version__ = '%d.%d' % sys.version_info[:2]\n")
     pip_install(wheel(tmp_path, "1.0"), site)
@@ -227,6 +229,36 @@ def test_a_change_makes_the_next_record_plain_sumatras_again(setup: Any, change:
     else:  # no module file changed: the scan was reused, version control asked again (as upstream)
         assert stats["reused"] == 2
         assert deps(memo)["localpkg"][1:3] == [memo["version"], ""] and memo["version"] != before["version"]
+
+
+def _past_two_seconds(folder: Path) -> None:
+    """Wait until the folder's times are 2 s old: a listing taken then is kept (not a racy one)."""
+    while time.time_ns() - max(folder.stat().st_mtime_ns, folder.stat().st_ctime_ns) < 2_100_000_000:
+        time.sleep(0.05)
+
+
+def test_the_egg_heuristic_lists_a_folder_again_once_a_name_came_or_went(setup: Any) -> None:
+    """Sumatra's egg heuristic lists the folder of each dependency without a version, for every
+    record: smtlock lists it again only when its stat changed. An EGG-INFO made there, then removed
+    with the folder's mtime set back, shows in the very next record as in plain Sumatra's."""
+    project, site, workers, _ = setup
+    both(workers)
+    _past_two_seconds(site)
+    both(workers)
+    plain, memo, stats = both(workers)
+    assert memo == plain and deps(memo)["plainpkg"][1] == "unknown"
+    assert stats["listings_reused"] >= 1  # the folder was not listed again
+    write(site / "EGG-INFO" / "PKG-INFO", "Metadata-Version: 1.0\nName: plainpkg\nVersion: 9.9\n")
+    plain, memo, _ = both(workers)
+    assert memo == plain and deps(memo)["plainpkg"][1:4:2] == ["9.9", "egg-info"]
+    _past_two_seconds(site)
+    plain, memo, _ = both(workers)  # the listing with EGG-INFO kept
+    assert memo == plain and deps(memo)["plainpkg"][1:4:2] == ["9.9", "egg-info"]
+    mtime = site.stat().st_mtime_ns
+    shutil.rmtree(site / "EGG-INFO")
+    os.utime(site, ns=(mtime, mtime))  # the mtime as it was when the listing was kept: its ctime moved
+    plain, memo, _ = both(workers)
+    assert memo == plain and deps(memo)["plainpkg"][1] == "unknown"
 
 
 def test_a_hard_link_to_a_file_the_scan_read_keeps_the_memo(setup: Any) -> None:

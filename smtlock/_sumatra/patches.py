@@ -541,6 +541,9 @@ def apply() -> None:
     # Upstream tokenizes its own module again for every record's versions script (inspect.getsource).
     if not isinstance(sumatra.dependency_finder.python.inspect, provenance.SourceOnce):
         setattr(sumatra.dependency_finder.python, "inspect", provenance.SourceOnce())  # noqa: B010
+    # Upstream lists site-packages for each dependency of every record (its egg heuristic).
+    if not isinstance(sumatra.dependency_finder.python.os, provenance.ListingOnce):
+        setattr(sumatra.dependency_finder.python, "os", provenance.ListingOnce())  # noqa: B010
     patch(sumatra.programs.Executable, "_get_version", provenance.executable_version)
     patch(sumatra.launch.LaunchMode, "get_platform_information", provenance.platform_information)
     # Upstream asks git in 7 subprocesses for every record (check-ignore, 4 diffs, cat-file, ls-files)

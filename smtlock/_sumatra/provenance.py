@@ -45,7 +45,7 @@ from .._lock.atomic import AtomicFile
 from .._lock.paths import SMT_DIR
 
 __all__ = ["enabled", "run_script", "executable_version", "platform_information", "in_project",
-           "SourceOnce", "MEMO_DIR", "MEMO_SWITCH", "SCAN_WAIT_S", "stats"]
+           "SourceOnce", "ListingOnce", "MEMO_DIR", "MEMO_SWITCH", "SCAN_WAIT_S", "stats"]
 
 #: the folder under ``.smt`` that holds the memo shared by the project's processes
 MEMO_DIR = "smtlock-memo"
@@ -61,7 +61,7 @@ _FORMAT = 4  # of a memo file; another number is not read
 _RACY_NS = 2_000_000_000  # a file changed this close to its stamp is compared by content too (as git does)
 
 #: what this process did, for tests and ``smtlock`` diagnostics: scans run, scans reused
-stats: Dict[str, int] = {"scans": 0, "reused": 0, "memo_read": 0, "memo_written": 0}
+stats: Dict[str, int] = {"scans": 0, "reused": 0, "memo_read": 0, "memo_written": 0, "listings_reused": 0}
 
 _lock = threading.Lock()
 _memo: Dict[str, Dict[str, Any]] = {}  # key -> entry (see _new_entry), this process
@@ -350,6 +350,42 @@ class SourceOnce:
         source = self._module.getsource(obj)
         self._sources[code] = (stamp, source)
         return source
+
+
+class ListingOnce:
+    """Stands in for the ``os`` module inside ``sumatra.dependency_finder.python``: its egg heuristic
+    lists the folder of every dependency whose version is still unknown, for every record (site-packages,
+    hundreds of names, ~4 listings an ``@smt_logged`` call). A folder's listing is remembered while its
+    stat shows the same folder with the same mtime and ctime, which every name made, removed or renamed
+    in it moves (and ctime any ``touch`` that sets the mtime back); not while they are within 2 s of the
+    listing, where a later change may share them."""
+
+    def __init__(self) -> None:
+        self._listings: Dict[str, Tuple[Any, List[str]]] = {}  # folder -> (its stat when listed, names)
+        self._guard = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def listdir(self, path: Any = ".") -> List[str]:
+        if not isinstance(path, str) or not enabled():
+            return os.listdir(path)
+        try:
+            st = os.stat(path)
+        except OSError:
+            return os.listdir(path)  # upstream's error
+        stamp = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+        with self._guard:
+            kept = self._listings.get(path)
+        if kept is not None and kept[0] == stamp:
+            stats["listings_reused"] += 1
+            return list(kept[1])
+        now = time.time_ns()
+        names = os.listdir(path)
+        if now - max(st.st_mtime_ns, st.st_ctime_ns) >= _RACY_NS:
+            with self._guard:
+                self._listings[path] = (stamp, names)
+        return list(names)
 
 
 #: how long a process waits for another's scan before it scans too (that one may be stopped)
