@@ -251,7 +251,10 @@ def _new_entry(key: str, executable_path: str, seen: Dict[str, Any], packages: D
             for name in os.listdir(folder):
                 for suffix, inner in _METADATA.items():
                     if name.endswith(suffix):
-                        metadata.add(os.path.join(folder, name))
+                        # not a .dist-info or .egg-info folder itself: the file in it holds the version,
+                        # and the folder's name is among the importable names of the folder above
+                        if suffix == ".egg" or not os.path.isdir(os.path.join(folder, name)):
+                            metadata.add(os.path.join(folder, name))
                         metadata.update(os.path.join(folder, name, *part.split("/")) for part in inner)
     prefix_cfg = os.path.join(seen["prefix"], "pyvenv.cfg")
     watched = files | folders | metadata | {seen["executable"], prefix_cfg}
