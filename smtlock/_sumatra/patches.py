@@ -194,7 +194,8 @@ def save_record(self: Project, record: Any) -> None:
     so while a record's status is running, ``.smt/smtlock-running/<label>`` holds "pid host":
     ``smtlock doctor`` tells a live run from one whose process was killed.
     """
-    state = _state(record)
+    first = getattr(record, _FIRST, False)
+    state = None if first else _state(record)  # a record never stored has nothing to compare with
     if _unchanged(record, state):
         return
     prepare_store(self.record_store)
@@ -202,7 +203,6 @@ def save_record(self: Project, record: Any) -> None:
     # says: a timeout there would throw away a finished run's result (smt run, @smt_logged, @capture).
     ended = not ENDED_TAGS.isdisjoint(record.tags)
     before = edits.fields(record)
-    first = getattr(record, _FIRST, False)
     # a record this process stored, of which only what a run's end changes has changed: the store's
     # save sets those columns (djangostore.save_changed), not the whole row again
     with djangostore.only_changed(_changed(record, state)), \
