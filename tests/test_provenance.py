@@ -373,6 +373,28 @@ def test_each_version_control_change_shows_in_the_very_next_record(setup: Any) -
     assert len(deps(plain)["attrpkg"][1]) == 40  # its repository's commit, not its __version__
 
 
+def test_with_a_git_variable_set_git_is_asked_for_every_record(setup: Any) -> None:
+    """A variable that points git at another index, work tree or repository (a hook sets them) makes
+    git's answers depend on files the stamps do not cover: smtlock asks git for every record, and each
+    record equals plain Sumatra's. Here a file is unstaged in the other index only, between two records."""
+    project, site, _, _ = setup
+    index = project / ".git" / "other-index"
+    shutil.copy(project / ".git" / "index", index)
+    env = {**os.environ, "PYTHONPATH": str(site), "GIT_INDEX_FILE": str(index)}
+    env.pop("SMTLOCK_MEMO", None)
+    workers = Workers(project, env)
+    try:
+        both(workers)
+        before, memo, stats = both(workers)
+        assert memo == before and stats["git_reused"] == 0
+        subprocess.run(GIT + ["rm", "-q", "--cached", "helper.py"], cwd=project, env=env, check=True)
+        plain, memo, stats = both(workers)
+        assert plain != before  # helper.py is untracked in the other index: git diff HEAD shows it gone
+        assert memo == plain and stats["git_reused"] == 0
+    finally:
+        workers.close()
+
+
 # --- across processes: smt run ------------------------------------------------------------------------
 
 COUNTING_PYTHON = """#!/bin/sh

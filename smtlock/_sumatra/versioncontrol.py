@@ -53,7 +53,12 @@ _lock = threading.Lock()
 
 
 def _elsewhere() -> bool:
-    """Whether a variable of :data:`_ELSEWHERE` is set: then git is asked every time."""
+    """Whether a variable of :data:`_ELSEWHERE` is set: then git is asked every time. In a record, from
+    the environment read when it began (each name looked up in ``os.environ`` is encoded again: ~20
+    times a record)."""
+    known = getattr(_record, "environment", None)
+    if known is not None:  # every name of _ELSEWHERE starts with GIT_, so it is in _environment_now()
+        return any(name in _ELSEWHERE for name, _ in known)
     return any(name in os.environ for name in _ELSEWHERE)
 
 
