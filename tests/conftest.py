@@ -179,6 +179,15 @@ def overlaps(log: Path) -> int:
     return count
 
 
+def interruptible(command: list) -> list:
+    """``command`` run as a terminal runs it in the foreground, where Ctrl-C (SIGINT) reaches it: SIGINT's
+    default disposition, set just before the command is exec'd (same pid). A test run started as a
+    script's background job (``make test &``) has SIGINT ignored, and every child inherits that: a test
+    that sends SIGINT would wait for nothing (it failed so in CI rehearsals started that way)."""
+    reset = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execvp(sys.argv[1], sys.argv[1:])"
+    return [sys.executable, "-c", reset, *command]
+
+
 def waits_for_a_lock(pid: int) -> bool:
     """Whether the kernel lists ``pid`` as blocked on a flock (a "->" line in /proc/locks): how a test
     knows a process is waiting for the lock, without sleeping."""

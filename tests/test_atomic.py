@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import waits_for_a_lock
+from conftest import interruptible, waits_for_a_lock
 
 from smtlock._harness.burst import make_project
 
@@ -37,7 +37,8 @@ def test_smt_list_interrupted_while_it_waits_leaves_no_temporary_file(tmp_path: 
     listing = None
     try:
         assert holder.stdout.readline().strip() == "held"
-        listing = subprocess.Popen([SMT, "list"], cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        listing = subprocess.Popen(interruptible([SMT, "list"]), cwd=project, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE)
         while listing.poll() is None and not waits_for_a_lock(listing.pid):
             time.sleep(0.01)
         assert listing.poll() is None, listing.communicate()

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import interruptible
 from pgserver import Cluster
 
 from smtlock._harness.burst import JOB_SCRIPT, start_together
@@ -103,9 +104,9 @@ def test_a_host_cut_off_while_holding_the_lock_releases_it(network, tmp_path: Pa
 @pytest.mark.burst
 def test_the_harness_cuts_a_host_off_mid_burst(tmp_path: Path) -> None:
     out = tmp_path / "runs.json"
-    stress = subprocess.Popen([SMTLOCK, "stress", "--hosts", "2", "--jobs", "8", "--records", "2", "--mode", "locked",
-                               "--cut-host", "--json", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
+    stress = subprocess.Popen(interruptible([SMTLOCK, "stress", "--hosts", "2", "--jobs", "8", "--records", "2",
+                                             "--mode", "locked", "--cut-host", "--json", str(out)]),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         stdout, stderr = stress.communicate(timeout=540)
     except subprocess.TimeoutExpired:  # stopped as a person stops it (Ctrl-C): it removes its hosts and server
