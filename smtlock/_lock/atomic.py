@@ -18,7 +18,7 @@ import tempfile
 from typing import Any, Callable, Iterator, Optional
 
 from .backends import replacement_mode
-from .paths import LAST_GOOD_SUFFIX, SMT_DIR
+from .paths import LAST_GOOD_SUFFIX, MOST_RECENT, SMT_DIR
 
 __all__ = ["AtomicFile", "atomic_open"]
 
@@ -107,7 +107,7 @@ def _settings(data: bytes) -> Any:
     except ValueError:
         return data
     if isinstance(settings, dict):
-        settings.pop("_most_recent", None)
+        settings.pop(MOST_RECENT, None)
     return settings
 
 

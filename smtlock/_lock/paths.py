@@ -11,7 +11,7 @@ from .._postgres.client import is_postgres
 from ..errors import NoProjectError
 
 __all__ = ["project_root", "postgres_uri", "SMT_DIR", "LOCK_FILE_NAME",
-           "LEASE_SUFFIX", "LAST_GOOD_SUFFIX", "RUNNING_DIR", "HOST_CLAIM_SUFFIX"]
+           "LEASE_SUFFIX", "LAST_GOOD_SUFFIX", "RUNNING_DIR", "HOST_CLAIM_SUFFIX", "MOST_RECENT"]
 
 SMT_DIR = ".smt"  # Sumatra's folder in a project's root
 LOCK_FILE_NAME = "smtlock.lock"  # .smt/smtlock.lock (and .smt/smtlock.lock.holder: who holds it)
@@ -19,6 +19,8 @@ LEASE_SUFFIX = ".lease"  # .smt/smtlock.lease: the lock across hosts on a shared
 LAST_GOOD_SUFFIX = ".last-good"  # .smt/project.last-good: the last project file smtlock wrote
 RUNNING_DIR = "smtlock-running"  # .smt/smtlock-running/<label>: "pid host" of a running record
 HOST_CLAIM_SUFFIX = ".smtlock-host"  # <store>.smtlock-host: the one host that writes a store on a shared fs
+#: the setting of .smt/project that Project.save changes after every record: the most recent record's label
+MOST_RECENT = "_most_recent"
 
 
 def project_root(project: Any) -> Path:

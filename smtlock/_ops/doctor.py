@@ -24,6 +24,7 @@ from .._lock.paths import (
     LAST_GOOD_SUFFIX,
     LEASE_SUFFIX,
     LOCK_FILE_NAME,
+    MOST_RECENT,
     RUNNING_DIR,
     SMT_DIR,
     postgres_uri,
@@ -148,8 +149,8 @@ def _check_project_file(smt: Path, repair: bool) -> Finding:
     # the copy keeps the settings; the most recent label it holds may be older than the store's (the
     # copy is rewritten only when a setting changes): without one, Sumatra asks the store
     settings = json.loads(copy.read_text())
-    if isinstance(settings, dict) and "_most_recent" in settings:
-        settings["_most_recent"] = None
+    if isinstance(settings, dict) and MOST_RECENT in settings:
+        settings[MOST_RECENT] = None
     tmp = smt / "project.restoring"
     tmp.write_text(json.dumps(settings, indent=2))
     shutil.copymode(copy, tmp)

@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any, List, Optional, Union
 
-from .._lock.paths import SMT_DIR, project_root
+from .._lock.paths import MOST_RECENT, SMT_DIR, project_root
 from .._postgres.client import mask_uri
 from ..errors import ProjectFileError
 
@@ -28,7 +28,6 @@ def load(path: Union[str, "os.PathLike[str]"] = ".") -> Any:
 
 #: per thread: (process id, project file, the settings it held, the Project loaded from them)
 _kept = threading.local()
-_MOST_RECENT = "_most_recent"  # the one setting Project.save changes after every record
 _ABSENT = object()
 
 
@@ -41,19 +40,19 @@ def load_reused(path: Union[str, "os.PathLike[str]"] = ".") -> Any:
     root = project_root(path)
     file = root / SMT_DIR / "project"
     settings = _settings(file)
-    most_recent = settings.pop(_MOST_RECENT, _ABSENT) if isinstance(settings, dict) else _ABSENT
+    most_recent = settings.pop(MOST_RECENT, _ABSENT) if isinstance(settings, dict) else _ABSENT
     kept = getattr(_kept, "project", None)
     if kept is None or kept[:3] != (os.getpid(), file, settings):
-        project = load(root)
+        project = sumatra.projects.load_project(str(root))  # the file read and checked above, as load() does
         after = _settings(file)  # kept only if no one changed the file while it loaded
-        if isinstance(after, dict) and after.pop(_MOST_RECENT, _ABSENT) == most_recent and after == settings:
+        if isinstance(after, dict) and after.pop(MOST_RECENT, _ABSENT) == most_recent and after == settings:
             _kept.project = (os.getpid(), file, settings, project)
         return project
     project = kept[3]
     mimetypes = sumatra.projects.mimetypes  # as load_project: the user's .smt/mime.types may be new
     mimetypes.init(mimetypes.knownfiles + [str(root / SMT_DIR / "mime.types")])
     if most_recent is _ABSENT:  # as a load of the file leaves it
-        vars(project).pop(_MOST_RECENT, None)
+        vars(project).pop(MOST_RECENT, None)
     else:
         project._most_recent = most_recent
     return project
