@@ -238,3 +238,35 @@ def test_a_thread_loads_the_project_again_only_when_its_settings_change(project:
     assert {x: os.path.basename(root) for x, (_, root) in records.items()} == \
         {1: "Data", 2: "Data", 3: "Data2", 4: "Data2"}
     assert found["most_recent"] == records[4][0]  # the project file names the last call's record
+
+
+ONE_CALL = """
+import json
+from smtlock import smt_logged
+from smtlock._sumatra import versioncontrol
+
+
+@smt_logged
+def task(x):
+    return x
+
+
+task(1)
+print(json.dumps(versioncontrol.counts))
+"""
+
+
+def test_a_process_of_one_call_asks_git_nothing_an_earlier_one_asked(project: Path) -> None:
+    """A job array of scripts, one decorated call each: git's answers kept in the project's memo by the
+    first process serve the next one, its project's load included (before: 7 git processes a job)."""
+    (project / "one_call.py").write_text(ONE_CALL)
+    subprocess.run(["git", "add", "one_call.py"], cwd=project, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c"], cwd=project,
+                   check=True)
+    counts = []
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "one_call.py"], cwd=project, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        counts.append(json.loads(done.stdout.splitlines()[-1]))
+    assert counts[0]["asked"] > 0 and counts[0]["states"] == 1
+    assert counts[1]["asked"] == 0 and counts[1]["states"] == 0 and counts[1]["reused"] > 0

@@ -49,6 +49,9 @@ def plain(x, depth=0):
     return {"type": type(x).__name__, **plain(state if isinstance(state, dict) else {"state": state}, depth + 1)}
 
 project = load_project()
+if os.environ["WITH_SMTLOCK"] == "plugin":  # imported as smt run's plugin is: once the project is loaded
+    import smtlock
+    from smtlock._sumatra import provenance, versioncontrol
 for line in sys.stdin:
     ask = json.loads(line)
     record = project.new_record(main_file=ask["main"], executable=PythonExecutable(path=ask["python"]))
@@ -60,7 +63,7 @@ for line in sys.stdin:
         with open(ask["write"][0], "w") as f:
             f.write(ask["write"][1])
     stats = {**provenance.stats, **{"git_" + k: v for k, v in versioncontrol.counts.items()}} \
-        if os.environ["WITH_SMTLOCK"] == "1" else {}
+        if os.environ["WITH_SMTLOCK"] != "0" else {}
     print(json.dumps({"fields": plain(fields), "stats": stats}), flush=True)
 '''
 
@@ -373,6 +376,45 @@ def test_each_version_control_change_shows_in_the_very_next_record(setup: Any) -
     assert len(deps(plain)["attrpkg"][1]) == 40  # its repository's commit, not its __version__
 
 
+def _in_a_new_process(project: Path, site: Path, main: str, smtlock: str = "plugin") -> Dict[str, Any]:
+    """One record made by a smtlock process of its own, as each ``smt run`` job makes its record
+    (smtlock imported as its plugin is, once the project is loaded; or "1": before)."""
+    done = subprocess.run([sys.executable, "-c", WORKER], cwd=project, text=True, capture_output=True,
+                          input=json.dumps({"main": main, "python": sys.executable}) + "\n",
+                          env={**os.environ, "PYTHONPATH": str(site), "WITH_SMTLOCK": smtlock})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def test_each_version_control_change_shows_in_the_next_processs_record(setup: Any) -> None:
+    """Each ``smt run`` job is a process of its own: git's answers, and the dependencies found in no
+    repository, are kept in the project's memo for the next process. One made with nothing changed
+    asks git nothing; after each change of GIT_CHANGES, the next process's record equals plain Sumatra's."""
+    project, site, workers, _ = setup
+    dep = site / "vcdep"
+    write(dep / "__init__.py", "X = 1\n")
+    _new_repository(dep)
+    write(project / "vcmain.py", "import vcdep\nimport localpkg\nimport attrpkg\n")
+    _git(project, "add", "vcmain.py")
+    _git(project, "commit", "-qm", "vcmain")
+    before = workers.record("plain", "vcmain.py", sys.executable)["fields"]
+    first = _in_a_new_process(project, site, "vcmain.py")
+    assert first["fields"] == before and first["stats"]["git_asked"] > 0
+    again = _in_a_new_process(project, site, "vcmain.py")
+    assert again["fields"] == before
+    assert again["stats"]["git_asked"] == 0 and again["stats"]["git_states"] == 0  # all from the memo
+    early = _in_a_new_process(project, site, "vcmain.py", smtlock="1")  # smtlock there when the project loads:
+    assert early["fields"] == before and early["stats"]["git_asked"] == 1  # its upstream read (in no record)
+    for what, change in GIT_CHANGES:
+        change(project, dep)
+        plain = workers.record("plain", "vcmain.py", sys.executable)["fields"]
+        memo = _in_a_new_process(project, site, "vcmain.py")
+        assert memo["fields"] == plain, what
+        if what != "a new untracked file":  # (changes no answer: as in the process above)
+            assert memo["stats"]["git_asked"] > 0, what  # the change was seen: git was asked again
+    assert deps(plain)["vcdep"][1] == "unknown" and len(deps(plain)["attrpkg"][1]) == 40
+
+
 def test_with_a_git_variable_set_git_is_asked_for_every_record(setup: Any) -> None:
     """A variable that points git at another index, work tree or repository (a hook sets them) makes
     git's answers depend on files the stamps do not cover: smtlock asks git for every record, and each
@@ -564,7 +606,7 @@ def test_eight_smt_runs_at_once_share_the_memo(tmp_path: Path) -> None:
     assert all(sorted(r[1]) == expected for r in records if r[2]["job"] > 0)
     memo_dir = project / ".smt" / MEMO_DIR
     names = [p.name for p in memo_dir.iterdir()]
-    assert [n for n in names if not n.startswith(("scan-", "platform-"))] == []  # no temporary file
+    assert [n for n in names if not n.startswith(("scan-", "platform-", "git-"))] == []  # no temporary file
     assert {n for n in names if n.endswith(".lock")} == {n.replace(".json", ".lock") for n in names
                                                           if n.startswith("scan-") and n.endswith(".json")}
     for memo_file in memo_dir.glob("*.json"):

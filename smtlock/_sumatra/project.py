@@ -13,6 +13,7 @@ from typing import Any, List, Optional, Union
 from .._lock.paths import MOST_RECENT, SMT_DIR, project_root
 from .._postgres.client import mask_uri
 from ..errors import ProjectFileError
+from . import provenance
 
 __all__ = ["load", "load_reused", "store_path", "describe_store", "tracked_smt_files", "MimeTypesOnce"]
 
@@ -43,7 +44,8 @@ def load_reused(path: Union[str, "os.PathLike[str]"] = ".") -> Any:
     most_recent = settings.pop(MOST_RECENT, _ABSENT) if isinstance(settings, dict) else _ABSENT
     kept = getattr(_kept, "project", None)
     if kept is None or kept[:3] != (os.getpid(), file, settings):
-        project = sumatra.projects.load_project(str(root))  # the file read and checked above, as load() does
+        with provenance.in_project(str(root)):  # its repository's parts, from what earlier processes asked
+            project = sumatra.projects.load_project(str(root))  # the file read and checked above, as load()
         after = _settings(file)  # kept only if no one changed the file while it loaded
         if isinstance(after, dict) and after.pop(MOST_RECENT, _ABSENT) == most_recent and after == settings:
             _kept.project = (os.getpid(), file, settings, project)

@@ -45,6 +45,7 @@ from .._lock.atomic import AtomicFile
 from .._lock.paths import SMT_DIR
 
 __all__ = ["enabled", "run_script", "executable_version", "platform_information", "in_project",
+           "current_project", "read_memo", "write_memo",
            "SourceOnce", "ListingOnce", "MEMO_DIR", "MEMO_SWITCH", "SCAN_WAIT_S", "stats"]
 
 #: the folder under ``.smt`` that holds the memo shared by the project's processes
@@ -83,6 +84,44 @@ def in_project(path: Optional[str]) -> Any:
         yield
     finally:
         _project.path = before
+
+
+def current_project() -> Optional[str]:
+    """The project whose memo this thread uses now (see :func:`in_project`), or None."""
+    return getattr(_project, "path", None) or None
+
+
+def read_memo(name: str) -> Optional[Dict[str, Any]]:
+    """The project's memo file ``name`` (``.smt/smtlock-memo/<name>.json``) of this format, or None:
+    outside a record, absent, unreadable, or written by another smtlock."""
+    project = getattr(_project, "path", None)
+    if not project:
+        return None
+    try:
+        with open(os.path.join(project, SMT_DIR, MEMO_DIR, name + ".json"), encoding="utf-8") as text:
+            entry = json.load(text)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(entry, dict) or entry.get("format") != _FORMAT:
+        return None
+    stats["memo_read"] += 1
+    return entry
+
+
+def write_memo(name: str, entry: Dict[str, Any]) -> None:
+    """Write the project's memo file ``name`` whole, atomically (the last writer's stands); a folder the
+    user may not write keeps no file (a cache: the next process works it out again)."""
+    project = getattr(_project, "path", None)
+    if not project:
+        return
+    path = os.path.join(project, SMT_DIR, MEMO_DIR, name + ".json")
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with AtomicFile(path, "w", cache=True, encoding="utf-8") as out:
+            json.dump({**entry, "format": _FORMAT}, out)
+        stats["memo_written"] += 1
+    except (OSError, TypeError, ValueError):
+        pass
 
 
 # --- stamps: what a stat says about a path, compared before each reuse ------------------------------

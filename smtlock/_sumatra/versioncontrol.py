@@ -23,6 +23,12 @@ submodule is asked every time (its state lives in another repository). A new unt
 none of Sumatra's answers (``is_dirty`` and ``git diff HEAD`` leave untracked files out), and none is
 reused across one: a folder's ``.gitignore`` is stamped. The memo is off with the provenance memo
 (``SMTLOCK_MEMO=0``).
+
+Each ``smt run`` job is a process of its own, so the stamps and answers are also kept in the project's
+memo (``.smt/smtlock-memo/git-state-*.json``, with the paths found in no repository in
+``git-outside-*.json``), keyed also by GitPython's package file and the ``git`` found on ``PATH`` (as a
+stat says): the next process reads them when its own are missing or stale, and compares every stamp
+before it uses an answer, as for its own.
 """
 
 from __future__ import annotations
@@ -30,11 +36,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import json
 import os
+import shutil
 import stat
 import threading
 import time
-from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple
+from importlib.machinery import PathFinder
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from . import provenance
 
@@ -151,6 +160,19 @@ class _Stamps:
             if path not in self.present:
                 self.present[path] = _presence(path)
 
+    def saved(self) -> Dict[str, Any]:
+        """As the project's memo file holds them (JSON: each stamp a list)."""
+        return {"files": self.files, "present": self.present, "opened": sorted(self.opened)}
+
+    @classmethod
+    def from_saved(cls, saved: Dict[str, Any]) -> "_Stamps":
+        """From :meth:`saved` (each stamp a tuple again, as a stat's is compared)."""
+        stamps = cls()
+        stamps.files = {path: None if was is None else tuple(was) for path, was in saved["files"].items()}
+        stamps.present = {path: None if was is None else tuple(was) for path, was in saved["present"].items()}
+        stamps.opened = set(saved["opened"])
+        return stamps
+
     def unchanged(self) -> bool:
         now = time.time_ns()
         for path, was in list(self.files.items()):
@@ -181,7 +203,9 @@ class _State:
         now = time.time_ns()
         self.root = root
         self.stamps = _Stamps()
-        self.answers: Dict[Any, Any] = {}
+        self.answers: Dict[str, Any] = {}  # repr of (what was asked, its arguments) -> git's answer
+        self.unsaved = True  # answers the project's memo file does not hold yet
+        self.memo_read = False  # whether the project's memo file was read for it
         git_dir, common = repo.git_dir, repo.common_dir
         home = os.path.expanduser("~")
         xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
@@ -220,6 +244,35 @@ class _State:
         self.stamps.take((os.path.join(f, n) for f in folders for n in (".gitattributes", ".gitignore")), now,
                          opened=True)
         counts["states"] += 1
+
+    def saved(self) -> Dict[str, Any]:
+        """What the project's memo file holds of it: its stamps and the answers a file can hold."""
+        return {"root": self.root, "usable": self.usable, "stamps": self.stamps.saved(),
+                "configuration": sorted(self.configuration.files),
+                "answers": {key: value for key, value in self.answers.items()
+                            if value is None or isinstance(value, (str, bool, int))}}
+
+    @classmethod
+    def from_saved(cls, saved: Dict[str, Any]) -> "_State":
+        """The state another process of the project saved (its stamps compared before any use)."""
+        state = cls.__new__(cls)
+        state.root, state.usable, state.answers = saved["root"], bool(saved["usable"]), dict(saved["answers"])
+        state.stamps = _Stamps.from_saved(saved["stamps"])
+        state.configuration = _Stamps()
+        state.configuration.files = {path: state.stamps.files[path] for path in saved["configuration"]}
+        state.configuration.opened = set(saved["configuration"])
+        state.unsaved, state.memo_read = False, True
+        return state
+
+    def adopt(self, other: "_State") -> None:
+        """Add the answers of ``other`` (another process's, saved), with the stamps they were given
+        under: both states stand now."""
+        for mine, theirs in ((self.stamps.files, other.stamps.files), (self.stamps.present, other.stamps.present)):
+            for path, was in theirs.items():
+                mine.setdefault(path, was)
+        self.stamps.opened |= other.stamps.opened
+        for key, value in other.answers.items():
+            self.answers.setdefault(key, value)
 
     def watch_path(self, path: str) -> None:
         """Also stamp what decides whether ``path`` is ignored: each folder's ``.gitignore`` down to it."""
@@ -284,14 +337,22 @@ def _state(root: Optional[str], repo: Callable[[], Any], whole: bool = True) -> 
     if state is not None and checked is not None and state in checked.get(whole, ()):
         return state if state.usable else None
     if state is None or not (state.stamps if whole else state.configuration).unchanged():
-        try:
-            state = _State(root, repo())
-        except Exception:  # noqa: BLE001 (git could not list its inputs: Sumatra's own call says why)
-            with _lock:
-                _states.pop(key, None)
-            return None
+        state = _saved_state(key, whole)
+        if state is None:
+            try:
+                state = _State(root, repo())
+            except Exception:  # noqa: BLE001 (git could not list its inputs: Sumatra's own call says why)
+                with _lock:
+                    _states.pop(key, None)
+                return None
+            state.memo_read = provenance.current_project() is not None
         with _lock:
             _states[key] = state
+    elif not state.memo_read and provenance.current_project() is not None:
+        saved = _saved_state(key, True)  # taken before the project was known (the project's load)
+        if saved is not None:
+            state.adopt(saved)
+        state.memo_read = True
     if checked is not None:
         for level in ((True, False) if whole else (False,)):
             checked.setdefault(level, []).append(state)
@@ -299,8 +360,83 @@ def _state(root: Optional[str], repo: Callable[[], Any], whole: bool = True) -> 
 
 
 #: while this thread makes a record: .checked {whole: [states compared]}, .environment (git's, read
-#: when the record began), .paths {(what, path): the answer} (see _in_record)
+#: when the record began), .paths {(what, path): the answer} (see _in_record), .toolchain (see
+#: _toolchain), .outside (see _outside_saved), .found_outside (paths to add to it)
 _record = threading.local()
+
+
+# --- the project's memo files: what one process asked git, for the next ---------------------------
+
+def _toolchain() -> List[Any]:
+    """GitPython's package and the git it runs, as a stat says: a memo file written with others is not
+    read (another git may answer otherwise). Once per record."""
+    known = getattr(_record, "toolchain", None)
+    if known is not None:
+        return known
+    spec = PathFinder.find_spec("git")
+    found: List[Any] = []
+    for path in (spec.origin if spec else None, os.environ.get("GIT_PYTHON_GIT_EXECUTABLE") or shutil.which("git")):
+        try:
+            st = os.stat(path) if path else None
+        except OSError:
+            st = None
+        found.append(None if st is None else [path, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns])
+    if getattr(_record, "checked", None) is not None:
+        _record.toolchain = found
+    return found
+
+
+def _memo_name(what: str, *key: Any) -> Tuple[str, str]:
+    """The memo file's name for ``key`` (with git's environment and toolchain), and the key as text."""
+    text = json.dumps([*key, _environment(), _toolchain()])
+    return f"git-{what}-{hashlib.sha256(text.encode()).hexdigest()[:32]}", text
+
+
+def _saved_state(key: Tuple[str, Any], whole: bool) -> Optional[_State]:
+    """The repository's state as another process of the project saved it, if it still stands."""
+    name, text = _memo_name("state", key[0])
+    saved = provenance.read_memo(name)
+    if saved is None or saved.get("key") != text:
+        return None
+    try:
+        state = _State.from_saved(saved)
+        return state if (state.stamps if whole else state.configuration).unchanged() else None
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError):  # a file not as written
+        return None
+
+
+def _save_states(states: Iterable[_State]) -> None:
+    """Write the states with answers the project's memo file does not hold yet."""
+    for state in states:
+        if state.unsaved:
+            name, text = _memo_name("state", state.root)
+            provenance.write_memo(name, {"key": text, **state.saved()})
+            state.unsaved = False
+
+
+def _outside_saved() -> Optional[Dict[str, Any]]:
+    """In a record, the paths in no repository that the project's processes found, with this
+    environment and toolchain (the project's memo file, read once per record): path -> [the folder
+    it resolved to, the .git paths above it, upstream's message]."""
+    if getattr(_record, "checked", None) is None:
+        return None
+    known = getattr(_record, "outside", None)
+    if known is None:
+        name, text = _memo_name("outside")
+        saved = provenance.read_memo(name) or {}
+        known = _record.outside = saved["paths"] if saved.get("key") == text and \
+            isinstance(saved.get("paths"), dict) else {}
+    return known
+
+
+def _save_outside(found: Dict[str, Any]) -> None:
+    """Add the paths this record found to the project's memo file (another process's kept)."""
+    if not found:
+        return
+    name, text = _memo_name("outside")
+    saved = provenance.read_memo(name) or {}
+    paths = saved["paths"] if saved.get("key") == text and isinstance(saved.get("paths"), dict) else {}
+    provenance.write_memo(name, {"key": text, "paths": {**paths, **found}})
 
 
 @contextlib.contextmanager
@@ -309,20 +445,27 @@ def one_record() -> Iterator[None]:
     before each of the ~10 answers Sumatra asks for. Every answer is then one git gave for the
     repository as it was when the record began, or later (a later one is kept with the stamps taken
     before it, so the next record compares again and asks again)."""
-    before = (getattr(_record, "checked", None), getattr(_record, "environment", None),
-              getattr(_record, "paths", None))
-    _record.checked, _record.environment, _record.paths = {}, _environment_now(), {}
+    names = ("checked", "environment", "paths", "toolchain", "outside", "found_outside")
+    before = [getattr(_record, name, None) for name in names]
+    start: Tuple[Any, ...] = ({}, _environment_now(), {}, None, None, {})
+    for name, value in zip(names, start):
+        setattr(_record, name, value)
     try:
         yield
+        if provenance.enabled():  # for the next process of the project (smt run: one record each)
+            _save_states({id(state): state for states in _record.checked.values() for state in states}.values())
+            _save_outside(_record.found_outside)
     finally:
-        _record.checked, _record.environment, _record.paths = before
+        for name, value in zip(names, before):
+            setattr(_record, name, value)
 
 
 def _answer(state: Optional[_State], key: Any, ask: Callable[[], Any]) -> Any:
     if state is None:
         return ask()
+    text = repr(key)  # as the project's memo file keeps it
     try:
-        found = state.answers[key]
+        found = state.answers[text]
     except KeyError:
         pass
     else:
@@ -330,7 +473,8 @@ def _answer(state: Optional[_State], key: Any, ask: Callable[[], Any]) -> Any:
         return found
     found = ask()
     counts["asked"] += 1
-    state.answers[key] = found
+    state.answers[text] = found
+    state.unsaved = True
     return found
 
 
@@ -409,6 +553,9 @@ def get_working_copy(orig: Callable[..., Any]) -> Callable[..., Any]:
             return orig(path)
         key = (path, _environment())
         known = _outside.get(key)
+        saved = _outside_saved() if known is None else None  # (read once a record, if this process must)
+        if saved and path in saved:  # another process of the project found it
+            known = (saved[path][0], list(saved[path][1]), saved[path][2])
         real = _in_record("realpath", path, os.path.realpath)
         if known is not None and known[0] == real and os.path.exists(real) and \
                 not any(_in_record("lexists", above, os.path.lexists) for above in known[1]):
@@ -422,10 +569,13 @@ def get_working_copy(orig: Callable[..., Any]) -> Callable[..., Any]:
             folder = os.path.dirname(folder)
         if any(os.path.lexists(git) for git in above):
             return orig(path)  # in a repository: as upstream (its parts remembered above)
+        counts["asked"] += 1  # GitPython looks for a repository above it, and reads one's configuration
         try:
             return orig(path)
         except VersionControlError as err:
             if os.path.exists(real):  # (upstream's answer for a path gone is another error)
                 _outside[key] = (real, above, str(err))
+                if _outside_saved() is not None:  # in a record: for the project's next processes
+                    _record.found_outside[path] = [real, above, str(err)]
             raise
     return find
