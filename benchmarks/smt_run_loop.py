@@ -2,6 +2,7 @@
 
     python benchmarks/smt_run_loop.py [JOBS]        (JOBS, default 40, started together; writes "results")
     python benchmarks/smt_run_loop.py --cpu 40 [--modes plain smtlock untracked] [--label now]
+                                                    [--before DIR]
                                                     (one job after another; adds to "cpu")
 
 Both write benchmarks/smt_run_loop.json. Started together, plain Sumatra loses records and labels.
@@ -11,7 +12,10 @@ Sumatra, JOBS times in one with ``smtlock enable``, and JOBS times untracked (``
 the three interleaved, one job at a time. A job's CPU is its process tree's (RUSAGE_CHILDREN); a job's
 overhead is its CPU less the untracked script's mean CPU. Plain Sumatra runs with ``SMTLOCK_LAZY_IMPORTS=0``,
 as without smtlock installed (smtlock.pth makes Sumatra's imports of numpy and scipy.stats lazy in any project).
-``--modes`` runs some of the three (their results join the label's others).
+``--modes`` runs some of the three (their results join the label's others). ``--before DIR`` adds a
+fourth mode, ``before``: ``smtlock enable`` as with ``smtlock``, but the jobs import smtlock from DIR (an
+earlier tree, ``git archive REV | tar -x -C DIR``, put first on ``PYTHONPATH``; the start hook is the
+installed one), interleaved with the others: a change's effect measured side by side.
 """
 from __future__ import annotations
 
@@ -119,12 +123,12 @@ def _job(command: List[str], cwd: Path, env: Dict[str, str]) -> Dict[str, float]
     return {"cpu_s": round(cpu, 3), "wall_s": round(wall, 3)}
 
 
-def cpu_loop(jobs: int, modes: List[str], base: Path) -> Dict[str, dict]:
-    """JOBS jobs of each mode, interleaved, one at a time."""
+def cpu_loop(jobs: int, modes: List[str], base: Path, before: str = "") -> Dict[str, dict]:
+    """JOBS jobs of each mode, interleaved, one at a time (mode "before": smtlock from ``before``)."""
     env = _env(MPLCONFIGDIR=str(base / "matplotlib"))  # its font cache, built by the warm-up below
     folders: Dict[str, Path] = {}
     for mode in modes:
-        folder = make_project(base / f"cpu-{mode}", plugin=mode == "smtlock")
+        folder = make_project(base / f"cpu-{mode}", plugin=mode in ("smtlock", "before"))
         (folder / "science.py").write_text(SCIENCE)
         subprocess.run(GIT + ["add", "science.py"], cwd=folder, check=True)
         subprocess.run(GIT + ["commit", "-qm", "science"], cwd=folder, check=True)
@@ -138,7 +142,8 @@ def cpu_loop(jobs: int, modes: List[str], base: Path) -> Dict[str, dict]:
                 command = [sys.executable, "science.py", "params.txt"]
             else:
                 command = ["smt", "run", "-m", "science.py", "params.txt", f"job={i}", "rec=0"]
-            per_job[mode].append(_job(command, folders[mode], {**env, **(PLAIN if mode == "plain" else {})}))
+            extra = PLAIN if mode == "plain" else {"PYTHONPATH": before} if mode == "before" else {}
+            per_job[mode].append(_job(command, folders[mode], {**env, **extra}))
         print(json.dumps({"job": i, **{mode: per_job[mode][-1] for mode in modes}}), flush=True)
     results: Dict[str, dict] = {}
     for mode in modes:
@@ -164,9 +169,11 @@ def summary(cpu: Dict[str, dict]) -> Dict[str, float]:
         return {}
     bare = cpu["untracked"]["cpu_s_after_first"]["mean"]
     out = {f"{mode}_overhead_cpu_s": round(cpu[mode]["cpu_s_after_first"]["mean"] - bare, 3)
-           for mode in ("plain", "smtlock") if mode in cpu}
-    if len(out) == 2:
+           for mode in ("plain", "smtlock", "before") if mode in cpu}
+    if "plain" in cpu and "smtlock" in cpu:
         out["smtlock_over_plain"] = round(out["smtlock_overhead_cpu_s"] / out["plain_overhead_cpu_s"], 3)
+    if "plain" in cpu and "before" in cpu:
+        out["before_over_plain"] = round(out["before_overhead_cpu_s"] / out["plain_overhead_cpu_s"], 3)
     return out
 
 
@@ -176,6 +183,7 @@ def main() -> None:
     parser.add_argument("--cpu", type=int, metavar="JOBS", help="jobs one after another, CPU per job")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--label", default="now")
+    parser.add_argument("--before", metavar="DIR", default="", help="also run smtlock from DIR (mode 'before')")
     args = parser.parse_args()
     saved = json.loads(OUT.read_text()) if OUT.exists() else {}
     with tempfile.TemporaryDirectory(prefix="smtlock-loop-") as tmp:
@@ -185,11 +193,14 @@ def main() -> None:
                 print(json.dumps(r))
             saved.update(command=f"python benchmarks/smt_run_loop.py {args.jobs}", results=results)
         else:
-            modes = [mode for mode in MODES if mode in args.modes]
+            modes = [mode for mode in MODES if mode in args.modes] + (["before"] if args.before else [])
             entry = saved.setdefault("cpu", {}).setdefault(args.label, {"modes": {}})
-            entry["modes"].update(cpu_loop(args.cpu, modes, Path(tmp)))
+            before = os.path.abspath(args.before) if args.before else ""
+            entry["modes"].update(cpu_loop(args.cpu, modes, Path(tmp), before))
+            named = " ".join(mode for mode in modes if mode != "before")
             entry.setdefault("commands", {})[" ".join(modes)] = (
-                f"python benchmarks/smt_run_loop.py --cpu {args.cpu} --modes {' '.join(modes)} --label {args.label}")
+                f"python benchmarks/smt_run_loop.py --cpu {args.cpu} --modes {named} --label {args.label}"
+                + (f" --before {args.before}" if args.before else ""))
             entry["machine"] = f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"
             entry["summary"] = summary(entry["modes"])
             for mode, r in entry["modes"].items():
