@@ -26,8 +26,8 @@ reused across one: a folder's ``.gitignore`` is stamped. The memo is off with th
 
 Each ``smt run`` job is a process of its own, so the stamps and answers are also kept in the project's
 memo (``.smt/smtlock-memo/git-state-*.json``, with the paths found in no repository in
-``git-outside-*.json``), keyed also by GitPython's package file and the ``git`` found on ``PATH`` (as a
-stat says): the next process reads them when its own are missing or stale, and compares every stamp
+``git-outside-*.json``), keyed also by GitPython's package file and the ``git`` found on ``PATH`` (path,
+size and modification time): the next process reads them when its own are missing or stale, and compares every stamp
 before it uses an answer, as for its own.
 """
 
@@ -368,8 +368,10 @@ _record = threading.local()
 # --- the project's memo files: what one process asked git, for the next ---------------------------
 
 def _toolchain() -> List[Any]:
-    """GitPython's package and the git it runs, as a stat says: a memo file written with others is not
-    read (another git may answer otherwise). Once per record."""
+    """GitPython's package and the git it runs, by path, size and modification time: a memo file
+    written with others is not read (another git may answer otherwise). Not by inode or change time:
+    the nodes of a cluster that share a project each have their own copy of the same git. Once per
+    record."""
     known = getattr(_record, "toolchain", None)
     if known is not None:
         return known
@@ -380,7 +382,7 @@ def _toolchain() -> List[Any]:
             st = os.stat(path) if path else None
         except OSError:
             st = None
-        found.append(None if st is None else [path, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns])
+        found.append(None if st is None else [path, st.st_size, st.st_mtime_ns])
     if getattr(_record, "checked", None) is not None:
         _record.toolchain = found
     return found
