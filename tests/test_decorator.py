@@ -268,5 +268,5 @@ def test_a_process_of_one_call_asks_git_nothing_an_earlier_one_asked(project: Pa
         done = subprocess.run([sys.executable, "one_call.py"], cwd=project, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
         counts.append(json.loads(done.stdout.splitlines()[-1]))
-    assert counts[0]["asked"] > 0 and counts[0]["states"] == 1
+    assert counts[0]["asked"] > 0 and counts[0]["states"] >= 1  # (one more where the venv is in a repository)
     assert counts[1]["asked"] == 0 and counts[1]["states"] == 0 and counts[1]["reused"] > 0

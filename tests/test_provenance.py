@@ -376,12 +376,14 @@ def test_each_version_control_change_shows_in_the_very_next_record(setup: Any) -
     assert len(deps(plain)["attrpkg"][1]) == 40  # its repository's commit, not its __version__
 
 
-def _in_a_new_process(project: Path, site: Path, main: str, smtlock: str = "plugin") -> Dict[str, Any]:
+def _in_a_new_process(project: Path, site: Path, main: str, smtlock: str = "plugin",
+                      path: Optional[str] = None) -> Dict[str, Any]:
     """One record made by a smtlock process of its own, as each ``smt run`` job makes its record
     (smtlock imported as its plugin is, once the project is loaded; or "1": before)."""
     done = subprocess.run([sys.executable, "-c", WORKER], cwd=project, text=True, capture_output=True,
                           input=json.dumps({"main": main, "python": sys.executable}) + "\n",
-                          env={**os.environ, "PYTHONPATH": str(site), "WITH_SMTLOCK": smtlock})
+                          env={**os.environ, "PYTHONPATH": str(site), "WITH_SMTLOCK": smtlock,
+                               "PATH": path or os.environ["PATH"]})
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)
 
@@ -403,6 +405,12 @@ def test_each_version_control_change_shows_in_the_next_processs_record(setup: An
     again = _in_a_new_process(project, site, "vcmain.py")
     assert again["fields"] == before
     assert again["stats"]["git_asked"] == 0 and again["stats"]["git_states"] == 0  # all from the memo
+    other_git = project.parent / "other-bin" / "git"  # another git first on PATH: the memo is not its answers
+    write(other_git, f"#!/bin/sh\nexec {shutil.which('git')} \"$@\"\n")
+    other_git.chmod(0o755)
+    path = f"{other_git.parent}{os.pathsep}{os.environ['PATH']}"
+    elsewhere = _in_a_new_process(project, site, "vcmain.py", path=path)
+    assert elsewhere["fields"] == before and elsewhere["stats"]["git_asked"] > 0
     early = _in_a_new_process(project, site, "vcmain.py", smtlock="1")  # smtlock there when the project loads:
     assert early["fields"] == before and early["stats"]["git_asked"] == 1  # its upstream read (in no record)
     for what, change in GIT_CHANGES:
