@@ -490,35 +490,15 @@ def _memo_file(key: str) -> Optional[str]:
 
 
 def _read(key: str) -> Optional[Dict[str, Any]]:
-    path = _memo_file(key)
-    if path is None:
-        return None
-    try:
-        with open(path) as text:
-            entry = json.load(text)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(entry, dict) or entry.get("format") != _FORMAT or entry.get("key") != key:
-        return None
-    stats["memo_read"] += 1
-    return entry
+    entry = read_memo(f"scan-{key[:32]}")
+    return entry if entry is not None and entry.get("key") == key else None
 
 
 def _store(entry: Dict[str, Any]) -> None:
-    """Keep ``entry`` in this process and in the project's memo file (last writer wins; a reader
-    sees one whole file; a folder the user may not write keeps no file)."""
+    """Keep ``entry`` in this process and in the project's memo file (see :func:`write_memo`)."""
     with _lock:
         _memo[entry["key"]] = entry
-    path = _memo_file(entry["key"])
-    if path is None:
-        return
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with AtomicFile(path, "w", cache=True, encoding="utf-8") as out:
-            json.dump(entry, out)
-        stats["memo_written"] += 1
-    except OSError:
-        pass  # a cache: the next process scans again
+    write_memo(f"scan-{entry['key'][:32]}", entry)
 
 
 # --- the executable and the platform --------------------------------------------------------------
