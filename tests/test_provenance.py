@@ -680,3 +680,30 @@ def test_the_versions_script_embeds_the_source_as_it_is_on_disk(tmp_path: Path) 
     module.write_text("def find():\n    return 22\n")  # the installed file changed under the process
     assert once.getsource(loaded.find) == inspect.getsource(loaded.find) == "def find():\n    return 22\n"
     assert once.signature is inspect.signature  # the rest of inspect, as it is
+
+
+def test_a_path_resolved_by_the_kernel_is_os_path_realpaths(tmp_path: Path, monkeypatch: Any) -> None:
+    """provenance.realpath (each dependency of every record, and the dependency scan's own
+    ``os.path.realpath`` inside Sumatra) answers as ``os.path.realpath`` for every kind of path, without
+    one ``lstat`` per component where the kernel can resolve it."""
+    import sumatra.dependency_finder.python as finder
+
+    import smtlock  # noqa: F401 (its patches)
+    from smtlock._sumatra.provenance import realpath
+    real = tmp_path / "real"
+    write(real / "pkg" / "__init__.py", "")
+    (tmp_path / "link").symlink_to(real)
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (real / "pkg" / "up").symlink_to(real)
+    monkeypatch.chdir(tmp_path)
+    paths = [str(real / "pkg"), str(tmp_path / "link" / "pkg"), str(tmp_path / "link" / "pkg" / "__init__.py"),
+             str(tmp_path / "link" / "pkg" / ".." / "pkg"), str(real / "pkg" / "up" / "pkg" / "up"),
+             "link/pkg", "link/pkg/", ".", "", str(tmp_path / "dangling"), str(tmp_path / "dangling" / "x"),
+             str(tmp_path / "loop"), str(tmp_path / "absent" / "x"), "/", "//", str(tmp_path) + "//link/./pkg"]
+    assert [realpath(path) for path in paths] == [os.path.realpath(path) for path in paths]
+    lstats: List[str] = []
+    monkeypatch.setattr(os, "lstat", lambda path, *a, **k: lstats.append(path) or os.stat(path, follow_symlinks=False))
+    assert realpath(str(tmp_path / "link" / "pkg")) == str(real / "pkg") and lstats == []
+    assert finder.os.path.realpath is realpath  # Sumatra's Dependency.from_module
+    assert finder.os.path.join is os.path.join  # the rest of os.path, as it is

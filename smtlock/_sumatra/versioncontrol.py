@@ -558,7 +558,7 @@ def get_working_copy(orig: Callable[..., Any]) -> Callable[..., Any]:
         saved = _outside_saved() if known is None else None  # (read once a record, if this process must)
         if saved and path in saved:  # another process of the project found it
             known = (saved[path][0], list(saved[path][1]), saved[path][2])
-        real = _in_record("realpath", path, os.path.realpath)
+        real = _in_record("realpath", path, provenance.realpath)
         if known is not None and known[0] == real and os.path.exists(real) and \
                 not any(_in_record("lexists", above, os.path.lexists) for above in known[1]):
             counts["reused"] += 1
