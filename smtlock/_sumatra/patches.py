@@ -215,11 +215,21 @@ def save_record(self: Project, record: Any) -> None:
     _remember(record, state if edits.fields(record) == before else _state(record))  # a person's edits merged in
     note = os.path.join(self.path, SMT_DIR, RUNNING_DIR, record.label.replace("/", "_"))
     if any(tag in RUNNING_TAGS for tag in record.tags):
+        _write_note(note, f"{os.getpid()} {socket.gethostname()}\n")
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(note)
+
+
+def _write_note(note: str, text: str) -> None:
+    """Write a running record's note, making its folder the first time (not a mkdir for every record)."""
+    try:
+        file = open(note, "w")
+    except FileNotFoundError:
         os.makedirs(os.path.dirname(note), exist_ok=True)
-        with open(note, "w") as f:
-            f.write(f"{os.getpid()} {socket.gethostname()}\n")
-    elif os.path.exists(note):
-        os.unlink(note)
+        file = open(note, "w")
+    with file:
+        file.write(text)
 
 
 @contextlib.contextmanager
