@@ -35,7 +35,6 @@ import json
 import os
 import pickle
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -58,7 +57,8 @@ from .._lock.atomic import atomic_open
 from .._lock.backends import FileBackend
 from .._lock.hostclaim import one_host
 from .._lock.lock import SMTLock, current_hold
-from .._lock.paths import LOCK_FILE_NAME, RUNNING_DIR, SMT_DIR, postgres_uri
+from .._lock.paths import LOCK_FILE_NAME, SMT_DIR, postgres_uri
+from .._lock.running import note_ended, note_running
 from .._postgres.client import is_postgres, keep_password_apart, mask_uri, without_password
 from .._postgres.pgpass import password_file
 from ..errors import SMTLockError, TrackedStoreError
@@ -213,23 +213,10 @@ def save_record(self: Project, record: Any) -> None:
         self._most_recent = record.label
         state = _state(record)
     _remember(record, state if edits.fields(record) == before else _state(record))  # a person's edits merged in
-    note = os.path.join(self.path, SMT_DIR, RUNNING_DIR, record.label.replace("/", "_"))
     if any(tag in RUNNING_TAGS for tag in record.tags):
-        _write_note(note, f"{os.getpid()} {socket.gethostname()}\n")
+        note_running(os.path.join(self.path, SMT_DIR), record.label)
     else:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(note)
-
-
-def _write_note(note: str, text: str) -> None:
-    """Write a running record's note, making its folder the first time (not a mkdir for every record)."""
-    try:
-        file = open(note, "w")
-    except FileNotFoundError:
-        os.makedirs(os.path.dirname(note), exist_ok=True)
-        file = open(note, "w")
-    with file:
-        file.write(text)
+        note_ended(os.path.join(self.path, SMT_DIR), record.label)
 
 
 @contextlib.contextmanager
