@@ -3,6 +3,7 @@
     python benchmarks/sweep.py [--workers 2 8] [--calls 16 32] [--repeats 1] [--label now]
                                                         (adds to benchmarks/sweep.json)
     python benchmarks/sweep.py --profile 20             (where one @smt_logged call's time goes)
+    python benchmarks/sweep.py --per-call 400 [--trackers smt_logged sacred]   (CPU ms per warm call)
 
 Needs Sacred and MLflow: ``pip install -e '.[bench]'``. Each tracker gets a project of its own in a
 temporary folder, made as a user makes one: for ``@smt_logged`` a git repository, ``smt init``
@@ -21,6 +22,9 @@ is counted (``output_lost``). Calls/s is C / wall time; the ratios are each trac
 Sacred's and over MLflow's.
 ``--profile N``: one process, one warm-up call, then N ``@smt_logged`` calls under cProfile; prints
 each part's milliseconds per call (cumulative, so nested parts are inside their callers).
+``--per-call N``: for each tracker in turn, one process makes two warm-up calls, then N calls; prints
+the CPU (the process's and its subprocesses') and wall milliseconds per call: what a call costs, without
+the pool (run it from archives of two trees in turn to compare them).
 """
 from __future__ import annotations
 
@@ -269,6 +273,37 @@ def profile(calls: int) -> str:
     return "\n".join(lines)
 
 
+# --- one process, CPU per call ---------------------------------------------------------------------
+
+def per_call(tracker: str, calls: int) -> dict:
+    """N warm calls of one tracker in this process, in a fresh folder: CPU and wall ms per call."""
+    import resource
+    with tempfile.TemporaryDirectory(prefix="smtlock-per-call-") as tmp:
+        folder = make_folders(Path(tmp), [tracker])[tracker]
+        os.chdir(folder)
+        sys.path.insert(0, str(folder))
+        if tracker == "mlflow":
+            import mlflow
+            mlflow.set_tracking_uri(mlflow_uri(folder))
+        from sweep_task import task
+        shown, sys.stdout = sys.stdout, open(os.devnull, "w")  # what the task prints
+        task(-1)
+        task(-2)
+
+        def cpu() -> float:
+            me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+            return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+        cpu0, start = cpu(), time.perf_counter()
+        for x in range(calls):
+            task(x)
+        wall, spent = time.perf_counter() - start, cpu() - cpu0
+        sys.stdout.close()
+        sys.stdout = shown
+        os.chdir(ROOT)
+    return {"tracker": tracker, "calls": calls, "cpu_ms": round(1000 * spent / calls, 2),
+            "wall_ms": round(1000 * wall / calls, 2)}
+
+
 # --- the benchmark ----------------------------------------------------------------------------------
 
 def main() -> None:
@@ -280,9 +315,22 @@ def main() -> None:
     parser.add_argument("--label", default="now")
     parser.add_argument("--pool", nargs=3, help=argparse.SUPPRESS)  # tracker workers calls: one timed pool
     parser.add_argument("--profile", type=int, metavar="CALLS", help="profile CALLS @smt_logged calls")
+    parser.add_argument("--per-call", type=int, metavar="CALLS", help="CPU per call, CALLS in one process")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # --per-call of one tracker, in this process
     args = parser.parse_args()
     if args.profile:
         print(profile(args.profile))
+        return
+    if args.per_call and args.one:
+        print(json.dumps(per_call(args.one, args.per_call)))
+        return
+    if args.per_call:  # each tracker in a process of its own (this one imports neither MLflow nor Django)
+        for tracker in args.trackers:
+            done = subprocess.run([sys.executable, __file__, "--per-call", str(args.per_call), "--one", tracker],
+                                  capture_output=True, text=True)
+            if done.returncode:
+                raise RuntimeError(f"{tracker} failed:\n{done.stdout[-2000:]}{done.stderr[-4000:]}")
+            print(done.stdout.strip().splitlines()[-1], flush=True)
         return
     if args.pool:
         print(json.dumps(pool(args.pool[0], int(args.pool[1]), int(args.pool[2]))))
