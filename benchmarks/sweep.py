@@ -22,6 +22,8 @@ is counted (``output_lost``). Calls/s is C / wall time; the ratios are each trac
 Sacred's and over MLflow's.
 ``--profile N``: one process, one warm-up call, then N ``@smt_logged`` calls under cProfile; prints
 each part's milliseconds per call (cumulative, so nested parts are inside their callers).
+``--lock-stats``: each ``@smt_logged`` pool also reports how long a call waited for the project's lock
+and held it (its two writes), in ms per call (``SMTLOCK_STATS=1`` in its workers).
 ``--per-call N``: for each tracker in turn, one process makes two warm-up calls, then N calls; prints
 the CPU (the process's and its subprocesses') and wall milliseconds per call: what a call costs, without
 the pool (run it from archives of two trees in turn to compare them).
@@ -39,7 +41,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List
+from typing import Any, Callable, Dict, Iterable, List
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
@@ -196,8 +198,13 @@ def _warm(barrier: "multiprocessing.synchronize.Barrier", uri: str) -> None:
     barrier.wait()
 
 
-def _call(x: int) -> int:
-    return _task(x)
+def _call(x: int) -> Any:
+    """One call; with ``--lock-stats``, also the lock's (purpose, wait s, held s) of each acquisition it made."""
+    if not os.environ.get("SMTLOCK_STATS"):
+        return _task(x)
+    from smtlock._lock.lock import collected_stats
+    before = len(collected_stats())
+    return _task(x), collected_stats()[before:]
 
 
 def pool(tracker: str, workers: int, calls: int) -> dict:
@@ -209,8 +216,13 @@ def pool(tracker: str, workers: int, calls: int) -> dict:
         start = time.perf_counter()
         results = workers_pool.map(_call, range(calls), chunksize=1)
         wall = time.perf_counter() - start
+    held: Dict[str, float] = {}
+    if os.environ.get("SMTLOCK_STATS"):
+        results, stats = [result for result, _ in results], [s for _, acquired in results for s in acquired]
+        held = {"lock_wait_ms": round(1000 * sum(wait for _, wait, _ in stats) / calls, 2),
+                "lock_held_ms": round(1000 * sum(hold for _, _, hold in stats) / calls, 2)}
     assert results == [2 * x + 1 for x in range(calls)], results
-    return {"wall_s": round(wall, 3), "calls_per_s": round(calls / wall, 2)}
+    return {"wall_s": round(wall, 3), "calls_per_s": round(calls / wall, 2), **held}
 
 
 # --- one call, profiled ----------------------------------------------------------------------------
@@ -317,7 +329,11 @@ def main() -> None:
     parser.add_argument("--profile", type=int, metavar="CALLS", help="profile CALLS @smt_logged calls")
     parser.add_argument("--per-call", type=int, metavar="CALLS", help="CPU per call, CALLS in one process")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # --per-call of one tracker, in this process
+    parser.add_argument("--lock-stats", action="store_true",
+                        help="@smt_logged's wait for the project's lock and its hold, ms per call (SMTLOCK_STATS)")
     args = parser.parse_args()
+    if args.lock_stats:
+        os.environ["SMTLOCK_STATS"] = "1"  # the pools' workers import smtlock after they fork
     if args.profile:
         print(profile(args.profile))
         return
@@ -365,7 +381,7 @@ def main() -> None:
         for tracker, found in kept.items():
             assert found["kept"] == found["distinct"] == expected[tracker], (tracker, found, expected)
     command = ["python benchmarks/sweep.py", "--workers", *map(str, args.workers), "--calls", *map(str, args.calls),
-               "--repeats", str(args.repeats), "--label", args.label]
+               "--repeats", str(args.repeats), *(["--lock-stats"] if args.lock_stats else []), "--label", args.label]
     result = {"command": " ".join(command),
               "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
               "mlflow": mlflow.__version__, "sacred": sacred.__version__, "all_kept": True, "kept": kept,
