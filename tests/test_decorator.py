@@ -36,11 +36,23 @@ print(json.dumps({r.reason or "none": {"label": r.label, "tags": sorted(r.tags),
 """
 
 
+def committed(project: Path, name: str, text: str) -> None:
+    """Write the script ``name`` into the project and commit it (Sumatra records only committed code)."""
+    (project / name).write_text(text)
+    subprocess.run(["git", "add", name], cwd=project, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", name], cwd=project,
+                   check=True)
+
+
+def last_json(project: Path, *args: str) -> dict:
+    """Run a Python script in the project; what its last printed line says (JSON)."""
+    done = subprocess.run([sys.executable, *args], cwd=project, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
+
+
 def test_failure_is_recorded_and_reraised_and_parameter_sets_are_kept(project: Path) -> None:
-    (project / "sim.py").write_text(SIM)
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
-    subprocess.run(git + ["add", "sim.py"], cwd=project, check=True)
-    subprocess.run(git + ["commit", "-qm", "sim"], cwd=project, check=True)
+    committed(project, "sim.py", SIM)
     done = run_python("""
 import sim
 from sumatra.parameters import SimpleParameterSet
@@ -80,10 +92,7 @@ HOLD = "import smtlock, sys; smtlock.SMTLock('.').acquire(); print('held', flush
 def test_a_finished_run_waits_for_the_lock_whatever_the_timeout(project: Path) -> None:
     """With SMTLOCK_TIMEOUT=1 and the lock held elsewhere, the run's last write used to raise
     LockTimeout: the result was lost and the record stayed _running_."""
-    (project / "run.py").write_text(RUN)
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@localhost"]
-    subprocess.run(git + ["add", "run.py"], cwd=project, check=True)
-    subprocess.run(git + ["commit", "-qm", "run"], cwd=project, check=True)
+    committed(project, "run.py", RUN)
     run = subprocess.Popen([sys.executable, "run.py"], cwd=project, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True, env={**os.environ, "SMTLOCK_TIMEOUT": "1"})
     holder = None
@@ -168,12 +177,8 @@ def test_a_call_is_stored_once_running_and_once_ended(project: Path) -> None:
     """Two store writes a call, not upstream's three: the first stores the record running, with its
     provenance (plain Sumatra reads it so while the call runs), the second its end. Before: a first
     write stored it "initialized", before its provenance was gathered."""
-    (project / "watched.py").write_text(WATCHED)
-    subprocess.run(["git", "add", "watched.py"], cwd=project, check=True)
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "w"], cwd=project,
-                   check=True)
-    done = subprocess.run([sys.executable, "watched.py"], cwd=project, capture_output=True, text=True, check=True)
-    found = json.loads(done.stdout.splitlines()[-1])
+    committed(project, "watched.py", WATCHED)
+    found = last_json(project, "watched.py")
     version = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True,
                              check=True).stdout.strip()
     for tags, platforms, seen_version in found["seen"]:
@@ -226,13 +231,8 @@ def test_a_thread_loads_the_project_again_only_when_its_settings_change(project:
     """@smt_logged loads the project for its thread's first call and again when a setting in the project
     file changed (here the data path, by `smt configure` in another process); each record is as a
     fresh load would make it. Before: the project was loaded for every call."""
-    (project / "reused.py").write_text(REUSED)
-    subprocess.run(["git", "add", "reused.py"], cwd=project, check=True)
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "r"], cwd=project,
-                   check=True)
-    done = subprocess.run([sys.executable, "reused.py"], cwd=project, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    found = json.loads(done.stdout.splitlines()[-1])
+    committed(project, "reused.py", REUSED)
+    found = last_json(project, "reused.py")
     assert found["seen"] == [1, 1, 2, 3]  # loads before each call's function ran: a thread loads its own
     records = dict(json.loads(run_python(STORES, project).stdout))
     assert {x: os.path.basename(root) for x, (_, root) in records.items()} == \
@@ -259,15 +259,8 @@ print(json.dumps(versioncontrol.counts))
 def test_a_process_of_one_call_asks_git_nothing_an_earlier_one_asked(project: Path) -> None:
     """A job array of scripts, one decorated call each: git's answers kept in the project's memo by the
     first process serve the next one, its project's load included (before: 7 git processes a job)."""
-    (project / "one_call.py").write_text(ONE_CALL)
-    subprocess.run(["git", "add", "one_call.py"], cwd=project, check=True)
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c"], cwd=project,
-                   check=True)
-    counts = []
-    for _ in range(2):
-        done = subprocess.run([sys.executable, "one_call.py"], cwd=project, capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr
-        counts.append(json.loads(done.stdout.splitlines()[-1]))
+    committed(project, "one_call.py", ONE_CALL)
+    counts = [last_json(project, "one_call.py") for _ in range(2)]
     assert counts[0]["asked"] > 0 and counts[0]["states"] >= 1  # (one more where the venv is in a repository)
     assert counts[1]["asked"] == 0 and counts[1]["states"] == 0 and counts[1]["reused"] > 0
 
@@ -301,13 +294,8 @@ def test_a_running_records_note_links_one_file_of_its_process(project: Path) -> 
     killed process's record from a running one): a hard link to one file of the process, not a file
     made for each record (before: a new inode each record, ~0.2 ms of a call on a busy disk). The
     file goes when its process exits; after one killed, with the next write of the project file."""
-    (project / "notes.py").write_text(NOTES)
-    subprocess.run(["git", "add", "notes.py"], cwd=project, check=True)
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "n"], cwd=project,
-                   check=True)
-    done = subprocess.run([sys.executable, "notes.py"], cwd=project, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    found = json.loads(done.stdout.splitlines()[-1])
+    committed(project, "notes.py", NOTES)
+    found = last_json(project, "notes.py")
     (text1, ino1, links1), (text2, ino2, links2) = found["seen"]
     assert text1 == text2 == f"{found['pid']} {found['host']}\n"
     assert ino1 == ino2 and links1 == links2 == 2  # the process's file and the record's note
@@ -319,7 +307,6 @@ def test_a_running_records_note_links_one_file_of_its_process(project: Path) -> 
     notes = os.listdir(project / ".smt" / "smtlock-running")
     assert len(notes) == 1 and (project / ".smt" / "smtlock-running" / notes[0]).read_text().split() == [
         str(left["pid"]), left["host"]]  # the record the killed process ran: its note stays for the doctor
-    done = subprocess.run([sys.executable, "notes.py"], cwd=project, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    last_json(project, "notes.py")
     assert _sources(project) == []  # the killed process's file, removed by a write of .smt/project
     assert os.listdir(project / ".smt" / "smtlock-running") == notes
