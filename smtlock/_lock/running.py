@@ -75,12 +75,11 @@ def _source(smt: str) -> str:
             fd = os.open(source, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
             with os.fdopen(fd, "w") as file:
                 file.write(_text())
-            if not _sources:
-                atexit.register(_remove_sources)
             _sources[key] = source
         return source
 
 
+@atexit.register
 def _remove_sources() -> None:
     """At exit, this process's notes (one killed leaves them to the next atomic write in ``.smt``)."""
     for (pid, _), source in list(_sources.items()):
