@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Optional
 from .backends import replacement_mode
 from .paths import LAST_GOOD_SUFFIX, MOST_RECENT, SMT_DIR
 
-__all__ = ["AtomicFile", "atomic_open"]
+__all__ = ["AtomicFile", "atomic_open", "temporary_prefix", "TEMP_SUFFIX"]
 
 TEMP_SUFFIX = ".tmp"  # <name>.<host>.<pid>.<random>.tmp: a write in progress, by that process
 #: signals that wait while a temporary file exists, so that they cannot leave it behind
@@ -116,8 +116,7 @@ def _replace(path: str, data: bytes) -> None:
     and SIGHUP wait until the temporary file is renamed or removed."""
     folder, name = os.path.split(path)
     with _signals_held():
-        fd, tmp = tempfile.mkstemp(prefix=f"{name}.{socket.gethostname()}.{os.getpid()}.", suffix=TEMP_SUFFIX,
-                                   dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(name), suffix=TEMP_SUFFIX, dir=folder)
         try:
             with os.fdopen(fd, "wb") as file:
                 file.write(data)
@@ -129,6 +128,13 @@ def _replace(path: str, data: bytes) -> None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+
+
+def temporary_prefix(name: str) -> str:
+    """How this process's temporary files for ``name`` begin (``<name>.<host>.<pid>.``; a random part
+    and :data:`TEMP_SUFFIX` follow): once the process has ended, the next atomic write in their folder
+    removes them (:func:`_remove_left_behind`)."""
+    return f"{name}.{socket.gethostname()}.{os.getpid()}."
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ import socket
 import threading
 from typing import Dict, Tuple
 
-from .atomic import TEMP_SUFFIX
+from .atomic import TEMP_SUFFIX, temporary_prefix
 from .paths import RUNNING_DIR
 
 __all__ = ["note_running", "note_ended"]
@@ -70,8 +70,7 @@ def _source(smt: str) -> str:
     with _guard:
         source = _sources.get(key)
         if source is None:
-            source = os.path.join(smt, f"{RUNNING_DIR}.{socket.gethostname()}.{key[0]}.{secrets.token_hex(4)}"
-                                       f"{TEMP_SUFFIX}")
+            source = os.path.join(smt, f"{temporary_prefix(RUNNING_DIR)}{secrets.token_hex(4)}{TEMP_SUFFIX}")
             fd = os.open(source, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
             with os.fdopen(fd, "w") as file:
                 file.write(_text())
