@@ -33,6 +33,9 @@ def note_running(smt: str, label: str) -> None:
     for _ in range(3):
         try:
             source = _source(smt)
+        except OSError:  # .smt not this user's to write: a file of its own
+            break
+        try:
             os.link(source, note)
             return
         except FileExistsError:  # noted already: by this process (a record saved running again), or
