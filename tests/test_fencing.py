@@ -282,3 +282,71 @@ def test_a_write_to_another_database_is_not_fenced_by_this_hold() -> None:
     assert not backend.same_database("postgres://smt@db.example:5433/elsewhere")
     assert not backend.same_database("postgres://smt@db.example:5432/sumatra")
     assert not backend.same_database("not a uri")
+
+
+#: a job whose first record finds the store's schema to change (Django's tables to create, or a unique
+#: index to add): it stops itself (SIGSTOP) right after the first statement that begins with argv[1],
+#: inside that statement's transaction, holding the store's lock
+STOP_INSIDE = r"""
+import os, signal, sys
+import smtlock
+from django.db.backends.signals import connection_created
+from sumatra.parameters import SimpleParameterSet
+from sumatra.projects import load_project
+
+def stop_after(execute, sql, params, many, context):
+    result = execute(sql, params, many, context)
+    if sql.lstrip().startswith(sys.argv[1]):
+        os.kill(os.getpid(), signal.SIGSTOP)
+    return result
+
+def wrap(sender, connection, **kwargs):
+    if stop_after not in connection.execute_wrappers:
+        connection.execute_wrappers.append(stop_after)
+
+connection_created.connect(wrap, weak=False)
+load_project().new_record(parameters=SimpleParameterSet({"i": 1}), main_file="main.py", label=sys.argv[2])
+"""
+
+
+@as_root
+@pytest.mark.parametrize("statement", ["CREATE TABLE", "CREATE UNIQUE INDEX"])
+def test_a_host_cut_off_inside_a_change_of_the_stores_schema_holds_up_no_other_host(tmp_path: Path,
+                                                                                    statement: str) -> None:
+    """Host 1's first job creates Django's tables (a new store), or adds the unique indexes (a store
+    that plain Sumatra's smt init made), when its cable is pulled inside that transaction. The server
+    ends the transaction by its keepalives and frees what it locked, so host 2's job takes the lock
+    and stores its record. Before: the transaction had no keepalives of its own and held its tables
+    for the kernel's two hours; host 2's job waited for it holding the lock, and so did every other
+    job (CI's smtlock stress --cut-host hung: 1 run in 14 here)."""
+    with NetworkHosts(2) as hosts:
+        cluster = Cluster(listen=",".join(hosts.server_addresses), prefix=["ip", "netns", "exec", hosts.server_ns])
+        try:
+            cluster.sql("CREATE ROLE smt LOGIN PASSWORD 's3cret' CREATEDB")
+            cluster.sql("CREATE DATABASE shared OWNER smt")
+            folders = []
+            for h, address in enumerate(hosts.server_addresses):
+                make = ("import sys; from pathlib import Path; from smtlock._harness.burst import make_project; "
+                        "make_project(Path(sys.argv[1]), sys.argv[2])")
+                subprocess.run(hosts.command(h, [sys.executable, "-c", make, str(tmp_path / hosts.names[h]),
+                                                 cluster.uri("smt", "s3cret", "shared", host=address)]), check=True)
+                folders.append(tmp_path / hosts.names[h])
+            if statement == "CREATE TABLE":  # a new store: smt init made Django's tables; none now
+                cluster.sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public AUTHORIZATION smt", "shared")
+            victim = subprocess.Popen(hosts.command(0, [sys.executable, "-c", STOP_INSIDE, statement, "A"]),
+                                      cwd=folders[0], stderr=subprocess.PIPE, text=True)
+            try:
+                _, status = os.waitpid(victim.pid, os.WUNTRACED)
+                assert os.WIFSTOPPED(status), victim.communicate()[1][-3000:]
+                hosts.cut(0)
+                other = subprocess.run(hosts.command(1, [sys.executable, "-c", STOP_INSIDE, "-", "B"]),
+                                       cwd=folders[1], capture_output=True, text=True, timeout=180)
+            finally:
+                victim.kill()
+                victim.wait()
+            assert other.returncode == 0, other.stderr[-3000:]
+            assert labels(cluster, "shared") == {"B"}
+            assert cluster.sql("SELECT count(*) FROM pg_indexes WHERE indexname = "
+                               "'smtlock_unique_django_store_parameterset'", "shared") == [(1,)]
+        finally:
+            cluster.stop()

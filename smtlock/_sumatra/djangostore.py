@@ -35,7 +35,7 @@ except ImportError:  # Django is optional for Sumatra and for us
     DjangoConfiguration = DjangoRecordStore = None
 
 __all__ = ["SQLITE_BUSY_TIMEOUT_S", "READ_WAIT_S", "ENDED_FIELDS", "is_django", "transaction", "save",
-           "only_changed", "changed_only", "save_changed", "write_lock",
+           "only_changed", "changed_only", "save_changed", "write_lock", "fence",
            "without_stale_rows", "retrying", "fenced_commit", "own_hold", "again_if_lost",
            "labels", "uri_to_db", "tune_registered_databases", "connecting", "reading",
            "close", "hygiene", "sqlite_pragmas", "create_databases", "before_fork", "after_fork_in_child"]
@@ -273,16 +273,23 @@ def write_lock(store: Any) -> None:
     uri = postgres_uri(store)
     if uri:
         from django.db import connections
-        settings, params = postgres.local_settings()
-        hold = current_hold()
-        token = hold[0].fence_token(uri) if hold else None
-        sql = f"SELECT {settings}, pg_advisory_xact_lock(%s)" + (f"; {held_check(token)}" if token else "")
-        with connections[store._db_label].cursor() as cursor:
-            cursor.execute(sql, [*params, postgres.advisory_key(uri, "write")])
-            if hold and token and not cursor.fetchone()[0]:
-                hold[0].check()  # the backend's own reason, when it knows it
-                raise LockLost(hold[0].lock_file, "the server no longer holds it for this process",
-                               time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        fence(connections[store._db_label], uri)
+
+
+def fence(connection: Any, uri: str) -> None:
+    """The first statement of a transaction on PostgreSQL that a holder of the store's lock makes, a
+    write or a change of the schema (:func:`create_databases`): the server's keepalives for it, the
+    store's write key, and the check that the hold lives (see :func:`write_lock`)."""
+    settings, params = postgres.local_settings()
+    hold = current_hold()
+    token = hold[0].fence_token(uri) if hold else None
+    sql = f"SELECT {settings}, pg_advisory_xact_lock(%s)" + (f"; {held_check(token)}" if token else "")
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, postgres.advisory_key(uri, "write")])
+        if hold and token and not cursor.fetchone()[0]:
+            hold[0].check()  # the backend's own reason, when it knows it
+            raise LockLost(hold[0].lock_file, "the server no longer holds it for this process",
+                           time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
 
 def fenced_commit() -> None:
@@ -638,14 +645,36 @@ def create_databases(self: Any) -> None:
         if not connecting(lambda: unmigrated() or unindexed(), "default"):
             return
         close()
+
+        def change() -> None:
+            with _fenced(self._settings["DATABASES"]):
+                if unmigrated():
+                    original("DjangoConfiguration._create_databases")(self)
+                for label in unindexed():
+                    _add_indexes(connections[label])
+                    _add_unique_indexes(connections[label])
         with store_lock(db["NAME"] if "sqlite3" in db["ENGINE"] else os.getcwd(), "migrate"):
-            if connecting(unmigrated, "default"):
-                original("DjangoConfiguration._create_databases")(self)
-            for label in connecting(unindexed, "default"):
-                _add_indexes(connections[label])
-                _add_unique_indexes(connections[label])
+            again_if_lost(lambda: connecting(change, "default"), close, current_hold())
     finally:
         close()
+
+
+@contextlib.contextmanager
+def _fenced(databases: dict) -> Iterator[None]:
+    """PostgreSQL: the change of a store's schema in one transaction per database, begun as a write's
+    is (:func:`fence`). Upstream migrates in transactions of their own with no keepalives: a host cut
+    off inside one left it open on the server for the system's two hours (tcp_keepalives_idle 0 is
+    the kernel's 7200 s), holding its tables, and the next holder of the lock waited for it forever.
+    Fenced, the server ends it with its client, and the next holder's hold begins after it ended."""
+    from django.db import connections
+    from django.db import transaction as django_transaction
+    with contextlib.ExitStack() as stack:
+        for label, settings in databases.items():
+            if "postgresql" in settings["ENGINE"]:
+                stack.enter_context(django_transaction.atomic(using=label))
+                fence(connections[label], _uri_of(connections[label]))
+        yield
+        fenced_commit()
 
 
 def before_fork() -> None:
