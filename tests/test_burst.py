@@ -1,6 +1,9 @@
 """Bursts of real OS processes released together by a start barrier; the store is recounted after."""
 
+import os
 import re
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -79,3 +82,43 @@ def test_readers_never_see_a_torn_project_file(project: Path, tmp_path: Path) ->
     outputs = [log.read_text() for log in logs]
     assert burst["codes"] == {i: 0 for i in range(len(commands))}, outputs
     assert outputs[4].strip() == outputs[5].strip() == "torn reads: 0"
+
+
+#: in a pid namespace of its own (nothing else forks there): a burst of one job, which ends; then a
+#: process made to take the job's pid (ns_last_pid), and a killer told that the job holds the lock
+PID_TAKEN = r"""
+import subprocess, sys
+from pathlib import Path
+from smtlock._harness.burst import Killer, start_together
+from smtlock._lock.backends import Holder
+
+work = Path(sys.argv[1])
+started = []
+job = [sys.executable, "-c", "import os, sys; os.write(int(sys.argv[1]), b'r'); os.read(int(sys.argv[2]), 1)",
+       "{ready}", "{go}"]
+burst = start_together([job], [work / "job.log"], on_start=started.append)
+pid = burst["pids"][0]
+with open("/proc/sys/kernel/ns_last_pid", "w") as last:
+    last.write(str(pid - 1))
+other = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+assert other.pid == pid, (other.pid, pid)
+holder = work / "holder"
+holder.write_text(str(Holder(pid, "here", "now")))
+killer = Killer(started[0], 1, holder)
+killer.start()
+killer.join()
+other.stdin.close()
+print("the other process ended with", other.wait())
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="a pid namespace needs root")
+def test_a_job_that_ended_is_never_killed_through_its_pid_taken_by_another_process(tmp_path: Path) -> None:
+    """The killer of ``smtlock stress --kill`` (and ``--cut-host``'s) signals a job only until the burst
+    reaps it: pid_max is 32768 on many systems (here too), and a burst makes thousands of processes.
+    Before: the killer SIGKILLed whatever process had the pid of the job it chose (the lock's holder
+    file may name a job that has ended), and --cut-host waited for it as for one of its jobs."""
+    done = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", PID_TAKEN,
+                           str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "the other process ended with 0"

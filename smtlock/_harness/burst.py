@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import random
 import signal
 import subprocess
@@ -14,15 +15,15 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 from urllib.parse import urlsplit
 
 from .._lock.backends import Holder
 from .._postgres.client import create_database, drop_database
 from .hosts import SharedFolderHosts
 
-__all__ = ["PROJECT_NAME", "JOB_SCRIPT", "store_uri_for", "make_project", "start_together", "Killer", "run_burst",
-           "fresh_database"]
+__all__ = ["PROJECT_NAME", "JOB_SCRIPT", "store_uri_for", "make_project", "Jobs", "start_together", "Killer",
+           "run_burst", "fresh_database"]
 
 PROJECT_NAME = "stress"
 
@@ -80,15 +81,56 @@ def make_project(project_dir: Path, store: str = "sqlite", plugin: bool = False)
     return project_dir
 
 
+class Jobs:
+    """A burst's processes, each reaped here when it ends, and signalled only until then, under one
+    lock: a signal never reaches a process that took the pid of a job that ended (pid_max is 32768
+    on many systems, and a burst's jobs, their git and their server's backends make thousands of
+    processes), and no other thread's child is reaped here (``os.wait`` took any)."""
+
+    def __init__(self, pids: List[int]) -> None:
+        self.pids = list(pids)
+        self._lock = threading.Lock()
+        self._codes: Dict[int, int] = {}  # pid -> exit code, once reaped
+        self._ended: queue.Queue[int] = queue.Queue()
+        for pid in self.pids:
+            threading.Thread(target=self._watch, args=(pid,), daemon=True).start()
+
+    def _watch(self, pid: int) -> None:
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # until it ends; still unreaped, its pid still its
+        self._ended.put(pid)
+
+    def next_ended(self) -> Tuple[int, int]:
+        """The next job to end, reaped now, and its exit code (minus the signal that ended it)."""
+        pid = self._ended.get()
+        with self._lock:
+            _, status = os.waitpid(pid, 0)
+            self._codes[pid] = code = os.waitstatus_to_exitcode(status)
+        return pid, code
+
+    def alive(self, pid: int) -> bool:
+        """Whether job ``pid`` has not ended yet."""
+        with self._lock:
+            return pid not in self._codes and os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+
+    def kill(self, pid: int) -> bool:
+        """SIGKILL job ``pid`` unless it has ended; whether it was sent."""
+        with self._lock:
+            if pid in self._codes or pid not in self.pids:
+                return False
+            os.kill(pid, signal.SIGKILL)  # not reaped, so still this job (a zombie ignores it)
+            return True
+
+
 def start_together(commands: List[List[str]], logs: List[Path],
                    progress: Optional[Callable[[int, int, int, int], None]] = None,
                    cwd: Optional[Path] = None, env: Optional[Dict[str, str]] = None,
-                   on_start: Optional[Callable[[List[int]], Any]] = None) -> Dict[str, Any]:
+                   on_start: Optional[Callable[[Jobs], Any]] = None) -> Dict[str, Any]:
     """Run each command as its own process and release them together; return exit codes and wall.
 
     In each command the arguments ``{ready}`` and ``{go}`` become file descriptors: the process
     writes a byte to ``ready`` when it has imported everything, then blocks reading ``go``. Once all
     are ready the harness closes the other end of ``go``, and every read returns at the same moment.
+    ``on_start`` gets the :class:`Jobs` then, to watch or end them during the burst.
     """
     ready_r, ready_w = os.pipe()
     go_r, go_w = os.pipe()
@@ -100,6 +142,7 @@ def start_together(commands: List[List[str]], logs: List[Path],
             proc = subprocess.Popen(argv, pass_fds=(ready_w, go_r), stdout=log, cwd=cwd, env=env,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         procs[proc.pid] = (index, proc)
+    jobs = Jobs(list(procs))
     os.close(ready_w)
     os.close(go_r)
     with os.fdopen(ready_r, "rb", buffering=0) as ready:  # one byte per process; EOF if all died
@@ -112,17 +155,16 @@ def start_together(commands: List[List[str]], logs: List[Path],
     start = time.perf_counter()
     os.close(go_w)  # the barrier opens
     if on_start:
-        on_start(list(procs))
+        on_start(jobs)
     codes: Dict[int, int] = {}
     while len(codes) < len(commands):
-        pid, status = os.wait()
-        if pid in procs:
-            index, proc = procs[pid]
-            proc.returncode = codes[index] = os.waitstatus_to_exitcode(status)
-            if progress:
-                killed = sum(1 for c in codes.values() if c == -signal.SIGKILL)
-                failed = sum(1 for c in codes.values() if c) - killed
-                progress(len(codes) - failed - killed, len(commands) - len(codes), failed, killed)
+        pid, code = jobs.next_ended()
+        index, proc = procs[pid]
+        proc.returncode = codes[index] = code
+        if progress:
+            killed = sum(1 for c in codes.values() if c == -signal.SIGKILL)
+            failed = sum(1 for c in codes.values() if c) - killed
+            progress(len(codes) - failed - killed, len(commands) - len(codes), failed, killed)
     return {"codes": codes, "wall_s": time.perf_counter() - start,
             "pids": {index: proc.pid for index, proc in procs.values()}}
 
@@ -131,9 +173,9 @@ class Killer(threading.Thread):
     """Fault injection: SIGKILL ``count`` jobs during the burst, every other one the process that holds
     the project's lock at that moment (so some die inside a store transaction)."""
 
-    def __init__(self, pids: List[int], count: int, holder_file: Path, seed: int = 0) -> None:
+    def __init__(self, jobs: Jobs, count: int, holder_file: Path, seed: int = 0) -> None:
         super().__init__(daemon=True)
-        self.pids, self.count, self.holder_file = pids, count, holder_file
+        self.jobs, self.pids, self.count, self.holder_file = jobs, jobs.pids, count, holder_file
         self.rng = random.Random(seed)
         self.killed: List[int] = []
         self.holding = 0  # how many were killed while they held the lock
@@ -163,10 +205,7 @@ class Killer(threading.Thread):
             self.holding += pid is not None
             if pid is None:
                 pid = self.rng.choice([p for p in self.pids if p not in self.killed])
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            self.jobs.kill(pid)  # not if it has ended: its pid may be another process's now
             self.killed.append(pid)
 
 
@@ -183,9 +222,9 @@ def run_burst(project_dir: Path, mode: str, jobs: int, records: int, work_dir: P
         commands = [hosts.command(job % hosts.count, command) for job, command in enumerate(commands)]
     killers: List[Killer] = []
 
-    def start_killer(pids: List[int]) -> None:
+    def start_killer(started: Jobs) -> None:
         if kill:
-            killers.append(Killer(pids, min(kill, jobs), project_dir / ".smt" / "smtlock.lock.holder"))
+            killers.append(Killer(started, min(kill, jobs), project_dir / ".smt" / "smtlock.lock.holder"))
             killers[0].start()
 
     burst = start_together(commands, [work_dir / f"job-{job}.log" for job in range(jobs)], progress,

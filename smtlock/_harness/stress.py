@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from urllib.parse import urlsplit
 
 from .._postgres.client import drop_database, is_postgres, mask_uri
 from ..errors import SMTLockError
-from .burst import JOB_SCRIPT, fresh_database, make_project, run_burst, start_together
+from .burst import JOB_SCRIPT, Jobs, fresh_database, make_project, run_burst, start_together
 from .census import journal_mode, per_host, percentiles_ms, recount, verify
 from .hosts import NetworkHosts, SharedFolderHosts
 
@@ -117,22 +116,18 @@ class _Cutter(threading.Thread):
     def __init__(self, server: Any, hosts: NetworkHosts, jobs: int) -> None:
         super().__init__(daemon=True)
         self.server, self.hosts, self.jobs = server, hosts, jobs
+        self.started: Optional[Jobs] = None
         self.pids: List[int] = []
         self.release_s: Optional[float] = None
         self.killed: List[int] = []
 
-    def start_on(self, pids: List[int]) -> None:
-        self.pids = pids
+    def start_on(self, started: Jobs) -> None:
+        self.started, self.pids = started, started.pids
         self.start()
 
     def _alive(self, pids: List[int]) -> bool:
-        for pid in pids:
-            try:
-                os.kill(pid, 0)
-                return True
-            except ProcessLookupError:
-                continue
-        return False
+        assert self.started is not None
+        return any(self.started.alive(pid) for pid in pids)
 
     def run(self) -> None:
         victim = self.hosts.host_addresses[0]
@@ -150,11 +145,8 @@ class _Cutter(threading.Thread):
             time.sleep(0.1)
         for job, pid in enumerate(self.pids):
             if job % self.hosts.count == 0:
-                try:
-                    os.kill(pid, signal.SIGKILL)
+                if self.started is not None and self.started.kill(pid):
                     self.killed.append(job)
-                except ProcessLookupError:
-                    pass
 
 
 def run_network_mode(mode: str, jobs: int, records: int, base_dir: Path, count: int,
