@@ -284,9 +284,9 @@ def test_a_write_to_another_database_is_not_fenced_by_this_hold() -> None:
     assert not backend.same_database("not a uri")
 
 
-#: a job's first record (argv[2] "record LABEL"), or ``smtlock doctor --repair`` (argv[2] "doctor"),
-#: that stops itself (SIGSTOP) right after the first statement that begins with argv[1] and does not
-#: fail, inside that statement's transaction, holding the store's lock
+#: a job's first record (argv[2:] "record LABEL"), ``smtlock doctor --repair`` ("doctor") or ``smt
+#: delete LABEL`` ("delete LABEL"), that stops itself (SIGSTOP) right after the first statement that
+#: begins with argv[1] and does not fail, inside that statement's transaction, holding the store's lock
 STOP_INSIDE = r"""
 import os, signal, sys
 import smtlock
@@ -308,6 +308,8 @@ connection_created.connect(wrap, weak=False)
 if sys.argv[2] == "doctor":
     from smtlock.cli import main
     sys.exit(main(["doctor", "--repair"]))
+if sys.argv[2] == "delete":
+    sys.exit(load_project().delete_record(sys.argv[3]))
 load_project().new_record(parameters=SimpleParameterSet({"label": sys.argv[3]}), main_file="main.py", label=sys.argv[3])
 """
 PARAMETER_SET_INDEX = "smtlock_unique_django_store_parameterset"
@@ -315,14 +317,16 @@ PARAMETER_SET_INDEX = "smtlock_unique_django_store_parameterset"
 
 @as_root
 @pytest.mark.parametrize("statement, inside", [("CREATE TABLE", "record"), ("CREATE UNIQUE INDEX", "record"),
-                                               ("CREATE UNIQUE INDEX", "doctor")])
+                                               ("CREATE UNIQUE INDEX", "doctor"),
+                                               ('DELETE FROM "django_store_record" WHERE', "delete")])
 def test_a_host_cut_off_inside_a_change_of_the_stores_schema_holds_up_no_other_host(tmp_path: Path, statement: str,
                                                                                     inside: str) -> None:
     """Host 1's first job creates Django's tables (a new store), or adds the unique indexes (a store
     that plain Sumatra's smt init made), or its ``smtlock doctor --repair`` merges a duplicate row and
-    adds that table's unique index, when its cable is pulled inside that transaction. The server ends
-    the transaction by its keepalives and frees what it locked, so host 2's job takes the lock and
-    stores its record. Before: the transaction had no keepalives of its own and held its tables for
+    adds that table's unique index, or its ``smt delete`` deletes a record, when its cable is pulled
+    inside that transaction. The server ends the transaction by its keepalives and frees what it
+    locked, so host 2's job takes the lock and stores its record (tags the record, which is still
+    there). Before: the transaction had no keepalives of its own and held its tables (its row) for
     the kernel's two hours; host 2's job waited for it holding the lock, and so did every other job
     (CI's smtlock stress --cut-host hung: 1 run in 14 here)."""
     with NetworkHosts(2) as hosts:
@@ -346,21 +350,28 @@ def test_a_host_cut_off_inside_a_change_of_the_stores_schema_holds_up_no_other_h
                 cluster.sql(f"DROP INDEX {PARAMETER_SET_INDEX}; INSERT INTO django_store_parameterset (type, content) "
                             "SELECT type, content FROM django_store_parameterset", "shared")
                 expected.add("B0")
+            then = [sys.executable, "-c", STOP_INSIDE, "-", "record", "B"]
+            if inside == "delete":  # a record of host 1's, deleted there, tagged by host 2
+                subprocess.run(hosts.command(0, [sys.executable, "-c", STOP_INSIDE, "-", "record", "A"]),
+                               cwd=folders[0], check=True)
+                then, expected = [os.path.join(os.path.dirname(sys.executable), "smt"), "tag", "kept", "A"], {"A"}
             victim = subprocess.Popen(hosts.command(0, [sys.executable, "-c", STOP_INSIDE, statement, inside, "A"]),
                                       cwd=folders[0], stderr=subprocess.PIPE, text=True)
             try:
                 _, status = os.waitpid(victim.pid, os.WUNTRACED)
                 assert os.WIFSTOPPED(status), victim.communicate()[1][-3000:]
                 hosts.cut(0)
-                other = subprocess.run(hosts.command(1, [sys.executable, "-c", STOP_INSIDE, "-", "record", "B"]),
-                                       cwd=folders[1], capture_output=True, text=True, timeout=180)
+                other = subprocess.run(hosts.command(1, then), cwd=folders[1], capture_output=True, text=True,
+                                       timeout=180)
             finally:
                 victim.kill()
                 victim.wait()
             assert other.returncode == 0, other.stderr[-3000:]
             assert labels(cluster, "shared") == expected
-            # added by host 2's job; the cut repair did not land, so its duplicate row is left (no index)
-            assert cluster.sql(f"SELECT count(*) FROM pg_indexes WHERE indexname = '{PARAMETER_SET_INDEX}'",
-                               "shared") == [(0 if inside == "doctor" else 1,)]
+            if inside == "delete":
+                assert "kept" in cluster.sql("SELECT tags FROM django_store_record", "shared")[0][0]
+            else:  # added by host 2's job; the cut repair did not land, so its duplicate row is left (no index)
+                assert cluster.sql(f"SELECT count(*) FROM pg_indexes WHERE indexname = '{PARAMETER_SET_INDEX}'",
+                                   "shared") == [(0 if inside == "doctor" else 1,)]
         finally:
             cluster.stop()

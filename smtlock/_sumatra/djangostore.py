@@ -38,7 +38,7 @@ __all__ = ["SQLITE_BUSY_TIMEOUT_S", "READ_WAIT_S", "ENDED_FIELDS", "is_django", 
            "only_changed", "changed_only", "save_changed", "write_lock", "fence",
            "without_stale_rows", "retrying", "fenced_commit", "own_hold", "again_if_lost",
            "labels", "uri_to_db", "tune_registered_databases", "connecting", "reading",
-           "close", "hygiene", "sqlite_pragmas", "create_databases", "before_fork", "after_fork_in_child"]
+           "close", "deleting", "hygiene", "sqlite_pragmas", "create_databases", "before_fork", "after_fork_in_child"]
 
 SQLITE_BUSY_TIMEOUT_S = 60.0  # how long an SQLite connection waits for another writer, not fail
 #: how long a process that has only read (``smt list``, smtweb, ``smtlock doctor``) waits for a
@@ -510,6 +510,30 @@ def close(store: Any) -> None:
     """Close this thread's connection to the store's database."""
     from django.db import connections
     connections[store._db_label].close()
+
+
+def deleting(method: Callable) -> Callable:
+    """Django's ``delete`` and ``delete_by_tag`` in one transaction begun as a write's is
+    (:func:`write_lock`: on PostgreSQL the server's keepalives, the write key, the hold's check).
+    Upstream deletes each record in a transaction of its own with no keepalives: a host cut off inside
+    one held the record's row for the kernel's two hours, and the next write to that record (``smt
+    tag``) waited for it holding the lock. ``delete_by_tag`` deletes all its records or none."""
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        from django.db import connections
+        from django.db import transaction as django_transaction
+        self._get_models()
+
+        def write() -> Any:
+            with django_transaction.atomic(using=self._db_label):
+                write_lock(self)
+                result = method(self, *args, **kwargs)
+                fenced_commit()
+            return result
+        if connections[self._db_label].in_atomic_block:  # in a caller's transaction
+            return write()
+        return again_if_lost(write, lambda: None, current_hold())
+    return wrapper
 
 
 def hygiene(method: Callable) -> Callable:

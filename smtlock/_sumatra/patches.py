@@ -562,8 +562,11 @@ def apply() -> None:
     if DjangoRecordStore is not None:
         djangostore.tune_registered_databases()
         patch(DjangoRecordStore, "save", lambda orig: djangostore.hygiene(djangostore.save))
-        for name in ("get", "list", "delete", "delete_by_tag", "most_recent", "has_project", "list_projects"):
+        for name in ("get", "list", "most_recent", "has_project", "list_projects"):
             patch(DjangoRecordStore, name, djangostore.hygiene)
+        # Upstream deletes each record in a transaction of its own, unfenced (see djangostore.deleting).
+        for name in ("delete", "delete_by_tag"):
+            patch(DjangoRecordStore, name, lambda orig: djangostore.hygiene(djangostore.deleting(orig)))
         # Upstream builds every record's model object, with its related rows, to read the labels
         # (`smt list`, and `.smt/labels` at the end of every `smt run`): the label column alone.
         patch(DjangoRecordStore, "labels", lambda orig: djangostore.hygiene(djangostore.labels))
