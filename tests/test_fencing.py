@@ -6,13 +6,14 @@ a link taken down, SIGSTOP), and an overlap verifier shows which blocks were exc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator, List, Optional, Set
+from typing import Iterator, List, Optional, Set, Tuple
 
 import pytest
 from conftest import PROGRAMS, overlaps
@@ -207,10 +208,10 @@ def test_a_hold_lost_inside_a_write_is_caught_by_the_write_itself(server: Cluste
         assert labels(server, database) == set()
 
 
-@as_root
-def test_a_block_on_a_host_cut_off_learns_it(tmp_path: Path) -> None:
-    """Host 1's cable is pulled inside A's block (no FIN, no RST): the server frees the lock by its
-    keepalives, C on host 2 gets it, and A, from its own keepalives, knows its hold is gone."""
+@contextlib.contextmanager
+def two_hosts(tmp_path: Path) -> Iterator[Tuple[NetworkHosts, Cluster, List[Path]]]:
+    """Two hosts (network namespaces), a server in a third with the database ``shared``, and a project
+    on each host whose store is that database, at the host's own address of the server."""
     with NetworkHosts(2) as hosts:
         cluster = Cluster(listen=",".join(hosts.server_addresses), prefix=["ip", "netns", "exec", hosts.server_ns])
         try:
@@ -223,23 +224,31 @@ def test_a_block_on_a_host_cut_off_learns_it(tmp_path: Path) -> None:
                 subprocess.run(hosts.command(h, [sys.executable, "-c", make, str(tmp_path / hosts.names[h]),
                                                  cluster.uri("smt", "s3cret", "shared", host=address)]), check=True)
                 folders.append(tmp_path / hosts.names[h])
-            log = tmp_path / "blocks.log"
-            holder = hold(folders[0], log, "A", command=lambda argv: hosts.command(0, argv))
-            try:
-                hosts.cut(0)
-                other = finish(hold(folders[1], log, "C", command=lambda argv: hosts.command(1, argv)), "go")
-                seen = finish(holder, "lost")
-            finally:
-                if holder.poll() is None:
-                    holder.kill()
-                    holder.wait()
-            assert other["exit"] == "ok"
-            assert seen["noticed"] and "connection" in seen["noticed"], seen
-            assert_lost(seen)
-            assert labels(cluster, "shared") == {"A-before", "C-before", "C-after"}
-            assert overlaps(log) == 1 and exclusive_blocks(log, {"A"}) == 0
+            yield hosts, cluster, folders
         finally:
             cluster.stop()
+
+
+@as_root
+def test_a_block_on_a_host_cut_off_learns_it(tmp_path: Path) -> None:
+    """Host 1's cable is pulled inside A's block (no FIN, no RST): the server frees the lock by its
+    keepalives, C on host 2 gets it, and A, from its own keepalives, knows its hold is gone."""
+    with two_hosts(tmp_path) as (hosts, cluster, folders):
+        log = tmp_path / "blocks.log"
+        holder = hold(folders[0], log, "A", command=lambda argv: hosts.command(0, argv))
+        try:
+            hosts.cut(0)
+            other = finish(hold(folders[1], log, "C", command=lambda argv: hosts.command(1, argv)), "go")
+            seen = finish(holder, "lost")
+        finally:
+            if holder.poll() is None:
+                holder.kill()
+                holder.wait()
+        assert other["exit"] == "ok"
+        assert seen["noticed"] and "connection" in seen["noticed"], seen
+        assert_lost(seen)
+        assert labels(cluster, "shared") == {"A-before", "C-before", "C-after"}
+        assert overlaps(log) == 1 and exclusive_blocks(log, {"A"}) == 0
 
 
 ENTER_AND_LEAVE = ("import os, sys, smtlock\nfd = os.open(sys.argv[2], os.O_WRONLY | os.O_APPEND | os.O_CREAT)\n"
@@ -329,49 +338,36 @@ def test_a_host_cut_off_inside_a_change_of_the_stores_schema_holds_up_no_other_h
     there). Before: the transaction had no keepalives of its own and held its tables (its row) for
     the kernel's two hours; host 2's job waited for it holding the lock, and so did every other job
     (CI's smtlock stress --cut-host hung: 1 run in 14 here)."""
-    with NetworkHosts(2) as hosts:
-        cluster = Cluster(listen=",".join(hosts.server_addresses), prefix=["ip", "netns", "exec", hosts.server_ns])
+    with two_hosts(tmp_path) as (hosts, cluster, folders):
+        expected = {"B"}
+        if statement == "CREATE TABLE":  # a new store: smt init made Django's tables; none now
+            cluster.sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public AUTHORIZATION smt", "shared")
+        if inside == "doctor":  # a record's parameter set twice, as plain Sumatra's racing writers leave it
+            subprocess.run(hosts.command(1, [sys.executable, "-c", STOP_INSIDE, "-", "record", "B0"]),
+                           cwd=folders[1], check=True)
+            cluster.sql(f"DROP INDEX {PARAMETER_SET_INDEX}; INSERT INTO django_store_parameterset (type, content) "
+                        "SELECT type, content FROM django_store_parameterset", "shared")
+            expected.add("B0")
+        then = [sys.executable, "-c", STOP_INSIDE, "-", "record", "B"]
+        if inside == "delete":  # a record of host 1's, deleted there, tagged by host 2
+            subprocess.run(hosts.command(0, [sys.executable, "-c", STOP_INSIDE, "-", "record", "A"]),
+                           cwd=folders[0], check=True)
+            then, expected = [os.path.join(os.path.dirname(sys.executable), "smt"), "tag", "kept", "A"], {"A"}
+        victim = subprocess.Popen(hosts.command(0, [sys.executable, "-c", STOP_INSIDE, statement, inside, "A"]),
+                                  cwd=folders[0], stderr=subprocess.PIPE, text=True)
         try:
-            cluster.sql("CREATE ROLE smt LOGIN PASSWORD 's3cret' CREATEDB")
-            cluster.sql("CREATE DATABASE shared OWNER smt")
-            folders = []
-            for h, address in enumerate(hosts.server_addresses):
-                make = ("import sys; from pathlib import Path; from smtlock._harness.burst import make_project; "
-                        "make_project(Path(sys.argv[1]), sys.argv[2])")
-                subprocess.run(hosts.command(h, [sys.executable, "-c", make, str(tmp_path / hosts.names[h]),
-                                                 cluster.uri("smt", "s3cret", "shared", host=address)]), check=True)
-                folders.append(tmp_path / hosts.names[h])
-            expected = {"B"}
-            if statement == "CREATE TABLE":  # a new store: smt init made Django's tables; none now
-                cluster.sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public AUTHORIZATION smt", "shared")
-            if inside == "doctor":  # a record's parameter set twice, as plain Sumatra's racing writers leave it
-                subprocess.run(hosts.command(1, [sys.executable, "-c", STOP_INSIDE, "-", "record", "B0"]),
-                               cwd=folders[1], check=True)
-                cluster.sql(f"DROP INDEX {PARAMETER_SET_INDEX}; INSERT INTO django_store_parameterset (type, content) "
-                            "SELECT type, content FROM django_store_parameterset", "shared")
-                expected.add("B0")
-            then = [sys.executable, "-c", STOP_INSIDE, "-", "record", "B"]
-            if inside == "delete":  # a record of host 1's, deleted there, tagged by host 2
-                subprocess.run(hosts.command(0, [sys.executable, "-c", STOP_INSIDE, "-", "record", "A"]),
-                               cwd=folders[0], check=True)
-                then, expected = [os.path.join(os.path.dirname(sys.executable), "smt"), "tag", "kept", "A"], {"A"}
-            victim = subprocess.Popen(hosts.command(0, [sys.executable, "-c", STOP_INSIDE, statement, inside, "A"]),
-                                      cwd=folders[0], stderr=subprocess.PIPE, text=True)
-            try:
-                _, status = os.waitpid(victim.pid, os.WUNTRACED)
-                assert os.WIFSTOPPED(status), victim.communicate()[1][-3000:]
-                hosts.cut(0)
-                other = subprocess.run(hosts.command(1, then), cwd=folders[1], capture_output=True, text=True,
-                                       timeout=180)
-            finally:
-                victim.kill()
-                victim.wait()
-            assert other.returncode == 0, other.stderr[-3000:]
-            assert labels(cluster, "shared") == expected
-            if inside == "delete":
-                assert "kept" in cluster.sql("SELECT tags FROM django_store_record", "shared")[0][0]
-            else:  # added by host 2's job; the cut repair did not land, so its duplicate row is left (no index)
-                assert cluster.sql(f"SELECT count(*) FROM pg_indexes WHERE indexname = '{PARAMETER_SET_INDEX}'",
-                                   "shared") == [(0 if inside == "doctor" else 1,)]
+            _, status = os.waitpid(victim.pid, os.WUNTRACED)
+            assert os.WIFSTOPPED(status), victim.communicate()[1][-3000:]
+            hosts.cut(0)
+            other = subprocess.run(hosts.command(1, then), cwd=folders[1], capture_output=True, text=True,
+                                   timeout=180)
         finally:
-            cluster.stop()
+            victim.kill()
+            victim.wait()
+        assert other.returncode == 0, other.stderr[-3000:]
+        assert labels(cluster, "shared") == expected
+        if inside == "delete":
+            assert "kept" in cluster.sql("SELECT tags FROM django_store_record", "shared")[0][0]
+        else:  # added by host 2's job; the cut repair did not land, so its duplicate row is left (no index)
+            assert cluster.sql(f"SELECT count(*) FROM pg_indexes WHERE indexname = '{PARAMETER_SET_INDEX}'",
+                               "shared") == [(0 if inside == "doctor" else 1,)]
