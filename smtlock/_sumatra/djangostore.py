@@ -277,9 +277,10 @@ def write_lock(store: Any) -> None:
 
 
 def fence(connection: Any, uri: str) -> None:
-    """The first statement of a transaction on PostgreSQL that a holder of the store's lock makes, a
-    write or a change of the schema (:func:`create_databases`): the server's keepalives for it, the
-    store's write key, and the check that the hold lives (see :func:`write_lock`)."""
+    """The first statement of each transaction on PostgreSQL that a holder of the store's lock makes (a
+    write, a deletion, a change of the schema in :func:`create_databases`, ``smtlock doctor --repair``):
+    the server's keepalives for it, the store's write key, and the check that the hold lives (see
+    :func:`write_lock`)."""
     settings, params = postgres.local_settings()
     hold = current_hold()
     token = hold[0].fence_token(uri) if hold else None
