@@ -56,8 +56,9 @@ _running = _local()  # .stand_ins, .globals: this thread's run of parameters.ran
 _before = [builtins.__import__]  # the __import__ that was in place when parameters.random began
 
 
-class _Running(Loader):
-    """``parameters.random``'s own loader, run with :func:`_import` as ``__import__``."""
+class _Around(Loader):
+    """A module's own loader, run inside :meth:`around`; the module keeps that loader as its own (what
+    it would be without us: reload, inspect)."""
 
     def __init__(self, loader: "Loader") -> None:
         self.loader = loader
@@ -66,9 +67,19 @@ class _Running(Loader):
         return self.loader.create_module(spec)
 
     def exec_module(self, module: "ModuleType") -> None:
-        module.__loader__ = self.loader  # what it would be without us (reload, inspect)
+        module.__loader__ = self.loader
         if module.__spec__ is not None:
             module.__spec__.loader = self.loader
+        self.around(module)
+
+    def around(self, module: "ModuleType") -> None:
+        self.loader.exec_module(module)
+
+
+class _Running(_Around):
+    """``parameters.random``'s own loader, run with :func:`_import` as ``__import__``."""
+
+    def around(self, module: "ModuleType") -> None:
         _before[0] = builtins.__import__
         _running.stand_ins, _running.globals = {}, vars(module)
         builtins.__import__ = _import
@@ -80,21 +91,12 @@ class _Running(Loader):
             _running.stand_ins = _running.globals = None
 
 
-class _Uncollected(Loader):
+class _Uncollected(_Around):
     """``sumatra.cli``'s own loader in an ``smt`` process: it runs with the cyclic collector paused (if
     it was on), and what it made is frozen before the collector goes on."""
 
-    def __init__(self, loader: "Loader") -> None:
-        self.loader = loader
-
-    def create_module(self, spec: ModuleSpec) -> "Optional[ModuleType]":
-        return self.loader.create_module(spec)
-
-    def exec_module(self, module: "ModuleType") -> None:
+    def around(self, module: "ModuleType") -> None:
         import gc
-        module.__loader__ = self.loader
-        if module.__spec__ is not None:
-            module.__spec__.loader = self.loader
         collecting = gc.isenabled()
         gc.disable()
         try:
@@ -154,7 +156,7 @@ class LazyImports:
 
     def find_spec(self, fullname: str, path: "Optional[Sequence[str]]" = None,
                   target: "Optional[ModuleType]" = None) -> "Optional[ModuleSpec]":
-        wrap: "Any"
+        wrap: "type[_Around]"
         if fullname == MODULE:
             wrap = _Running
         elif fullname == COMMAND_LINE and os.path.basename(sys.argv[0] if sys.argv else "") in ("smt", "smt.exe"):

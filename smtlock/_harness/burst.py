@@ -175,7 +175,7 @@ class Killer(threading.Thread):
 
     def __init__(self, jobs: Jobs, count: int, holder_file: Path, seed: int = 0) -> None:
         super().__init__(daemon=True)
-        self.jobs, self.pids, self.count, self.holder_file = jobs, jobs.pids, count, holder_file
+        self.jobs, self.count, self.holder_file = jobs, count, holder_file
         self.rng = random.Random(seed)
         self.killed: List[int] = []
         self.holding = 0  # how many were killed while they held the lock
@@ -186,7 +186,7 @@ class Killer(threading.Thread):
         except OSError:
             return None
         pid = holder.pid if holder else None
-        return pid if pid in self.pids and pid not in self.killed else None
+        return pid if pid in self.jobs.pids and pid not in self.killed else None
 
     def _wait_for_holder(self, limit: float = 5.0) -> Optional[int]:
         """A job that holds the lock now (early in a burst nobody holds it yet)."""
@@ -204,7 +204,7 @@ class Killer(threading.Thread):
             pid = self._wait_for_holder() if n % 2 == 0 else None
             self.holding += pid is not None
             if pid is None:
-                pid = self.rng.choice([p for p in self.pids if p not in self.killed])
+                pid = self.rng.choice([p for p in self.jobs.pids if p not in self.killed])
             self.jobs.kill(pid)  # not if it has ended: its pid may be another process's now
             self.killed.append(pid)
 

@@ -117,36 +117,34 @@ class _Cutter(threading.Thread):
         super().__init__(daemon=True)
         self.server, self.hosts, self.jobs = server, hosts, jobs
         self.started: Optional[Jobs] = None
-        self.pids: List[int] = []
         self.release_s: Optional[float] = None
         self.killed: List[int] = []
 
     def start_on(self, started: Jobs) -> None:
-        self.started, self.pids = started, started.pids
+        self.started = started
         self.start()
 
-    def _alive(self, pids: List[int]) -> bool:
-        assert self.started is not None
-        return any(self.started.alive(pid) for pid in pids)
-
     def run(self) -> None:
-        victim = self.hosts.host_addresses[0]
-        others = [pid for job, pid in enumerate(self.pids) if job % self.hosts.count]
-        while self._alive(others) and victim not in {r[0] for r in self.server.sql(_HOLDERS)}:
+        assert self.started is not None
+        jobs, victim = self.started, self.hosts.host_addresses[0]
+        others = [pid for job, pid in enumerate(jobs.pids) if job % self.hosts.count]
+
+        def alive() -> bool:
+            return any(jobs.alive(pid) for pid in others)
+        while alive() and victim not in {r[0] for r in self.server.sql(_HOLDERS)}:
             time.sleep(0.005)
-        if not self._alive(others):
+        if not alive():
             return
         self.hosts.cut(0)
         cut_at = time.monotonic()
-        while self._alive(others) and not any(r[0] != victim for r in self.server.sql(_HOLDERS)):
+        while alive() and not any(r[0] != victim for r in self.server.sql(_HOLDERS)):
             time.sleep(0.02)
         self.release_s = round(time.monotonic() - cut_at, 2)
-        while self._alive(others):
+        while alive():
             time.sleep(0.1)
-        for job, pid in enumerate(self.pids):
-            if job % self.hosts.count == 0:
-                if self.started is not None and self.started.kill(pid):
-                    self.killed.append(job)
+        for job, pid in enumerate(jobs.pids):
+            if job % self.hosts.count == 0 and jobs.kill(pid):
+                self.killed.append(job)
 
 
 def run_network_mode(mode: str, jobs: int, records: int, base_dir: Path, count: int,

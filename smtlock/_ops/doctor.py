@@ -423,13 +423,12 @@ def _store_checks(project: Any, store: Any, repair: bool) -> List[Finding]:
     if uri:
         findings.append(_check_server_holder(uri))
     if hasattr(store, "_db_file"):  # Django
-        from django.db import transaction
+        from django.db import connections, transaction
         store._get_models()
         if store_path(store):
             findings.append(_check_sqlite(store._db_file))
         with transaction.atomic(using=store._db_label):
             if repair and uri:  # held as a write's transaction is: a host cut off inside it holds up no other
-                from django.db import connections
                 djangostore.fence(connections[store._db_label], uri)
             findings.append(_check_duplicates(store, repair))
             findings.append(_check_labels(store, project.name, repair))

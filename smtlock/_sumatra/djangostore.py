@@ -35,7 +35,7 @@ except ImportError:  # Django is optional for Sumatra and for us
     DjangoConfiguration = DjangoRecordStore = None
 
 __all__ = ["SQLITE_BUSY_TIMEOUT_S", "READ_WAIT_S", "ENDED_FIELDS", "is_django", "transaction", "save",
-           "only_changed", "changed_only", "save_changed", "write_lock", "fence",
+           "only_changed", "changed_only", "save_changed", "fenced_transaction", "fence",
            "without_stale_rows", "retrying", "fenced_commit", "own_hold", "again_if_lost",
            "labels", "uri_to_db", "tune_registered_databases", "connecting", "reading",
            "close", "deleting", "hygiene", "sqlite_pragmas", "create_databases", "before_fork", "after_fork_in_child"]
@@ -52,21 +52,18 @@ def is_django(store: Any) -> bool:
 
 
 def transaction(store: Any, steps: Callable[[], Any], undo: Callable[[], None]) -> None:
-    """Run ``steps`` (a record write: claim, save) in one transaction of ``store``, the store's write
-    lock its first statement on PostgreSQL (:func:`write_lock`). When the connection broke, or a
+    """Run ``steps`` (a record write: claim, save) in one transaction of ``store``, fenced
+    (:func:`fenced_transaction`). When the connection broke, or a
     remembered row was merged away (:mod:`smtlock._sumatra.rows`), ``undo`` what ``steps`` changed in memory and
     run it again, whole: a retry cannot write twice. Upstream's save is ~16 autocommitted queries and
     nothing retries them."""
     from django.db import connections
-    from django.db import transaction as django_transaction
 
     def attempt() -> None:
         connection = connections[store._db_label]
         fenced_commit()  # a hold known lost writes nothing (nor waits for a server it cannot reach)
-        with rows.one_write(), django_transaction.atomic(using=store._db_label), _no_savepoints(connection):
-            write_lock(store)
+        with rows.one_write(), fenced_transaction(store._db_label, postgres_uri(store)), _no_savepoints(connection):
             steps()
-            fenced_commit()
     without_stale_rows(lambda: retrying(attempt, store, undo), store, undo)
 
 
@@ -149,15 +146,12 @@ def save(self: Any, project_name: str, record: Any) -> None:
     Upstream issues ~16 autocommitted queries: a failure half-way leaves a half-written record, and
     each commit costs a journal sync.
     """
-    from django.db import connections, transaction
+    from django.db import connections
     self._get_models()  # configures Django (and migrates) before a transaction can be opened
 
     def write() -> None:
-        with rows.one_write(), transaction.atomic(using=self._db_label):
-            write_lock(self)
-            with rows.links_batched():
-                _save_record(self, project_name, record)
-            fenced_commit()
+        with rows.one_write(), fenced_transaction(self._db_label, postgres_uri(self)), rows.links_batched():
+            _save_record(self, project_name, record)
     if rows.in_one_write():  # inside transaction(): it holds the write lock and retries
         with rows.links_batched():
             _save_record(self, project_name, record)
@@ -257,30 +251,37 @@ def without_stale_rows(write: Callable[[], Any], store: Any, undo: Callable[[], 
         return write()
 
 
-def write_lock(store: Any) -> None:
-    """PostgreSQL: ``pg_advisory_xact_lock`` on the store's write key, the first statement of the
-    write's transaction (taken again inside it, it stacks). It is held until that transaction ends, so
-    a holder cut off from the server can never commit after another holder began: the write and its
-    lock die together. Upstream races get_or_create on tables without unique constraints, and the
-    duplicate rows it leaves make every later write fail (MultipleObjectsReturned). The server's keepalives
-    are set in the same statement, for the transaction only (:func:`smtlock._postgres.client.local_settings`).
-
-    The fence, in the same round trip: a write made holding an SMTLock checks, holding the write key,
-    that the hold's token still lives on the server (:func:`smtlock._lock.backends.held_check`); a hold
-    that was lost (its connection died, a restart, a cut) raises LockLost and the write is rolled
-    back. A new holder waits for the write key once before its hold begins, so a write of a former
-    holder either ended before that or finds its token gone."""
-    uri = postgres_uri(store)
-    if uri:
-        from django.db import connections
-        fence(connections[store._db_label], uri)
+@contextlib.contextmanager
+def fenced_transaction(label: str, uri: Optional[str]) -> Iterator[None]:
+    """One transaction on database ``label`` made holding the store's lock (a write, a deletion, a change
+    of the schema); on PostgreSQL (``uri``) its first statement is :func:`fence`, and it commits only
+    while the hold is not known lost (:func:`fenced_commit`)."""
+    from django.db import connections
+    from django.db import transaction as django_transaction
+    with django_transaction.atomic(using=label):
+        if uri:
+            fence(connections[label], uri)
+        yield
+        fenced_commit()
 
 
 def fence(connection: Any, uri: str) -> None:
     """The first statement of each transaction on PostgreSQL that a holder of the store's lock makes (a
-    write, a deletion, a change of the schema in :func:`create_databases`, ``smtlock doctor --repair``):
-    the server's keepalives for it, the store's write key, and the check that the hold lives (see
-    :func:`write_lock`)."""
+    write, a deletion, a change of the schema in :func:`create_databases`, ``smtlock doctor --repair``).
+
+    ``pg_advisory_xact_lock`` on the store's write key (taken again inside it, it stacks). It is held
+    until that transaction ends, so a holder cut off from the server can never commit after another
+    holder began: the write and its lock die together. Upstream races get_or_create on tables without
+    unique constraints, and the duplicate rows it leaves make every later write fail
+    (MultipleObjectsReturned). The server's keepalives are set in the same statement, for the
+    transaction only (:func:`smtlock._postgres.client.local_settings`): without them the transaction of
+    a host cut off stays open on the server for the kernel's two hours, holding what it locked.
+
+    The fence, in the same round trip: a transaction made holding an SMTLock checks, holding the write
+    key, that the hold's token still lives on the server (:func:`smtlock._lock.backends.held_check`); a
+    hold that was lost (its connection died, a restart, a cut) raises LockLost and the transaction is
+    rolled back. A new holder waits for the write key once before its hold begins, so a transaction of
+    a former holder either ended before that or finds its token gone."""
     settings, params = postgres.local_settings()
     hold = current_hold()
     token = hold[0].fence_token(uri) if hold else None
@@ -295,7 +296,7 @@ def fence(connection: Any, uri: str) -> None:
 
 def fenced_commit() -> None:
     """Before a write commits (any store): the SMTLock held must not be known lost, so a holder that
-    resumes after its lease ran out writes nothing (PostgreSQL proves it in :func:`write_lock` too)."""
+    resumes after its lease ran out writes nothing (PostgreSQL proves it in :func:`fence` too)."""
     hold = current_hold()
     if hold is not None:
         hold[0].check()
@@ -514,23 +515,19 @@ def close(store: Any) -> None:
 
 
 def deleting(method: Callable) -> Callable:
-    """Django's ``delete`` and ``delete_by_tag`` in one transaction begun as a write's is
-    (:func:`write_lock`: on PostgreSQL the server's keepalives, the write key, the hold's check).
+    """Django's ``delete`` and ``delete_by_tag`` in one transaction made as a write's is
+    (:func:`fenced_transaction`: on PostgreSQL the server's keepalives, the write key, the hold's check).
     Upstream deletes each record in a transaction of its own with no keepalives: a host cut off inside
     one held the record's row for the kernel's two hours, and the next write to that record (``smt
     tag``) waited for it holding the lock. ``delete_by_tag`` deletes all its records or none."""
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
         from django.db import connections
-        from django.db import transaction as django_transaction
         self._get_models()
 
         def write() -> Any:
-            with django_transaction.atomic(using=self._db_label):
-                write_lock(self)
-                result = method(self, *args, **kwargs)
-                fenced_commit()
-            return result
+            with fenced_transaction(self._db_label, postgres_uri(self)):
+                return method(self, *args, **kwargs)
         if connections[self._db_label].in_atomic_block:  # in a caller's transaction
             return write()
         return again_if_lost(write, lambda: None, current_hold())
@@ -687,19 +684,16 @@ def create_databases(self: Any) -> None:
 @contextlib.contextmanager
 def _fenced(databases: dict) -> Iterator[None]:
     """PostgreSQL: the change of a store's schema in one transaction per database, begun as a write's
-    is (:func:`fence`). Upstream migrates in transactions of their own with no keepalives: a host cut
+    is (:func:`fenced_transaction`). Upstream migrates in transactions of their own with no keepalives: a host cut
     off inside one left it open on the server for the system's two hours (tcp_keepalives_idle 0 is
     the kernel's 7200 s), holding its tables, and the next holder of the lock waited for it forever.
     Fenced, the server ends it with its client, and the next holder's hold begins after it ended."""
     from django.db import connections
-    from django.db import transaction as django_transaction
     with contextlib.ExitStack() as stack:
         for label, settings in databases.items():
             if "postgresql" in settings["ENGINE"]:
-                stack.enter_context(django_transaction.atomic(using=label))
-                fence(connections[label], _uri_of(connections[label]))
+                stack.enter_context(fenced_transaction(label, _uri_of(connections[label])))
         yield
-        fenced_commit()
 
 
 def before_fork() -> None:
