@@ -262,6 +262,51 @@ print(json.dumps([sorted(r.tags) for r in project.find_records()]))
     assert json.loads(done.stdout.splitlines()[1]) == [["_initialized_"]] * 3
 
 
+OUTSIDE_WRITER = """
+import sqlite3, sys
+db = sqlite3.connect(".smt/records", timeout=0)
+insert = "INSERT INTO django_store_parameterset (type, content) VALUES ('SimpleParameterSet', 'outside = 1')"
+try:
+    with db:
+        db.execute(insert)
+    print("committed", flush=True)
+except sqlite3.OperationalError:  # the write lock is taken: say so, then wait for it as any writer does
+    print("waiting", flush=True)
+    db = sqlite3.connect(".smt/records", timeout=60)
+    with db:
+        db.execute(insert)
+"""
+
+
+def test_a_writer_outside_the_lock_between_a_writes_statements_never_fails_it(project: Path) -> None:
+    """Plain Sumatra and smtweb write with no lock. On SQLite such a writer can commit between the
+    statements of a write made under the lock: after its label claim read the store, before it
+    inserts. Django begins a deferred
+    transaction, and in WAL mode SQLite fails its first write at once ("database is locked", without
+    waiting) when another connection wrote after it read. The write now takes SQLite's write lock as
+    its transaction begins (BEGIN IMMEDIATE): that writer waits for it instead."""
+    run_python(NEW_RECORD + "new(x=0)", project)  # the store and its tables
+    done = run_python(UNDER_THE_LOCK + f"""
+import subprocess, sys
+writer = []
+
+def meanwhile(execute, sql, params, many, context):
+    result = execute(sql, params, many, context)
+    if not writer and sql.startswith("SELECT") and any(s.depth for s in smtlock_lock._shared.values()):
+        writer.append(subprocess.Popen([sys.executable, "-c", {OUTSIDE_WRITER!r}], stdout=subprocess.PIPE, text=True))
+        writer.append(writer[0].stdout.readline().strip())  # it committed, or it waits for this write
+    return result
+
+with connections["default"].execute_wrapper(meanwhile):
+    record = new(x=1)
+writer[0].communicate(timeout=120)
+print(json.dumps([writer[1], writer[0].returncode, sorted(str(r.parameters) for r in project.find_records())]))
+""", project)
+    said, code, stored = json.loads(done.stdout)
+    assert said == "waiting" and code == 0
+    assert stored == ["x = 0", "x = 1"]
+
+
 def _a_main_file_with_three_dependencies(project: Path) -> None:
     """``deps.py``, committed, importing three packages of the project."""
     for name in ("pkg_a", "pkg_b", "pkg_c"):

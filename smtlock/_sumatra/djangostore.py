@@ -258,11 +258,32 @@ def fenced_transaction(label: str, uri: Optional[str]) -> Iterator[None]:
     while the hold is not known lost (:func:`fenced_commit`)."""
     from django.db import connections
     from django.db import transaction as django_transaction
-    with django_transaction.atomic(using=label):
+    connection = connections[label]
+    with _writing_from_the_start(connection), django_transaction.atomic(using=label):
         if uri:
-            fence(connections[label], uri)
+            fence(connection, uri)
         yield
         fenced_commit()
+
+
+@contextlib.contextmanager
+def _writing_from_the_start(connection: Any) -> Iterator[None]:
+    """SQLite: a transaction begun inside is ``BEGIN IMMEDIATE``, taking the database's write lock at
+    once (waiting for a writer as long as the busy timeout). Django begins a deferred one, which takes
+    it at its first write; in WAL mode a transaction that has read by then and finds that another
+    connection wrote since fails at once with "database is locked", without waiting: a writer without
+    the lock (plain Sumatra, smtweb, a person's sqlite3 shell) would fail the write."""
+    if connection.vendor != "sqlite" or connection.in_atomic_block:
+        yield
+        return
+
+    def begin_immediate() -> None:
+        connection.cursor().execute("BEGIN IMMEDIATE")
+    connection._start_transaction_under_autocommit = begin_immediate
+    try:
+        yield
+    finally:
+        del connection._start_transaction_under_autocommit
 
 
 def fence(connection: Any, uri: str) -> None:
