@@ -227,12 +227,12 @@ UNDER_THE_LOCK = NEW_RECORD + """
 project.record_store._get_models()  # Django configured, as by the first store call
 from django.db import connections
 from smtlock._lock import lock as smtlock_lock
-seen = []
+seen, before = [], []  # statements run under the lock, and before it
 
 def watch(execute, sql, params, many, context):
-    if any(shared.depth for shared in smtlock_lock._shared.values()):
-        table = next((t for t in sql.replace('"', ' ').split() if t.startswith("django_")), "")
-        seen.append(sql.split()[0] + " " + table)
+    table = next((t for t in sql.replace('"', ' ').split() if t.startswith("django_")), "")
+    under = any(shared.depth for shared in smtlock_lock._shared.values())
+    (seen if under else before).append(sql.split()[0] + " " + table)
     return execute(sql, params, many, context)
 
 def write(x):
@@ -243,23 +243,40 @@ def write(x):
 """
 
 
-def test_a_write_asks_under_the_lock_only_for_what_is_new_and_saves_each_row_once(project: Path) -> None:
+@pytest.mark.parametrize("unique_index", [True, False], ids=["hardened-store", "store-with-duplicates"])
+def test_a_write_asks_under_the_lock_only_for_what_is_new_and_saves_each_row_once(project: Path,
+                                                                                   unique_index: bool) -> None:
     """A job's first write (a fresh process) finds the stored rows before it takes the lock; under
-    it, a new record with new parameters claims its label, inserts its parameter set, its row and
-    its tag link, and runs no UPDATE and no SAVEPOINT: upstream saved the parameter set and the
-    record twice, asked for the new record's tag links and wrapped each insert in a savepoint."""
+    it, a new record with new parameters claims its label, inserts its parameter set (in one
+    statement: the prefetch found it not stored, and the store's unique index catches one made
+    meanwhile), its row and its tag link, and runs no UPDATE and no SAVEPOINT: upstream asked for the
+    parameter set again, saved it and the record twice, asked for the new record's tag links and
+    wrapped each insert in a savepoint. A store whose parameter sets have no unique index (duplicates
+    that plain Sumatra made refuse it) is asked first, as upstream does."""
     run_python(NEW_RECORD + "new(x=0)", project)  # the project's rows (executable, tags...) are stored
+    if not unique_index:
+        import sqlite3
+        db = sqlite3.connect(str(project / ".smt" / "records"))
+        with db:  # two copies of another parameter set, as racing plain-Sumatra writers leave them
+            db.execute("DROP INDEX smtlock_unique_django_store_parameterset")
+            db.execute("INSERT INTO django_store_parameterset (type, content) VALUES ('SimpleParameterSet', 'y = 9'),"
+                       " ('SimpleParameterSet', 'y = 9')")
+        db.close()
     done = run_python(UNDER_THE_LOCK + """
-print(json.dumps([write(1), write(2), len(connections["default"].queries)]))
+print(json.dumps([write(1), write(2), len(connections["default"].queries), before]))
 print(json.dumps([sorted(r.tags) for r in project.find_records()]))
+print(json.dumps(sorted(str(r.parameters) for r in project.find_records())))
 """, project)
-    first, second, logged = json.loads(done.stdout.splitlines()[0])
+    first, second, logged, before = json.loads(done.stdout.splitlines()[0])
+    made = ["INSERT django_store_parameterset"] if unique_index else ["SELECT django_store_parameterset",
+                                                                      "INSERT django_store_parameterset"]
     expected = ["BEGIN ", "SELECT django_store_record",  # the label claim
-                "SELECT django_store_parameterset", "INSERT django_store_parameterset",
-                "INSERT django_store_record", "INSERT django_store_taggeditem"]
+                *made, "INSERT django_store_record", "INSERT django_store_taggeditem"]
     assert first == expected and second == expected
+    assert "INSERT django_store_parameterset" not in before
     assert logged == 0  # upstream runs Django with DEBUG=True: every query kept in memory
     assert json.loads(done.stdout.splitlines()[1]) == [["_initialized_"]] * 3
+    assert json.loads(done.stdout.splitlines()[2]) == ["x = 0", "x = 1", "x = 2"]
 
 
 OUTSIDE_WRITER = """
@@ -305,6 +322,95 @@ print(json.dumps([writer[1], writer[0].returncode, sorted(str(r.parameters) for 
     said, code, stored = json.loads(done.stdout)
     assert said == "waiting" and code == 0
     assert stored == ["x = 0", "x = 1"]
+
+
+SAME_PARAMETERS = """
+import os, sys, smtlock
+from sumatra.projects import load_project
+from sumatra.parameters import SimpleParameterSet
+project = load_project()
+project.record_store._get_models()  # Django set up and the store's tables there before the start
+os.write(int(sys.argv[1]), b"r"); os.read(int(sys.argv[2]), 1)
+project.new_record(parameters=SimpleParameterSet({"x": 42}), main_file="main.py", label="job-" + sys.argv[3])
+"""
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_jobs_started_together_with_the_same_new_parameters_store_them_once(new_project, store: str, request,
+                                                                              tmp_path: Path) -> None:
+    """Jobs started together with the same new parameters each find them not stored before they take
+    the lock; the first to hold it makes the row, and the others' INSERT finds it there (the store's
+    unique index) and uses it: every record refers to that one row."""
+    project = new_project(request.getfixturevalue("pg_uri") if store == "postgres" else "sqlite")
+    run_python(NEW_RECORD + "new(x=0)", project)  # the store's tables and unique indexes
+    n = 8
+    commands = [[sys.executable, "-c", SAME_PARAMETERS, "{ready}", "{go}", str(i)] for i in range(n)]
+    burst = start_together(commands, [tmp_path / f"j{i}.log" for i in range(n)], cwd=project)
+    assert burst["codes"] == {i: 0 for i in range(n)}, [(tmp_path / f"j{i}.log").read_text() for i in range(n)]
+    done = run_python(NEW_RECORD + """
+models = project.record_store._get_models()
+rows = models.ParameterSet.objects.using(project.record_store._db_label).filter(content="x = 42")
+records = models.Record.objects.using(project.record_store._db_label).filter(label__startswith="job-")
+print(json.dumps([[row.id for row in rows], sorted(records.values_list("label", flat=True)),
+                  sorted(set(records.values_list("parameters_id", flat=True)))]))
+""", project)
+    made, labels, used = json.loads(done.stdout)
+    assert len(made) == 1 and used == made
+    assert labels == sorted(f"job-{i}" for i in range(n))
+
+
+ROWS_MADE = NEW_RECORD + """
+import sqlite3, sys
+from smtlock._sumatra import rows
+if sys.argv[1] == "upstream":
+    rows._INSERT_NEW.clear()  # every new row asked for and made by upstream's get_or_create
+inserted, insert_new = [], rows._insert_new
+
+def counted(store, db_class, obj):
+    row = insert_new(store, db_class, obj)
+    if row is not None:
+        inserted.append(db_class)
+    return row
+rows._insert_new = counted
+import os
+record = project.new_record(parameters=SimpleParameterSet({"x": 1, "name": "é"}), main_file="deps.py")
+record.register(project.default_repository.get_working_copy())  # its dependencies and platform
+project.add_record(record)
+db = sqlite3.connect(".smt/records")
+made = {}
+for model in sorted(rows.REMEMBERED_MODELS):
+    table = "django_store_" + model.lower()
+    cursor = db.execute(f"SELECT * FROM {table}")
+    names = [d[0] for d in cursor.description]
+    found = [[v.replace(os.getcwd(), "<project>").replace(sys.argv[2], "<project>") if isinstance(v, str) else v
+              for n, v in zip(names, row) if n != "id"] for row in cursor.fetchall()]
+    made[model] = sorted(found, key=str)
+dependencies = project.get_record(record.label).dependencies
+print(json.dumps([made, sorted(str(d).replace(os.getcwd(), "<project>") for d in dependencies), sorted(inserted)]))
+"""
+
+
+def test_the_rows_a_new_record_makes_are_those_upstream_makes(new_project) -> None:
+    """The first record of a fresh store makes its executable, repository, launch mode, datastores,
+    parameter set, dependencies and platform rows in one INSERT each (rows._insert_new): each row,
+    column by column, is the one upstream's get_or_create makes."""
+    import shutil
+    project = new_project()
+    _a_main_file_with_three_dependencies(project)
+    twin = project.parent / "twin"
+    shutil.copytree(project, twin, symlinks=True)  # the same repository, commit and empty store
+    settings = twin / ".smt" / "project"
+    settings.write_text(settings.read_text().replace(str(project), str(twin)))  # its own store, data...
+    made = []
+    for how, folder in (("smtlock", project), ("upstream", twin)):
+        done = subprocess.run([sys.executable, "-c", ROWS_MADE, how, str(project)], cwd=folder, capture_output=True,
+                              text=True)
+        assert done.returncode == 0, done.stderr
+        made.append(json.loads(done.stdout))
+    (rows, dependencies, inserted), (upstream_rows, upstream_dependencies, upstream_inserted) = made
+    assert rows == upstream_rows and dependencies == upstream_dependencies
+    assert all(rows[model] for model in rows) and len(rows["Dependency"]) >= 3, rows
+    assert set(inserted) == set(rows) and upstream_inserted == []  # every new row made in one INSERT
 
 
 def _a_main_file_with_three_dependencies(project: Path) -> None:

@@ -7,7 +7,9 @@ datastores, parameter set, platform information, dependencies) and looks up the 
 all while the lock is held: about 250 µs of Python each on SQLite, a network round trip each on
 PostgreSQL. Sumatra never changes these rows once made, so a process remembers which row each value
 maps to (for the :data:`ROWS_KEPT` values it used last) and asks again only for a value it has not
-seen.
+seen. It asks before the lock (:func:`prefetch`); a value not stored yet (each call of a sweep has a
+parameter set of its own) is then made under the lock in one INSERT that the table's unique index
+lets through only if no one made it meanwhile (:func:`_insert_new`).
 
 Two rules keep a remembered row true:
 
@@ -36,7 +38,7 @@ import functools
 import pickle
 import sys
 import threading
-from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Set, Tuple
 
 from .._postgres.client import mask_uri
 
@@ -104,11 +106,73 @@ def get_db_obj(original: Callable[..., Any]) -> Callable[..., Any]:
     seen stored, and takes the oldest of identical rows (:func:`_oldest_of_duplicates`)."""
     def _get_db_obj(self: Any, db_class: str, obj: Any) -> Any:
         def find() -> Any:
-            return _oldest_of_duplicates(original, self, db_class, obj)
+            made = _insert_new(self, db_class, obj)
+            return made if made is not None else _oldest_of_duplicates(original, self, db_class, obj)
         if db_class not in REMEMBERED_MODELS or obj is None:
             return find()
         return _remembered(self._db_label, db_class, obj, find)
     return _get_db_obj
+
+
+#: what :func:`prefetch` found not stored, for the write that follows in the same thread:
+#: (database label, model, the value pickled) -> the columns upstream's get_or_create matches on
+_new = threading.local()
+#: the statement that adds a row unless the store's unique index holds it already, and gives its id
+_INSERT_NEW = {"sqlite": "INSERT OR IGNORE INTO {table} ({columns}) VALUES ({values})",
+               "postgresql": "INSERT INTO {table} ({columns}) VALUES ({values}) ON CONFLICT DO NOTHING RETURNING {pk}"}
+
+
+def _insert_new(store: Any, db_class: str, obj: Any) -> Any:
+    """Inside :func:`one_write`, the row for ``obj`` that :func:`prefetch` found not stored, made in one
+    statement: the row upstream's get_or_create would make (its model built from the same columns, each
+    value as Django's INSERT gives it to the database), unless the table's unique index
+    (:mod:`smtlock._sumatra.uniques`) finds it made meanwhile. Upstream asks again first (a SELECT, then
+    the INSERT with Django's model machinery: a quarter of a new record's hold, since each call of a
+    sweep has a parameter set of its own). None, having written nothing, when it cannot be sure: the
+    caller asks as upstream does (no unique index to rely on, a row made meanwhile, another vendor)."""
+    key = _key(store._db_label, db_class, obj)
+    attributes = getattr(_new, "rows", {}).pop(key, None)
+    if attributes is None or _write.get() is None:
+        return None
+    from django.db import connections
+    connection = connections[store._db_label]
+    statement = _INSERT_NEW.get(connection.vendor)
+    if statement is None or db_class not in _unique_models(connection):
+        return None
+    model = getattr(store._get_models(), db_class)
+    row = model(**attributes)
+    meta, quote = model._meta, connection.ops.quote_name
+    fields = [field for field in meta.local_concrete_fields if field is not meta.pk]
+    values = [field.get_db_prep_save(field.pre_save(row, True), connection) for field in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(statement.format(table=quote(meta.db_table), columns=", ".join(quote(f.column) for f in fields),
+                                        values=", ".join(["%s"] * len(fields)), pk=quote(meta.pk.column)), values)
+        if connection.vendor == "postgresql":
+            made = cursor.fetchone()
+            pk = made[0] if made else None
+        else:
+            pk = cursor.lastrowid if cursor.rowcount == 1 else None
+    if pk is None:
+        return None
+    row.pk = pk
+    row._state.adding, row._state.db = False, store._db_label
+    return row
+
+
+#: database label -> the models whose table has its unique index there (asked once per process: an
+#: index is only ever added, at a store's first use in a process or by ``smtlock doctor --repair``)
+_unique: Dict[str, FrozenSet[str]] = {}
+
+
+def _unique_models(connection: Any) -> FrozenSet[str]:
+    """The models of :data:`REMEMBERED_MODELS` whose table has its unique index in ``connection``'s
+    database: a row of these may be added by :func:`_insert_new`."""
+    from . import uniques
+    found = _unique.get(connection.alias)
+    if found is None:
+        found = REMEMBERED_MODELS.intersection(uniques.UNIQUE_MODELS).difference(uniques.missing(connection))
+        _unique[connection.alias] = found
+    return found
 
 
 _said_duplicates: Set[str] = set()  # stores this process has said need `smtlock doctor --repair`
@@ -173,11 +237,13 @@ class _Finder:
         self.model = model
         self._using = using
         self._oldest = oldest
+        self.attributes: Optional[Dict[str, Any]] = None  # what the lookup matched on
 
     def using(self, using: str) -> "_Finder":
         return self
 
     def get_or_create(self, **attributes: Any) -> Tuple[Any, bool]:
+        self.attributes = attributes
         rows = self.model.objects.using(self._using)
         if self._oldest:
             return rows.filter(**attributes).order_by("id")[0], False
@@ -188,20 +254,27 @@ def prefetch(store: Any, project_name: str, record: Any) -> None:
     """Before the lock is taken: find and remember the stored rows the record's write will look up
     (its project, executable, repository, ..., tags), so that the write under the lock asks only
     for what is new. It only reads, and remembers only rows that exist (committed); a value not
-    stored yet is left to the write, which makes it under the lock."""
+    stored yet is left to the write, which makes it under the lock (:func:`_insert_new`: it knows
+    that row's columns from here)."""
     from django.contrib.contenttypes.models import ContentType
     from django.core.exceptions import MultipleObjectsReturned, ObjectDoesNotExist
     models = store._get_models()
     db = store._db_label
+    _new.rows = absent = {}
 
-    def find(database: str, model: str, value: Any, lookup: Callable[[], Any]) -> None:
+    def find(database: str, model: str, value: Any, lookup: Callable[[], Any],
+             finder: Optional[_Finder] = None) -> None:
         key = _key(database, model, value)
         with _guard:
             if key is None or value is None or key in _rows:
                 return
         try:
             row = lookup()
-        except (ObjectDoesNotExist, MultipleObjectsReturned):  # new: the write makes it / upstream's error
+        except ObjectDoesNotExist:  # new: the write makes it
+            if finder is not None and finder.attributes is not None:
+                absent[key] = finder.attributes
+            return
+        except MultipleObjectsReturned:  # upstream's error: the write says what to do
             return
         with _guard:
             _keep(key, row)
@@ -212,7 +285,10 @@ def prefetch(store: Any, project_name: str, record: Any) -> None:
     lookup = models.SumatraObjectsManager.get_or_create_from_sumatra_object
     for model, value in values:
         finder = _Finder(getattr(models, model), db)
-        find(db, model, value, functools.partial(lambda f, v: lookup(f, v, using=db)[0], finder, value))
+        find(db, model, value, functools.partial(lambda f, v: lookup(f, v, using=db)[0], finder, value), finder)
+    if absent:
+        from django.db import connections
+        _unique_models(connections[db])  # asked here, once per process, rather than under the lock
     ContentType.objects.get_for_model(models.Record)  # Django keeps it; tagging asks in every write
     tags = models.Tag.objects  # tagging uses Django's default database
     for name in getattr(record, "tags", None) or ():
@@ -223,6 +299,7 @@ def forget(store: Any) -> bool:
     """Forget every row remembered for ``store``; True when there were any (a write that failed on a
     foreign key may have used one that no longer exists)."""
     with _guard:
+        _unique.pop(store._db_label, None)
         keys = [key for key in _rows if key[0] == store._db_label]
         for key in keys:
             del _rows[key]
@@ -259,6 +336,7 @@ def one_write() -> Iterator[None]:
         yield
     finally:
         _write.reset(token)
+        _new.rows = {}  # what the prefetch before it found not stored is for this write alone
 
 
 def in_one_write() -> bool:
