@@ -413,6 +413,24 @@ def test_the_rows_a_new_record_makes_are_those_upstream_makes(new_project) -> No
     assert set(inserted) == set(rows) and upstream_inserted == []  # every new row made in one INSERT
 
 
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="sqlite3's setlimit is new in Python 3.11")
+def test_a_record_with_more_tags_than_one_statement_holds_keeps_them_all(project: Path) -> None:
+    """A record's new tag links are inserted in statements of 300 rows, within SQLite's oldest limit
+    of 999 parameters (set here: SQLite builds since 3.32 allow 32766): 700 tags, all kept."""
+    done = run_python(NEW_RECORD + """
+import sqlite3
+from django.db import connections
+project.record_store._get_models()
+connections["default"].ensure_connection()
+connections["default"].connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+record = new(x=1)
+record.tags.update(f"t{i}" for i in range(700))
+project.add_record(record)
+print(len(project.get_record(record.label).tags))
+""", project)
+    assert done.stdout.strip() == "701"
+
+
 def _a_main_file_with_three_dependencies(project: Path) -> None:
     """``deps.py``, committed, importing three packages of the project."""
     for name in ("pkg_a", "pkg_b", "pkg_c"):

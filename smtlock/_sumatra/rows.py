@@ -384,6 +384,9 @@ def save_once(original: Callable[..., Any]) -> Callable[..., Any]:
     return save
 
 
+_TAGS_A_STATEMENT = 300  # tag links (3 parameters each) in one statement: within SQLite's oldest limit of 999
+
+
 def update_tags(original: Callable[..., Any]) -> Callable[..., Any]:
     """``TagManager.update_tags`` inside :func:`one_write`, in at most three statements: the row's
     links read once, those of tags it no longer has deleted in one DELETE, the new ones made in one
@@ -421,10 +424,18 @@ def update_tags(original: Callable[..., Any]) -> Callable[..., Any]:
                     cursor.execute(f"DELETE FROM {quote(item)} WHERE id IN ({', '.join(['%s'] * len(gone))})", gone)
         linked = {name for _, name in links}
         new = [name for name in names if name not in linked]
-        if new:
-            TaggedItem._default_manager.bulk_create(
-                [TaggedItem(tag=self.get_or_create(name=name)[0], content_type_id=content_type, object_id=obj.pk)
-                 for name in new])
+        if new:  # in one INSERT: what a bulk_create of the links writes, without a model instance for each
+            connection = connections[database]
+            meta, quote = TaggedItem._meta, connection.ops.quote_name
+            fields = [meta.get_field(name) for name in ("tag", "content_type", "object_id")]
+            values = [[self.get_or_create(name=name)[0].pk, content_type, obj.pk] for name in new]
+            with connection.cursor() as cursor:
+                for start in range(0, len(values), _TAGS_A_STATEMENT):
+                    chunk = values[start:start + _TAGS_A_STATEMENT]
+                    cursor.execute(f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(f.column) for f in fields)})"
+                                   f" VALUES {', '.join(['(%s, %s, %s)'] * len(chunk))}",
+                                   [field.get_db_prep_save(value, connection) for row in chunk
+                                    for field, value in zip(fields, row)])
         return None
     return update_tags
 
