@@ -363,37 +363,53 @@ ROWS_MADE = NEW_RECORD + """
 import sqlite3, sys
 from smtlock._sumatra import rows
 if sys.argv[1] == "upstream":
-    rows._INSERT_NEW.clear()  # every new row asked for and made by upstream's get_or_create
-inserted, insert_new = [], rows._insert_new
+    rows._INSERT_NEW.clear()  # every new row asked for and made by upstream's get_or_create,
+    rows._insert_row = lambda obj, using: False  # and the record's row inserted by Django's save
+inserted, insert_new, insert_row = [], rows._insert_new, rows._insert_row
 
 def counted(store, db_class, obj):
     row = insert_new(store, db_class, obj)
     if row is not None:
         inserted.append(db_class)
     return row
-rows._insert_new = counted
+
+def counted_row(obj, using):
+    done = insert_row(obj, using)
+    if done:
+        inserted.append(type(obj).__name__)
+    return done
+rows._insert_new, rows._insert_row = counted, counted_row
 import os
 record = project.new_record(parameters=SimpleParameterSet({"x": 1, "name": "é"}), main_file="deps.py")
 record.register(project.default_repository.get_working_copy())  # its dependencies and platform
+record.tags, record.reason, record.outcome, record.duration = {"a", "b"}, "why", "what", 1.5
 project.add_record(record)
 db = sqlite3.connect(".smt/records")
 made = {}
-for model in sorted(rows.REMEMBERED_MODELS):
+for model in sorted(rows.REMEMBERED_MODELS | {"Record", "Record_dependencies", "Record_platforms", "TaggedItem"}):
     table = "django_store_" + model.lower()
-    cursor = db.execute(f"SELECT * FROM {table}")
+    cursor = db.execute(f"SELECT * FROM {table}" + (" WHERE label = ?" if model == "Record" else ""),
+                        [record.label] if model == "Record" else [])
     names = [d[0] for d in cursor.description]
     found = [[v.replace(os.getcwd(), "<project>").replace(sys.argv[2], "<project>") if isinstance(v, str) else v
-              for n, v in zip(names, row) if n != "id"] for row in cursor.fetchall()]
+              for n, v in zip(names, row) if n not in ("id", "label", "timestamp")] for row in cursor.fetchall()]
+    if model == "Record":  # its tags as Sumatra joins them: in the set's order, which differs by process
+        found = [[",".join(sorted(v.split(","))) if n == "tags" else v for n, v in zip(
+                 [n for n in names if n not in ("id", "label", "timestamp")], row)] for row in found]
     made[model] = sorted(found, key=str)
-dependencies = project.get_record(record.label).dependencies
+stored = project.get_record(record.label)
+assert stored.timestamp == record.timestamp and stored.tags == record.tags, (stored.timestamp, record.timestamp)
+dependencies = stored.dependencies
 print(json.dumps([made, sorted(str(d).replace(os.getcwd(), "<project>") for d in dependencies), sorted(inserted)]))
 """
 
 
 def test_the_rows_a_new_record_makes_are_those_upstream_makes(new_project) -> None:
     """The first record of a fresh store makes its executable, repository, launch mode, datastores,
-    parameter set, dependencies and platform rows in one INSERT each (rows._insert_new): each row,
-    column by column, is the one upstream's get_or_create makes."""
+    parameter set, dependencies and platform rows in one INSERT each (rows._insert_new), and its own
+    row in one INSERT (rows._insert_row): each row, column by column, is the one upstream's
+    get_or_create and Django's save make, and so are the record's links to its tags, dependencies
+    and platform."""
     import shutil
     project = new_project()
     _a_main_file_with_three_dependencies(project)
@@ -410,7 +426,8 @@ def test_the_rows_a_new_record_makes_are_those_upstream_makes(new_project) -> No
     (rows, dependencies, inserted), (upstream_rows, upstream_dependencies, upstream_inserted) = made
     assert rows == upstream_rows and dependencies == upstream_dependencies
     assert all(rows[model] for model in rows) and len(rows["Dependency"]) >= 3, rows
-    assert set(inserted) == set(rows) and upstream_inserted == []  # every new row made in one INSERT
+    assert set(inserted) == set(rows) - {"Record_dependencies", "Record_platforms", "TaggedItem"}
+    assert upstream_inserted == []  # every new row made in one INSERT, and upstream's way
 
 
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="sqlite3's setlimit is new in Python 3.11")
