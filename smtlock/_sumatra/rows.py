@@ -400,7 +400,8 @@ def _insert_row(obj: Any, using: str) -> bool:
     meta = obj._meta
     connection = connections[using]
     fields = [field for field in meta.local_concrete_fields if field is not meta.pk]
-    if meta.parents or meta.proxy or meta.auto_created or not isinstance(meta.pk, AutoField) or \
+    if meta.parents or meta.proxy or meta.auto_created or meta.order_with_respect_to or \
+            not isinstance(meta.pk, AutoField) or \
             connection.vendor not in ("sqlite", "postgresql") or any(
                 getattr(field, "db_default", NOT_PROVIDED) is not NOT_PROVIDED or getattr(field, "generated", False)
                 for field in fields):
