@@ -430,6 +430,54 @@ def test_the_rows_a_new_record_makes_are_those_upstream_makes(new_project) -> No
     assert upstream_inserted == []  # every new row made in one INSERT, and upstream's way
 
 
+def test_the_prefetchs_compiled_lookup_finds_what_djangos_get_finds(project: Path) -> None:
+    """The prefetch looks each value up with SQL compiled once per process (rows._get), for the models
+    of text columns (the platform's IP address is Django's to prepare): for every row a record made
+    (NULL columns among them), the same row, with the same values, as Django's get; for a value not
+    stored, DoesNotExist; for a value stored twice (plain Sumatra's duplicates), MultipleObjectsReturned."""
+    _a_main_file_with_three_dependencies(project)
+    done = run_python(NEW_RECORD + """
+import sqlite3
+from smtlock._sumatra import rows
+record = project.new_record(parameters=SimpleParameterSet({"x": 1}), main_file="deps.py")
+record.register(project.default_repository.get_working_copy())
+project.add_record(record)
+models, db = project.record_store._get_models(), project.record_store._db_label
+checked, compiled = [], []
+for name in sorted(rows.REMEMBERED_MODELS):
+    model = getattr(models, name)
+    for row in model.objects.using(db).all():
+        lookup = {f.name: getattr(row, f.attname) for f in model._meta.concrete_fields if not f.primary_key}
+        found = rows._get(model, db, lookup)
+        if found is rows._UNCOMPILED:  # a column not text (an IP address): Django's get, as upstream's
+            checked.append([name, None, [], False])
+            continue
+        same = model.objects.using(db).get(**lookup)
+        checked.append([name, found.pk == same.pk, [getattr(found, f.attname) == getattr(same, f.attname)
+                                                     for f in model._meta.concrete_fields], found._state.adding])
+missing = {"type": "SimpleParameterSet", "content": "x = 2"}
+try:
+    rows._get(models.ParameterSet, db, missing)
+except models.ParameterSet.DoesNotExist:
+    checked.append("not stored")
+connection = sqlite3.connect(".smt/records")
+with connection:
+    connection.execute("DROP INDEX smtlock_unique_django_store_parameterset")
+    connection.execute("INSERT INTO django_store_parameterset (type, content) VALUES ('SimpleParameterSet', 'x = 2'),"
+                       " ('SimpleParameterSet', 'x = 2')")
+try:
+    rows._get(models.ParameterSet, db, missing)
+except models.ParameterSet.MultipleObjectsReturned:
+    checked.append("stored twice")
+print(json.dumps(checked))
+""", project)
+    checked = json.loads(done.stdout)
+    assert checked[-2:] == ["not stored", "stored twice"]
+    compiled = {name for name, same, *_ in checked[:-2] if same is not None}
+    assert compiled == {"Datastore", "Dependency", "Executable", "LaunchMode", "ParameterSet", "Repository"}
+    assert all(same and all(values) and not adding for _, same, values, adding in checked[:-2] if same is not None)
+
+
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="sqlite3's setlimit is new in Python 3.11")
 def test_a_record_with_more_tags_than_one_statement_holds_keeps_them_all(project: Path) -> None:
     """A record's new tag links are inserted in statements of 300 rows, within SQLite's oldest limit
