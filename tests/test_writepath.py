@@ -335,6 +335,7 @@ project.new_record(parameters=SimpleParameterSet({"x": 42}), main_file="main.py"
 """
 
 
+@pytest.mark.burst
 @pytest.mark.parametrize("store", ["sqlite", "postgres"])
 def test_jobs_started_together_with_the_same_new_parameters_store_them_once(new_project, store: str, request,
                                                                               tmp_path: Path) -> None:
