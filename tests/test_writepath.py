@@ -364,7 +364,7 @@ ROWS_MADE = NEW_RECORD + """
 import sqlite3, sys
 from smtlock._sumatra import rows
 if sys.argv[1] == "upstream":
-    rows._INSERT_NEW.clear()  # every new row asked for and made by upstream's get_or_create,
+    rows._insert_new = lambda store, db_class, obj: None  # every new row asked for and made by get_or_create,
     rows._insert_row = lambda obj, using: False  # and the record's row inserted by Django's save
 inserted, insert_new, insert_row = [], rows._insert_new, rows._insert_row
 

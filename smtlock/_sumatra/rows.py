@@ -117,9 +117,6 @@ def get_db_obj(original: Callable[..., Any]) -> Callable[..., Any]:
 #: what :func:`prefetch` found not stored, for the write that follows in the same thread:
 #: (database label, model, the value pickled) -> the columns upstream's get_or_create matches on
 _new = threading.local()
-#: the statement that adds a row unless the store's unique index holds it already, and gives its id
-_INSERT_NEW = {"sqlite": "INSERT OR IGNORE INTO {table} ({columns}) VALUES ({values})",
-               "postgresql": "INSERT INTO {table} ({columns}) VALUES ({values}) ON CONFLICT DO NOTHING RETURNING {pk}"}
 
 
 def _insert_new(store: Any, db_class: str, obj: Any) -> Any:
@@ -136,27 +133,34 @@ def _insert_new(store: Any, db_class: str, obj: Any) -> Any:
         return None
     from django.db import connections
     connection = connections[store._db_label]
-    statement = _INSERT_NEW.get(connection.vendor)
-    if statement is None or db_class not in _unique_models(connection):
+    if connection.vendor not in _INSERT_IGNORING or db_class not in _unique_models(connection):
         return None
-    model = getattr(store._get_models(), db_class)
-    row = model(**attributes)
-    meta, quote = model._meta, connection.ops.quote_name
-    fields = [field for field in meta.local_concrete_fields if field is not meta.pk]
-    values = [field.get_db_prep_save(field.pre_save(row, True), connection) for field in fields]
-    with connection.cursor() as cursor:
-        cursor.execute(statement.format(table=quote(meta.db_table), columns=", ".join(quote(f.column) for f in fields),
-                                        values=", ".join(["%s"] * len(fields)), pk=quote(meta.pk.column)), values)
-        if connection.vendor == "postgresql":
-            made = cursor.fetchone()
-            pk = made[0] if made else None
-        else:
-            pk = cursor.lastrowid if cursor.rowcount == 1 else None
+    row = getattr(store._get_models(), db_class)(**attributes)
+    pk = _insert(connection, row, ignoring=True)
     if pk is None:
         return None
     row.pk = pk
     row._state.adding, row._state.db = False, store._db_label
     return row
+
+
+def _insert(connection: Any, obj: Any, ignoring: bool = False) -> Any:
+    """Insert ``obj``'s row in one statement, each column's value as Django's INSERT gives it to the
+    database; its new key (None when ``ignoring`` and a unique index held the row already). SQLite and
+    PostgreSQL only."""
+    meta, quote = obj._meta, connection.ops.quote_name
+    fields = [field for field in meta.local_concrete_fields if field is not meta.pk]
+    values = [field.get_db_prep_save(field.pre_save(obj, True), connection) for field in fields]
+    statement = _INSERT_IGNORING[connection.vendor] if ignoring else "INSERT INTO {table} ({columns}) VALUES {rows}"
+    sql = statement.format(table=quote(meta.db_table), columns=", ".join(quote(field.column) for field in fields),
+                           rows=f"({', '.join(['%s'] * len(fields))})")
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(f"{sql} RETURNING {quote(meta.pk.column)}", values)
+            made = cursor.fetchone()
+            return made[0] if made else None
+        cursor.execute(sql, values)
+        return cursor.lastrowid if cursor.rowcount == 1 else None
 
 
 #: database label -> the models whose table has its unique index there (asked once per process: an
@@ -456,23 +460,13 @@ def _insert_row(obj: Any, using: str) -> bool:
     fields = [field for field in meta.local_concrete_fields if field is not meta.pk]
     if meta.parents or meta.proxy or meta.auto_created or meta.order_with_respect_to or \
             not isinstance(meta.pk, AutoField) or \
-            connection.vendor not in ("sqlite", "postgresql") or any(
+            connection.vendor not in _INSERT_IGNORING or any(
                 getattr(field, "db_default", NOT_PROVIDED) is not NOT_PROVIDED or getattr(field, "generated", False)
                 for field in fields):
         return False
     obj._prepare_related_fields_for_save(operation_name="save")  # an unsaved related row raises, as in save
     signals.pre_save.send(sender=type(obj), instance=obj, raw=False, using=using, update_fields=None)
-    values = [field.get_db_prep_save(field.pre_save(obj, True), connection) for field in fields]
-    quote = connection.ops.quote_name
-    sql = (f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(field.column) for field in fields)}) "
-           f"VALUES ({', '.join(['%s'] * len(fields))})")
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute(f"{sql} RETURNING {quote(meta.pk.column)}", values)
-            pk = cursor.fetchone()[0]
-        else:
-            cursor.execute(sql, values)
-            pk = cursor.lastrowid
+    pk = _insert(connection, obj)
     setattr(obj, meta.pk.attname, meta.pk.to_python(pk))
     obj._state.db, obj._state.adding = using, False
     signals.post_save.send(sender=type(obj), instance=obj, created=True, update_fields=None, raw=False, using=using)
