@@ -479,6 +479,35 @@ print(json.dumps(checked))
     assert all(same and all(values) and not adding for _, same, values, adding in checked[:-2] if same is not None)
 
 
+def test_the_prefetchs_lookup_prepares_each_value_as_djangos_get_does(project: Path) -> None:
+    """A dependency's version is whatever its module's attribute holds (Sumatra's
+    find_version_by_attribute): an int, a float, a list... Django's get looks for its text, which is
+    what the row upstream made holds; so does the compiled lookup. Bound as it is, SQLite's column
+    affinity found another row ('0.3' for 0.1 + 0.2, '1' for True), and sqlite3 before Python 3.11
+    cannot bind a list at all (InterfaceError, which failed the write)."""
+    done = run_python(NEW_RECORD + """
+from smtlock._sumatra import rows
+models, db = project.record_store._get_models(), project.record_store._db_label
+Dependency = models.Dependency
+for version in ("0.3", "1", "[1, 2]", "2"):
+    Dependency.objects.using(db).create(name="m", path="/m.py", version=version, diff="", module="python")
+found = []
+for version in (0.1 + 0.2, True, [1, 2], 2):
+    lookup = {"name": "m", "path": "/m.py", "version": version, "diff": "", "source": None, "module": "python"}
+    answers = []
+    for get in (lambda: rows._get(Dependency, db, lookup), lambda: Dependency.objects.using(db).get(**lookup)):
+        try:
+            answers.append(get().version)
+        except Dependency.DoesNotExist:
+            answers.append("not stored")
+    found.append(answers)
+print(json.dumps(found))
+""", project)
+    assert json.loads(done.stdout) == [["not stored", "not stored"], ["not stored", "not stored"],
+                                       ["[1, 2]", "[1, 2]"], ["2", "2"]]
+
+
+
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="sqlite3's setlimit is new in Python 3.11")
 def test_a_record_with_more_tags_than_one_statement_holds_keeps_them_all(project: Path) -> None:
     """A record's new tag links are inserted in statements of 300 rows, within SQLite's oldest limit

@@ -275,9 +275,16 @@ def _get(model: Any, using: str, attributes: Dict[str, Any]) -> Any:
     if compiled is None:
         return _UNCOMPILED
     from django.db import connections
+    connection = connections[using]
     sql, names, columns = compiled
-    with connections[using].cursor() as cursor:
-        cursor.execute(sql, [attributes[name] for name in names])
+    params = []
+    for name in names:  # each value as Django's exact lookup gives it to the database: a CharField's is its
+        # text (a dependency's version may be an int, a float, a list); bound as it is, SQLite's column
+        # affinity matched another row ('0.3' for 0.1 + 0.2), and sqlite3 before 3.11 cannot bind a list
+        field = model._meta.get_field(name)
+        params.append(field.get_db_prep_value(field.get_prep_value(attributes[name]), connection, prepared=True))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
         found = cursor.fetchall()
     if not found:
         raise model.DoesNotExist(f"{model._meta.object_name} matching query does not exist.")
