@@ -508,6 +508,31 @@ print(json.dumps(found))
 
 
 
+def test_a_new_rows_insert_that_stored_nothing_fails_the_write(project: Path) -> None:
+    """A new record's row is inserted with one INSERT (rows._insert_row); one that stored no row (here
+    a trigger of the store's that ignores it) fails the write, which raises and stores nothing of the
+    record, where it went on as if the row were there."""
+    run_python(NEW_RECORD + "new(x=0)", project)  # the store and its tables
+    import sqlite3
+    db = sqlite3.connect(str(project / ".smt" / "records"))
+    with db:
+        db.execute("CREATE TRIGGER ignore_records BEFORE INSERT ON django_store_record BEGIN SELECT RAISE(IGNORE); END")
+    db.close()
+    done = run_python(NEW_RECORD + """
+try:
+    new(x=1)
+except Exception as error:
+    print(json.dumps([type(error).__name__, str(error)]))
+""", project)
+    name, message = json.loads(done.stdout)
+    assert name == "StoreError" and "django_store_record" in message, message
+    db = sqlite3.connect(str(project / ".smt" / "records"))
+    assert db.execute("SELECT COUNT(*) FROM django_store_record").fetchone()[0] == 1
+    assert db.execute("SELECT COUNT(*) FROM django_store_parameterset WHERE content = 'x = 1'").fetchone()[0] == 0
+    db.close()
+
+
+
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="sqlite3's setlimit is new in Python 3.11")
 def test_a_record_with_more_tags_than_one_statement_holds_keeps_them_all(project: Path) -> None:
     """A record's new tag links are inserted in statements of 300 rows, within SQLite's oldest limit

@@ -41,6 +41,7 @@ import threading
 from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Set, Tuple
 
 from .._postgres.client import mask_uri
+from ..errors import StoreError
 
 __all__ = ["REMEMBERED_MODELS", "get_db_obj", "get_db_project", "forget", "one_write", "in_one_write", "save_once",
            "claimed_new", "get_db_record", "get_or_create_tag", "update_tags", "LOOKED_UP", "LOOKED_UP_EACH",
@@ -474,6 +475,9 @@ def _insert_row(obj: Any, using: str) -> bool:
     obj._prepare_related_fields_for_save(operation_name="save")  # an unsaved related row raises, as in save
     signals.pre_save.send(sender=type(obj), instance=obj, raw=False, using=using, update_fields=None)
     pk = _insert(connection, obj)
+    if pk is None:  # no row (a trigger of the store's ignored it): the write must not go on as if stored
+        raise StoreError(f"{meta.db_table}: the INSERT of a new row stored none (does a trigger of the store "
+                         "ignore it?); nothing of this write was kept")
     setattr(obj, meta.pk.attname, meta.pk.to_python(pk))
     obj._state.db, obj._state.adding = using, False
     signals.post_save.send(sender=type(obj), instance=obj, created=True, update_fields=None, raw=False, using=using)
