@@ -252,7 +252,8 @@ def test_a_write_asks_under_the_lock_only_for_what_is_new_and_saves_each_row_onc
     meanwhile), its row and its tag link, and runs no UPDATE and no SAVEPOINT: upstream asked for the
     parameter set again, saved it and the record twice, asked for the new record's tag links and
     wrapped each insert in a savepoint. A store whose parameter sets have no unique index (duplicates
-    that plain Sumatra made refuse it) is asked first, as upstream does."""
+    that plain Sumatra made refuse it) is asked first, as upstream does. Whether the index is still
+    there costs one PRAGMA (SQLite's schema version, unchanged since the process asked)."""
     run_python(NEW_RECORD + "new(x=0)", project)  # the project's rows (executable, tags...) are stored
     if not unique_index:
         import sqlite3
@@ -271,6 +272,7 @@ print(json.dumps(sorted(str(r.parameters) for r in project.find_records())))
     made = ["INSERT django_store_parameterset"] if unique_index else ["SELECT django_store_parameterset",
                                                                       "INSERT django_store_parameterset"]
     expected = ["BEGIN ", "SELECT django_store_record",  # the label claim
+                "PRAGMA ",  # has the schema changed since the process asked for the unique indexes?
                 *made, "INSERT django_store_record", "INSERT django_store_taggeditem"]
     assert first == expected and second == expected
     assert "INSERT django_store_parameterset" not in before
@@ -507,7 +509,6 @@ print(json.dumps(found))
                                        ["[1, 2]", "[1, 2]"], ["2", "2"]]
 
 
-
 def test_a_new_rows_insert_that_stored_nothing_fails_the_write(project: Path) -> None:
     """A new record's row is inserted with one INSERT (rows._insert_row); one that stored no row (here
     a trigger of the store's that ignores it) fails the write, which raises and stores nothing of the
@@ -531,6 +532,38 @@ except Exception as error:
     assert db.execute("SELECT COUNT(*) FROM django_store_parameterset WHERE content = 'x = 1'").fetchone()[0] == 0
     db.close()
 
+
+def test_a_process_sees_a_unique_index_dropped_after_its_first_write(project: Path) -> None:
+    """Where the store's table has smtlock's unique index, a new row is made under the lock with an
+    INSERT that the index stops from adding one made meanwhile (rows._insert_new). A process asks
+    whether the index is there again when SQLite's schema changed since it asked: a table that
+    Django remade in a migration, or an index dropped, leaves none, and the write then asks for the
+    row first, as upstream does. Here the index is dropped after the process's first write, and a
+    writer outside the lock stores the same parameter set between the write's prefetch and its
+    lock: one row of it, not two."""
+    done = run_python(NEW_RECORD + """
+import sqlite3
+from django.db import connections
+new(x=0)  # the process has asked for the store's unique indexes
+outside = sqlite3.connect(".smt/records")
+with outside:
+    outside.execute("DROP INDEX smtlock_unique_django_store_parameterset")
+meanwhile = []
+
+def before_the_write(execute, sql, params, many, context):
+    if sql.startswith("BEGIN IMMEDIATE") and not meanwhile:  # after the prefetch found x = 5 not stored
+        with outside:
+            outside.execute("INSERT INTO django_store_parameterset (type, content) "
+                            "VALUES ('SimpleParameterSet', 'x = 5')")
+        meanwhile.append(sql)
+    return execute(sql, params, many, context)
+
+with connections["default"].execute_wrapper(before_the_write):
+    new(x=5)
+print(json.dumps([len(meanwhile), outside.execute(
+    "SELECT COUNT(*) FROM django_store_parameterset WHERE content = 'x = 5'").fetchone()[0]]))
+""", project)
+    assert json.loads(done.stdout) == [1, 1]
 
 
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="sqlite3's setlimit is new in Python 3.11")

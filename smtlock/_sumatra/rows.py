@@ -164,20 +164,33 @@ def _insert(connection: Any, obj: Any, ignoring: bool = False) -> Any:
         return cursor.lastrowid if cursor.rowcount == 1 else None
 
 
-#: database label -> the models whose table has its unique index there (asked once per process: an
-#: index is only ever added, at a store's first use in a process or by ``smtlock doctor --repair``)
-_unique: Dict[str, FrozenSet[str]] = {}
+#: database label -> (SQLite's schema version when asked, the models whose table has its unique index there)
+_unique: Dict[str, Tuple[Optional[int], FrozenSet[str]]] = {}
 
 
 def _unique_models(connection: Any) -> FrozenSet[str]:
     """The models of :data:`REMEMBERED_MODELS` whose table has its unique index in ``connection``'s
-    database: a row of these may be added by :func:`_insert_new`."""
+    database: a row of these may be added by :func:`_insert_new`, which relies on that index. Asked
+    again on SQLite whenever the schema changed since (a table Django remakes in a migration loses
+    smtlock's index with it; a person may drop one); on PostgreSQL once per process: Django alters a
+    table in place, and smtlock only ever adds an index (a store's first use, ``smtlock doctor --repair``)."""
     from . import uniques
+    version = _schema_version(connection)
     found = _unique.get(connection.alias)
-    if found is None:
-        found = REMEMBERED_MODELS.intersection(uniques.UNIQUE_MODELS).difference(uniques.missing(connection))
+    if found is None or found[0] != version:
+        found = (version, REMEMBERED_MODELS.intersection(uniques.UNIQUE_MODELS).difference(uniques.missing(connection)))
         _unique[connection.alias] = found
-    return found
+    return found[1]
+
+
+def _schema_version(connection: Any) -> Optional[int]:
+    """SQLite's count of the database's schema changes (one statement, read from the file's header);
+    None elsewhere."""
+    if connection.vendor != "sqlite":
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA schema_version")
+        return int(cursor.fetchone()[0])
 
 
 _said_duplicates: Set[str] = set()  # stores this process has said need `smtlock doctor --repair`
@@ -354,7 +367,7 @@ def prefetch(store: Any, project_name: str, record: Any) -> None:
         find(db, model, value, functools.partial(lambda f, v: lookup(f, v, using=db)[0], finder, value), finder)
     if absent:
         from django.db import connections
-        _unique_models(connections[db])  # asked here, once per process, rather than under the lock
+        _unique_models(connections[db])  # asked here, not under the lock (there: has the schema changed?)
     ContentType.objects.get_for_model(models.Record)  # Django keeps it; tagging asks in every write
     tags = models.Tag.objects  # tagging uses Django's default database
     for name in getattr(record, "tags", None) or ():
