@@ -445,6 +445,64 @@ def test_with_a_git_variable_set_git_is_asked_for_every_record(setup: Any) -> No
         workers.close()
 
 
+SCAN_TWICE = r"""
+import json, os, sys, types, warnings
+warnings.simplefilter("ignore")
+import smtlock  # the memo in place of Sumatra's run_script
+from sumatra.dependency_finder import python as finder
+python = types.SimpleNamespace(path=sys.executable, version="%d.%d" % sys.version_info[:2], name="python")
+found = []
+for step in sys.argv[2:]:
+    if step == "mend":
+        open(sys.argv[1], "w").close()
+        continue
+    if step == "module-load":  # as `module load` does: where the dynamic linker looks
+        os.environ["LD_LIBRARY_PATH"] = os.path.dirname(sys.argv[1])
+        continue
+    try:
+        found.append([[d.name, d.version] for d in finder.find_dependencies("main.py", python)])
+    except Exception as error:
+        found.append(type(error).__name__)
+print(json.dumps(found))
+"""
+
+
+def test_a_versions_scan_that_failed_is_not_remembered(tmp_path: Path) -> None:
+    """Sumatra's versions script prints nothing when importing a dependency raises something other
+    than ImportError (a shared library not found: OSError), and the record fails (KeyError), as plain
+    Sumatra's does. Once that is mended (here the library appears in a folder the memo has no reason
+    to stamp), the next record is plain Sumatra's: the failed answer is not reused."""
+    library = tmp_path / "lib" / "libneeded.so"
+    library.parent.mkdir()
+    write(tmp_path / "site" / "needslib" / "__init__.py",
+          f"import os\nif not os.path.exists({str(library)!r}):\n    raise OSError('libneeded.so: cannot open')\n"
+          "__version__ = '3.0'\n")
+    write(tmp_path / "project" / "main.py", "import needslib\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    env.pop("SMTLOCK_MEMO", None)
+    done = subprocess.run([sys.executable, "-c", SCAN_TWICE, str(library), "scan", "mend", "scan"],
+                          cwd=tmp_path / "project", env=env, capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout) == ["KeyError", [["needslib", "3.0"]]]
+
+
+def test_a_version_follows_where_the_dynamic_linker_looks(tmp_path: Path) -> None:
+    """An extension module that cannot load its shared library raises ImportError, and Sumatra
+    records its version as "unknown"; after ``module load`` (LD_LIBRARY_PATH) in the same process, the
+    next record has its version, as plain Sumatra's does."""
+    library = tmp_path / "lib" / "libneeded.so"
+    library.parent.mkdir()
+    write(tmp_path / "site" / "needsld" / "__init__.py",
+          f"import os\nif os.environ.get('LD_LIBRARY_PATH') != {str(library.parent)!r}:\n"
+          "    raise ImportError('libneeded.so: cannot open shared object file')\n__version__ = '2.0'\n")
+    write(tmp_path / "project" / "main.py", "import needsld\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    env.pop("SMTLOCK_MEMO", None)
+    env.pop("LD_LIBRARY_PATH", None)
+    done = subprocess.run([sys.executable, "-c", SCAN_TWICE, str(library), "scan", "module-load", "scan"],
+                          cwd=tmp_path / "project", env=env, capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout) == [[["needsld", "unknown"]], [["needsld", "2.0"]]]
+
+
 # --- across processes: smt run ------------------------------------------------------------------------
 
 COUNTING_PYTHON = """#!/bin/sh

@@ -8,14 +8,16 @@ answer; their outputs are remembered, and reused only while what they read is un
 
 - the scan's two subprocesses (:func:`run_script`), keyed on the interpreter, the script Sumatra
   built (it names the main file or the modules), the working directory and the environment that
-  shapes ``sys.path``; valid while a ``stat`` shows unchanged every module file ModuleFinder found,
-  their folders and every ``sys.path`` folder (a new module there could shadow one found, a new
-  distribution change a version; a .dist-info folder's name carries its version), each egg's
-  metadata, and the interpreter. Remembered
-  per process and in ``.smt/smtlock-memo/`` (written atomically, never trusted unvalidated), so the
-  next ``smt run`` process reuses the first one's scan; processes that start together with no memo
-  take turns (a lock per scan), so one scans and the others reuse its answer. What Sumatra computes from them in-process
-  (version control of each dependency, egg-info) still runs for every record.
+  shapes ``sys.path`` or where the dynamic linker looks (``LD_LIBRARY_PATH``: whether an extension
+  module imports); an answer of a script that did not run to its end is not kept; valid while a
+  ``stat`` shows unchanged every module file ModuleFinder found, their folders and every
+  ``sys.path`` folder (a new module there could shadow one found, a new distribution change a
+  version; a .dist-info folder's name carries its version), each egg's metadata, and the
+  interpreter. Remembered per process and in ``.smt/smtlock-memo/`` (written atomically, never
+  trusted unvalidated), so the next ``smt run`` process reuses the first one's scan; processes that
+  start together with no memo take turns (a lock per scan), so one scans and the others reuse its
+  answer. What Sumatra computes from them in-process (version control of each dependency,
+  egg-info) still runs for every record.
 - an executable's version (:func:`executable_version`): its path, the file it resolves to and its stat.
 - platform information with its internet probe (:func:`platform_information`): once per host, while
   its boot, the interpreter and the network (routes, addresses, name resolution) are as they were.
@@ -53,9 +55,11 @@ __all__ = ["enabled", "realpath", "run_script", "executable_version", "platform_
 MEMO_DIR = "smtlock-memo"
 #: the environment variable that turns the memo off when set to 0 (or "off", "no", "false")
 MEMO_SWITCH = "SMTLOCK_MEMO"
-#: environment variables that change the interpreter's ``sys.path`` (so what ModuleFinder finds)
+#: environment variables that change the interpreter's ``sys.path`` (so what ModuleFinder finds), and
+#: where the dynamic linker looks (whether an extension module imports, so its version: ``module load``)
 _PATH_ENV = ("PYTHONPATH", "PYTHONHOME", "PYTHONNOUSERSITE", "PYTHONUSERBASE", "PYTHONSAFEPATH",
-             "PYTHONPLATLIBDIR", "PATH", "HOME")
+             "PYTHONPLATLIBDIR", "PATH", "HOME", "LD_LIBRARY_PATH", "LD_PRELOAD", "DYLD_LIBRARY_PATH",
+             "DYLD_FALLBACK_LIBRARY_PATH", "DYLD_INSERT_LIBRARIES")
 #: the names in a folder that an import could find (and folders: packages, namespace packages)
 _IMPORTABLE = (".py", ".pyc", ".pyw", ".so", ".pyd", ".pth", ".zip", ".egg", ".egg-info", ".dist-info",
                ".egg-link")
@@ -381,6 +385,10 @@ def _versions(orig: Callable[[str, str], Any], entry: Dict[str, Any], executable
 def _found_versions(orig: Callable[[str, str], Any], entry: Dict[str, Any], key: str, executable_path: str,
                     script: str) -> Any:
     versions = orig(executable_path, script)
+    if not isinstance(versions, list) or len(versions) != _names_asked(script):
+        # the script did not run to its end (an import raised what it does not catch: a shared library
+        # not found, OSError); the record fails as upstream's does, and the next one asks again
+        return versions
     try:
         text = repr(versions)
         if ast.literal_eval(text) != versions:
@@ -390,6 +398,15 @@ def _found_versions(orig: Callable[[str, str], Any], entry: Dict[str, Any], key:
     entry["versions"][key] = text
     _store(entry)
     return versions
+
+
+def _names_asked(script: str) -> Optional[int]:
+    """How many modules Sumatra's versions script asks for (its ``module_names = [...]`` line)."""
+    for line in script.splitlines():
+        if line.startswith("module_names = "):
+            with contextlib.suppress(ValueError, SyntaxError):
+                return len(ast.literal_eval(line[len("module_names = "):]))
+    return None
 
 
 class SourceOnce:
