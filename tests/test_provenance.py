@@ -503,6 +503,41 @@ def test_a_version_follows_where_the_dynamic_linker_looks(tmp_path: Path) -> Non
     assert json.loads(done.stdout) == [[["needsld", "unknown"]], [["needsld", "2.0"]]]
 
 
+SAVED_WHILE_SCANNING = r"""
+import json, sys, warnings
+warnings.simplefilter("ignore")
+import smtlock
+from smtlock._sumatra import provenance
+from sumatra.dependency_finder import python as finder
+scan = finder.run_script.__wrapped__  # Sumatra's own
+saved = []
+
+def saved_meanwhile(executable, script):  # the user saves main.py while ModuleFinder runs
+    found = scan(executable, script)
+    if "ModuleFinder(" in script and not saved:
+        saved.append(True)
+        with open("main.py", "w") as main:
+            main.write("import second\n")
+    return found
+finder.run_script = provenance.run_script(saved_meanwhile)
+print(json.dumps([sorted(finder.find_imported_packages("main.py", sys.executable)) for _ in range(2)]))
+"""
+
+
+def test_a_file_saved_while_the_scan_ran_is_scanned_again(tmp_path: Path) -> None:
+    """The scan takes a while (seconds, with numpy or scipy), and a person may save a file it reads
+    meanwhile: its answer is of the old content, so it is not kept, and the next record scans the new
+    one, as plain Sumatra's does (the stamps, taken after the scan, held the new content)."""
+    write(tmp_path / "site" / "first" / "__init__.py", "")
+    write(tmp_path / "site" / "second" / "__init__.py", "")
+    write(tmp_path / "project" / "main.py", "import first\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    env.pop("SMTLOCK_MEMO", None)
+    done = subprocess.run([sys.executable, "-c", SAVED_WHILE_SCANNING], cwd=tmp_path / "project", env=env,
+                          capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout) == [["first"], ["second"]]
+
+
 # --- across processes: smt run ------------------------------------------------------------------------
 
 COUNTING_PYTHON = """#!/bin/sh

@@ -65,6 +65,7 @@ _IMPORTABLE = (".py", ".pyc", ".pyw", ".so", ".pyd", ".pth", ".zip", ".egg", ".e
                ".egg-link")
 _FORMAT = 4  # of a memo file; another number is not read
 _RACY_NS = 2_000_000_000  # a file changed this close to its stamp is compared by content too (as git does)
+_TICK_NS = 20_000_000  # how far the kernel's file timestamps may lag the clock (its coarse clock: a tick)
 
 #: what this process did, for tests and ``smtlock`` diagnostics: scans run, scans reused
 stats: Dict[str, int] = {"scans": 0, "reused": 0, "memo_read": 0, "memo_written": 0, "listings_reused": 0}
@@ -284,6 +285,7 @@ def _scan(orig: Callable[[str, str], Any], key: str, executable_path: str, scrip
     _local.entry = None
     fd, seen_file = tempfile.mkstemp(prefix="smtlock-scan-", suffix=".json")
     os.close(fd)
+    started = time.time_ns()
     try:
         packages = orig(executable_path, script + _SEEN.format(out=seen_file))
         stats["scans"] += 1
@@ -297,9 +299,31 @@ def _scan(orig: Callable[[str, str], Any], key: str, executable_path: str, scrip
     if not seen or not isinstance(packages, dict) or not all(isinstance(m, Module) for m in packages.values()):
         return packages  # the scan did not run to its end (as upstream says, with a warning): nothing kept
     entry = _new_entry(key, executable_path, seen, packages)
+    if _changed_since(entry["stamps"], started):
+        return packages  # a file it read was saved while it ran: its answer may be the old content's
     _store(entry)
     _local.entry = entry
     return packages
+
+
+def _changed_since(stamps: Dict[str, Any], started_ns: int) -> bool:
+    """Whether a file among ``stamps`` changed after ``started_ns`` (the stamps, taken after the scan,
+    hold what it is now). The kernel stamps files from a clock that lags by up to a tick (a few ms),
+    hence the margin; a timestamp of whole seconds may be a filesystem's that keeps no finer ones: it
+    counts as changed up to 2 s before. Folders aside: a run's files come and go in them (a log in
+    the project's), and a folder's stamp is the importable names in it."""
+    for path, stamp in stamps.items():
+        if stamp is None or stamp[1] == "dir":
+            continue
+        try:
+            st = os.stat(path)
+        except OSError:
+            return True
+        changed = max(st.st_mtime_ns, st.st_ctime_ns)
+        coarse = st.st_mtime_ns % 1_000_000_000 == 0 and st.st_ctime_ns % 1_000_000_000 == 0
+        if changed >= started_ns - (_RACY_NS if coarse else _TICK_NS):
+            return True
+    return False
 
 
 def _new_entry(key: str, executable_path: str, seen: Dict[str, Any], packages: Dict[str, Module]) -> Dict[str, Any]:
