@@ -538,6 +538,40 @@ def test_a_file_saved_while_the_scan_ran_is_scanned_again(tmp_path: Path) -> Non
     assert json.loads(done.stdout) == [["first"], ["second"]]
 
 
+POINTED_ELSEWHERE = r"""
+import json, sys, warnings
+warnings.simplefilter("ignore")
+import smtlock
+from sumatra.dependency_finder import python as finder
+python, pth, elsewhere = sys.argv[1:]
+files = [finder.find_imported_packages("main.py", python)["foo"].__file__]
+with open(pth, "w") as file:  # another checkout installed in its place, under the same name
+    file.write(elsewhere + "\n")
+files.append(finder.find_imported_packages("main.py", python)["foo"].__file__)
+print(json.dumps(files))
+"""
+
+
+def test_a_pth_file_that_names_another_folder_is_scanned_again(tmp_path: Path) -> None:
+    """An editable install (``pip install -e``) is a .pth file in site-packages that names the source
+    folder; installing another checkout of the same version keeps the file's name and changes the
+    folder it names. The next record finds the package where the file now points, as plain
+    Sumatra's does (the memo stamped the names in site-packages, not what a .pth file says)."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "venv")], check=True)
+    site = next((tmp_path / "venv" / "lib").glob("python*/site-packages"))
+    for checkout in ("a", "b"):
+        write(tmp_path / checkout / "foo" / "__init__.py", "")
+    pth = site / "__editable__.foo-1.0.pth"
+    pth.write_text(f"{tmp_path / 'a'}\n")
+    write(tmp_path / "project" / "main.py", "import foo\n")
+    env = {**os.environ}
+    env.pop("SMTLOCK_MEMO", None)
+    done = subprocess.run([sys.executable, "-c", POINTED_ELSEWHERE, str(tmp_path / "venv" / "bin" / "python"),
+                           str(pth), str(tmp_path / "b")], cwd=tmp_path / "project", env=env, capture_output=True,
+                          text=True, check=True)
+    assert json.loads(done.stdout) == [str(tmp_path / c / "foo" / "__init__.py") for c in ("a", "b")]
+
+
 # --- across processes: smt run ------------------------------------------------------------------------
 
 COUNTING_PYTHON = """#!/bin/sh

@@ -9,10 +9,11 @@ answer; their outputs are remembered, and reused only while what they read is un
 - the scan's two subprocesses (:func:`run_script`), keyed on the interpreter, the script Sumatra
   built (it names the main file or the modules), the working directory and the environment that
   shapes ``sys.path`` or where the dynamic linker looks (``LD_LIBRARY_PATH``: whether an extension
-  module imports); an answer of a script that did not run to its end is not kept; valid while a
-  ``stat`` shows unchanged every module file ModuleFinder found, their folders and every
-  ``sys.path`` folder (a new module there could shadow one found, a new distribution change a
-  version; a .dist-info folder's name carries its version), each egg's metadata, and the
+  module imports); an answer of a script that did not run to its end, or during which a file it read
+  changed, is not kept; valid while a ``stat`` shows unchanged every module file ModuleFinder found,
+  their folders and every ``sys.path`` folder (a new module there could shadow one found, a new
+  distribution change a version; a .dist-info folder's name carries its version), the .pth files
+  and ``sitecustomize`` there (what a .pth file names joins sys.path), each egg's metadata, and the
   interpreter. Remembered per process and in ``.smt/smtlock-memo/`` (written atomically, never
   trusted unvalidated), so the next ``smt run`` process reuses the first one's scan; processes that
   start together with no memo take turns (a lock per scan), so one scans and the others reuse its
@@ -331,6 +332,7 @@ def _new_entry(key: str, executable_path: str, seen: Dict[str, Any], packages: D
     now = time.time_ns()
     cwd = seen["cwd"]
     folders = {os.path.normpath(os.path.join(cwd, p)) for p in seen["path"]}
+    searched = set(folders)
     files = {os.path.normpath(os.path.join(cwd, f)) for f in seen["files"]}
     standard = _standard_library(files, folders, seen.get("stdlib") or [])
     folders |= {os.path.dirname(f) for f in files}
@@ -341,6 +343,8 @@ def _new_entry(key: str, executable_path: str, seen: Dict[str, Any], packages: D
     for folder in list(folders):
         with contextlib.suppress(OSError):
             for name in os.listdir(folder):
+                if folder in searched and (name.endswith(".pth") or name in _SITE_HOOKS):
+                    metadata.add(os.path.join(folder, name))  # what they say shapes sys.path, not their names
                 for suffix, inner in _METADATA.items():
                     if name.endswith(suffix):
                         # not an .egg-info folder itself: the file in it holds the version, and the
@@ -369,6 +373,9 @@ def _new_entry(key: str, executable_path: str, seen: Dict[str, Any], packages: D
 #: version renames the folder, a reinstall of the same one keeps the version (a stat fewer for each
 #: distribution on sys.path, ~100 of each record in the benchmark's environment)
 _METADATA = {".egg-info": ("PKG-INFO",), ".egg": ("EGG-INFO", "EGG-INFO/PKG-INFO")}
+#: files in a site folder that ``site`` runs at an interpreter's start (a .pth file is read too: the
+#: folders it names join sys.path, and an editable install's keeps its name when it names another)
+_SITE_HOOKS = ("sitecustomize.py", "usercustomize.py")
 
 
 def _standard_library(files: Set[str], path: Set[str], stdlib: List[str]) -> Set[str]:
