@@ -572,6 +572,38 @@ def test_a_pth_file_that_names_another_folder_is_scanned_again(tmp_path: Path) -
     assert json.loads(done.stdout) == [str(tmp_path / c / "foo" / "__init__.py") for c in ("a", "b")]
 
 
+USER_SITE_LATER = r"""
+import json, os, sys, warnings
+warnings.simplefilter("ignore")
+import smtlock
+from sumatra.dependency_finder import python as finder
+python, package = sys.argv[1:]
+found = [sorted(finder.find_imported_packages("main.py", python))]
+os.makedirs(package)  # pip install --user: the user's site-packages made with its first package
+open(os.path.join(package, "__init__.py"), "w").close()
+found.append(sorted(finder.find_imported_packages("main.py", python)))
+print(json.dumps(found))
+"""
+
+
+def test_the_users_site_packages_made_after_a_record_is_scanned(tmp_path: Path) -> None:
+    """An interpreter outside a virtual environment puts the user's site-packages on sys.path when it
+    exists: ``pip install --user`` makes it with its first package, and the next record finds that
+    package, as plain Sumatra's does (the folder was on no sys.path the memo stamped)."""
+    python = os.path.join(sys.base_prefix, "bin", "python3")
+    env = {**os.environ, "PYTHONUSERBASE": str(tmp_path / "userbase")}
+    env.pop("SMTLOCK_MEMO", None)
+    env.pop("PYTHONNOUSERSITE", None)
+    ask = "import site; print(site.ENABLE_USER_SITE and site.getusersitepackages())"
+    user_site = subprocess.run([python, "-c", ask], env=env, capture_output=True, text=True, check=True).stdout.strip()
+    if not user_site.startswith(str(tmp_path)):
+        pytest.skip(f"{python} has no user site-packages")
+    write(tmp_path / "project" / "main.py", "import userpkg\n")
+    done = subprocess.run([sys.executable, "-c", USER_SITE_LATER, python, os.path.join(user_site, "userpkg")],
+                          cwd=tmp_path / "project", env=env, capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout) == [[], ["userpkg"]]
+
+
 # --- across processes: smt run ------------------------------------------------------------------------
 
 COUNTING_PYTHON = """#!/bin/sh

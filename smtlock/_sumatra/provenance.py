@@ -64,7 +64,7 @@ _PATH_ENV = ("PYTHONPATH", "PYTHONHOME", "PYTHONNOUSERSITE", "PYTHONUSERBASE", "
 #: the names in a folder that an import could find (and folders: packages, namespace packages)
 _IMPORTABLE = (".py", ".pyc", ".pyw", ".so", ".pyd", ".pth", ".zip", ".egg", ".egg-info", ".dist-info",
                ".egg-link")
-_FORMAT = 4  # of a memo file; another number is not read
+_FORMAT = 5  # of a memo file; another number is not read (5: .pth files, the user site, LD_* stamped or keyed)
 _RACY_NS = 2_000_000_000  # a file changed this close to its stamp is compared by content too (as git does)
 _TICK_NS = 20_000_000  # how far the kernel's file timestamps may lag the clock (its coarse clock: a tick)
 
@@ -224,8 +224,9 @@ _SEEN = '''
 try:
     import json as _smtlock_json
     with open({out!r}, "w") as _smtlock_out:
-        import sysconfig as _smtlock_sysconfig
+        import site as _smtlock_site, sysconfig as _smtlock_sysconfig
         _smtlock_json.dump({{"path": sys.path, "executable": sys.executable, "prefix": sys.prefix,
+                            "usersite": _smtlock_site.ENABLE_USER_SITE and _smtlock_site.getusersitepackages(),
                             "cwd": os.getcwd(), "stdlib": [_smtlock_sysconfig.get_path("stdlib"),
                                                            _smtlock_sysconfig.get_path("platstdlib")],
                             "files": [m.__file__ for m in finder.modules.values() if m.__file__]}},
@@ -354,6 +355,8 @@ def _new_entry(key: str, executable_path: str, seen: Dict[str, Any], packages: D
                         metadata.update(os.path.join(folder, name, *part.split("/")) for part in inner)
     prefix_cfg = os.path.join(seen["prefix"], "pyvenv.cfg")
     watched = files | folders | metadata | {seen["executable"], prefix_cfg}
+    if isinstance(seen.get("usersite"), str):  # on sys.path once it exists (pip install --user makes it)
+        watched.add(os.path.normpath(seen["usersite"]))
     resolved = os.path.realpath(executable_path) if os.path.isabs(executable_path) else None
     if resolved:
         watched.add(resolved)
