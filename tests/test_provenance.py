@@ -604,6 +604,41 @@ def test_the_users_site_packages_made_after_a_record_is_scanned(tmp_path: Path) 
     assert json.loads(done.stdout) == [[], ["userpkg"]]
 
 
+THROUGH_A_SHIM = r"""
+import json, os, sys, warnings
+warnings.simplefilter("ignore")
+import smtlock
+from sumatra.dependency_finder import python as finder
+shim, second = sys.argv[1:]
+found = [sorted(finder.find_imported_packages("main.py", shim))]
+os.environ["SHIM_TARGET"] = second  # as PYENV_VERSION, `pyenv local` or `pyenv global` choose another
+found.append(sorted(finder.find_imported_packages("main.py", shim)))
+print(json.dumps(found))
+"""
+
+
+def test_an_interpreter_chosen_by_a_shim_is_the_one_scanned(tmp_path: Path) -> None:
+    """pyenv, asdf and mise put shims on PATH: a script named python that runs the interpreter their
+    settings choose (an environment variable, a file in the project or the user's home). The memo
+    asks the shim which interpreter it runs, for each record, so a record made after the choice
+    changed scans that interpreter's packages, as plain Sumatra's does."""
+    pythons = []
+    for name in ("a", "b"):
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / name)], check=True)
+        site = next((tmp_path / name / "lib").glob("python*/site-packages"))
+        write(site / f"pkg{name}" / "__init__.py", "")
+        pythons.append(str(tmp_path / name / "bin" / "python"))
+    shim = tmp_path / "shims" / "python"
+    write(shim, '#!/bin/sh\nexec "$SHIM_TARGET" "$@"\n')
+    shim.chmod(0o755)
+    write(tmp_path / "project" / "main.py", "try:\n    import pkga\nexcept ImportError:\n    import pkgb\n")
+    env = {**os.environ, "SHIM_TARGET": pythons[0]}
+    env.pop("SMTLOCK_MEMO", None)
+    done = subprocess.run([sys.executable, "-c", THROUGH_A_SHIM, str(shim), pythons[1]], cwd=tmp_path / "project",
+                          env=env, capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout) == [["pkga"], ["pkgb"]]
+
+
 # --- across processes: smt run ------------------------------------------------------------------------
 
 COUNTING_PYTHON = """#!/bin/sh

@@ -36,8 +36,10 @@ import functools
 import hashlib
 import json
 import os
+import shutil
 import socket
 import stat
+import subprocess
 import sys
 import tempfile
 import threading
@@ -247,8 +249,25 @@ def _kind(script: str) -> Optional[str]:
 
 def _key(executable_path: str, script: str) -> str:
     env = {name: os.environ.get(name) for name in _PATH_ENV}
-    text = json.dumps([_FORMAT, executable_path, script, os.getcwd(), env], sort_keys=True)
+    text = json.dumps([_FORMAT, executable_path, _interpreter(executable_path), script, os.getcwd(), env],
+                      sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _interpreter(path: str) -> Optional[str]:
+    """What ``path`` runs: None for a program file; for a script (a shim of pyenv, asdf or mise, which
+    runs the interpreter an environment variable or a file in the project or the home folder chooses),
+    the interpreter it runs now, as that says (a subprocess, for each record made through it)."""
+    located = path if os.path.isabs(path) else shutil.which(path)
+    try:
+        with open(located or path, "rb") as file:
+            if file.read(2) != b"#!":
+                return None
+        done = subprocess.run([path, "-c", "import sys; print(sys.executable)"], capture_output=True, text=True,
+                              timeout=120)
+    except (OSError, subprocess.SubprocessError) as error:
+        return f"? {error}"
+    return done.stdout.strip() if done.returncode == 0 else f"? exit {done.returncode}: {done.stderr.strip()}"
 
 
 def run_script(orig: Callable[[str, str], Any]) -> Callable[[str, str], Any]:
@@ -595,26 +614,32 @@ def _store(entry: Dict[str, Any]) -> None:
 
 # --- the executable and the platform --------------------------------------------------------------
 
-_versions_seen: Dict[Tuple[str, str], Tuple[Optional[str], Any, Any]] = {}
+_versions_seen: Dict[Tuple[str, str], Tuple[Tuple[Optional[str], Optional[str]], Any, Any, Any]] = {}
 
 
 def executable_version(orig: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """``Executable._get_version``: upstream runs ``<path> --version`` in a subprocess for every
     Executable made (``@smt_logged`` makes one per call). Reused while the path resolves to the same
-    file with the same stat."""
+    file with the same stat (for a Python shim: while it runs the same interpreter, unchanged); a
+    script that is no Python shim is asked every time."""
     @functools.wraps(orig)
     def version(self: Any) -> Any:
         path = self.path
         if not enabled() or not isinstance(path, str) or not os.path.isabs(path):
             return orig(self)
+        runs = _interpreter(path)
+        if runs is not None and type(self).__name__ != "PythonExecutable":
+            return orig(self)  # a script whose answer may hang on anything (a Python shim says what it runs)
         key = (type(self).__qualname__, path)
         resolved = realpath(path)
         known = _versions_seen.get(key)
-        if known is not None and known[0] == resolved and _same(resolved, known[1]):
+        if known is not None and known[0] == (resolved, runs) and _same(resolved, known[1]) and \
+                (runs is None or _same(runs, known[3])):
             return known[2]
-        stamp = _stamp(resolved, time.time_ns())
+        now = time.time_ns()
+        stamp, runs_stamp = _stamp(resolved, now), _stamp(runs, now) if runs else None
         found = orig(self)
-        _versions_seen[key] = (resolved, stamp, found)
+        _versions_seen[key] = ((resolved, runs), stamp, found, runs_stamp)
         return found
     return version
 
