@@ -733,6 +733,37 @@ def test_the_platform_is_asked_once_per_host_while_its_network_is_unchanged(tmp_
     assert ask("smtlock")["events"] == []
 
 
+PROBE_FAILED_ONCE = r"""
+import json, socket, sys, time
+import smtlock
+import sumatra.launch
+from sumatra.launch import SerialLaunchMode
+from smtlock._sumatra import provenance
+online = []
+sumatra.launch.have_internet_connection = lambda: bool(online)  # its probe of an outside address
+socket.gethostbyname = lambda name: "192.0.2.7"  # the host's name resolves (TEST-NET-1), as on a cluster node
+answers = []
+with provenance.in_project("."):
+    answers.append(SerialLaunchMode().get_platform_information()[0].ip_addr)  # the probe times out, once
+    online.append(True)
+    answers.append(SerialLaunchMode().get_platform_information()[0].ip_addr)  # within the time an answer
+    provenance._UNSURE_S = 0  # without an address is reused; then past it
+    answers.append(SerialLaunchMode().get_platform_information()[0].ip_addr)
+print(json.dumps(answers))
+"""
+
+
+def test_a_platform_answer_without_an_address_is_asked_again_in_time(tmp_path: Path) -> None:
+    """Sumatra records 127.0.0.1 when its probe of an outside address fails (1 s timeout): every time
+    on an offline node, once on a busy one. Such an answer is reused for a while (an offline node
+    pays the timeout once in that time), then asked again: where the failure passed, the host's
+    address is in the records again, as in plain Sumatra's."""
+    project = make_project(tmp_path / "p")
+    done = subprocess.run([sys.executable, "-c", PROBE_FAILED_ONCE], cwd=project, capture_output=True, text=True,
+                          check=True)
+    assert json.loads(done.stdout) == ["127.0.0.1", "127.0.0.1", "192.0.2.7"]
+
+
 MIME = r"""
 import json, mimetypes, sys
 if sys.argv[1] == "smtlock":

@@ -21,7 +21,8 @@ answer; their outputs are remembered, and reused only while what they read is un
   egg-info) still runs for every record.
 - an executable's version (:func:`executable_version`): its path, the file it resolves to and its stat.
 - platform information with its internet probe (:func:`platform_information`): once per host, while
-  its boot, the interpreter and the network (routes, addresses, name resolution) are as they were.
+  its boot, the interpreter and the network (routes, addresses, name resolution) are as they were
+  (an answer without an address, the probe having failed: for ten minutes).
 
 ``SMTLOCK_MEMO=0`` in the environment turns all of it off.
 """
@@ -644,7 +645,7 @@ def executable_version(orig: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return version
 
 
-_platform: Dict[str, Any] = {}  # "serial" -> (the network's digest, the platform information)
+_platform: Dict[str, Any] = {}  # "serial" -> (the network's digest, the platform information, when asked)
 #: what a host's platform information depends on besides its name, its boot (kernel release and version)
 #: and the interpreter (``file -b`` reads its architecture): the network the probe and the address
 #: lookup go through (routes and addresses; name resolution)
@@ -666,16 +667,28 @@ def platform_information(orig: Callable[[Any], Any]) -> Callable[[Any], Any]:
         network = _network()
         with _lock:
             known = _platform.get("serial")
-        if known is None or known[0] != network:
-            found = _read_platform(network)
-            if found is None:
-                found = orig(self)
-                _store_platform(network, found)
-            known = (network, found)
+        if known is None or known[0] != network or _stale(known[1], known[2]):
+            kept = _read_platform(network)
+            if kept is None:
+                kept = (orig(self), time.time())
+                _store_platform(network, *kept)
+            known = (network, *kept)
             with _lock:
                 _platform["serial"] = known
         return copy.deepcopy(known[1])
     return information
+
+
+#: how long an answer without an address is reused (Sumatra's 127.0.0.1: its probe of an outside address
+#: failed, or the host's name did not resolve): on an offline node, the probe's 1 s timeout once in this
+#: long; where the failure was a passing one, the address is in the records again after at most this long
+_UNSURE_S = 600.0
+
+
+def _stale(found: Any, asked: float) -> bool:
+    """Whether platform information ``found`` (asked at ``asked``, the epoch's seconds) is to be asked again."""
+    unsure = any(getattr(information, "ip_addr", None) == "127.0.0.1" for information in found)
+    return unsure and not 0 <= time.time() - asked < _UNSURE_S
 
 
 def _network() -> str:
@@ -718,8 +731,8 @@ def _platform_file() -> Optional[Tuple[str, str]]:
     return os.path.join(project, SMT_DIR, MEMO_DIR, f"platform-{key[:32]}.json"), key
 
 
-def _read_platform(network: str) -> Optional[List[Any]]:
-    """The platform information another process of this host kept, if still valid."""
+def _read_platform(network: str) -> Optional[Tuple[List[Any], float]]:
+    """The platform information another process of this host kept, and when it was asked, if still valid."""
     where = _platform_file()
     if where is None:
         return None
@@ -730,18 +743,21 @@ def _read_platform(network: str) -> Optional[List[Any]]:
             return None
         from sumatra.launch import PlatformInformation
         found = [PlatformInformation(**fields) for fields in entry["platforms"]]
+        asked = float(entry["asked"])
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None
+    if _stale(found, asked):
+        return None
     stats["memo_read"] += 1
-    return found
+    return found, asked
 
 
-def _store_platform(network: str, found: Any) -> None:
+def _store_platform(network: str, found: Any, asked: float) -> None:
     where = _platform_file()
     if where is None:
         return
     try:
-        entry = {"format": _FORMAT, "key": where[1], "network": network,
+        entry = {"format": _FORMAT, "key": where[1], "network": network, "asked": asked,
                  "platforms": [dict(vars(information)) for information in found]}
         os.makedirs(os.path.dirname(where[0]), exist_ok=True)
         with AtomicFile(where[0], "w", cache=True, encoding="utf-8") as out:
