@@ -639,6 +639,33 @@ def test_an_interpreter_chosen_by_a_shim_is_the_one_scanned(tmp_path: Path) -> N
     assert json.loads(done.stdout) == [["pkga"], ["pkgb"]]
 
 
+BECOMES_A_PACKAGE = r"""
+import json, os, sys, warnings
+warnings.simplefilter("ignore")
+import smtlock
+from sumatra.dependency_finder import python as finder
+files = [finder.find_imported_packages("main.py", sys.executable)["bar"].__file__]
+open(os.path.join("bar", "__init__.py"), "w").close()  # the folder beside the script becomes a package
+files.append(finder.find_imported_packages("main.py", sys.executable)["bar"].__file__)
+print(json.dumps(files))
+"""
+
+
+def test_a_folder_that_becomes_a_package_is_scanned_again(tmp_path: Path) -> None:
+    """A folder beside the script named as a package on sys.path (a folder of data, say) does not
+    shadow it while it has no ``__init__.py``; once it has one, it does, and the next record finds it
+    there, as plain Sumatra's does (the names in the folder beside the script did not change)."""
+    write(tmp_path / "site" / "bar" / "__init__.py", "")
+    write(tmp_path / "project" / "main.py", "import bar\n")
+    write(tmp_path / "project" / "bar" / "data.txt", "1 2 3\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    env.pop("SMTLOCK_MEMO", None)
+    done = subprocess.run([sys.executable, "-c", BECOMES_A_PACKAGE], cwd=tmp_path / "project", env=env,
+                          capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout) == [str(tmp_path / "site" / "bar" / "__init__.py"),
+                                       str(tmp_path / "project" / "bar" / "__init__.py")]
+
+
 # --- across processes: smt run ------------------------------------------------------------------------
 
 COUNTING_PYTHON = """#!/bin/sh

@@ -232,7 +232,9 @@ try:
                             "usersite": _smtlock_site.ENABLE_USER_SITE and _smtlock_site.getusersitepackages(),
                             "cwd": os.getcwd(), "stdlib": [_smtlock_sysconfig.get_path("stdlib"),
                                                            _smtlock_sysconfig.get_path("platstdlib")],
-                            "files": [m.__file__ for m in finder.modules.values() if m.__file__]}},
+                            "files": [m.__file__ for m in finder.modules.values() if m.__file__],
+                            "looked": sorted({{n.split(".")[0] for n in
+                                              list(finder.modules) + list(finder.badmodules)}})}},
                            _smtlock_out)
 except Exception:
     pass
@@ -377,6 +379,11 @@ def _new_entry(key: str, executable_path: str, seen: Dict[str, Any], packages: D
     watched = files | folders | metadata | {seen["executable"], prefix_cfg}
     if isinstance(seen.get("usersite"), str):  # on sys.path once it exists (pip install --user makes it)
         watched.add(os.path.normpath(seen["usersite"]))
+    for name in seen.get("looked") or ():  # a folder of that name on sys.path (data beside the script)
+        for folder in searched:  # shadows the module found elsewhere once it is a package
+            inside = os.path.join(folder, name)
+            if os.path.isdir(inside) and not os.path.exists(os.path.join(inside, "__init__.py")):
+                watched.add(os.path.join(inside, "__init__.py"))
     resolved = os.path.realpath(executable_path) if os.path.isabs(executable_path) else None
     if resolved:
         watched.add(resolved)
