@@ -445,6 +445,28 @@ def test_with_a_git_variable_set_git_is_asked_for_every_record(setup: Any) -> No
         workers.close()
 
 
+def _in_project(tmp_path: Path, script: str, *args: str, **env: str) -> Any:
+    """Run ``script`` with smtlock's memo on, in ``tmp_path/project`` with ``tmp_path/site`` on
+    PYTHONPATH (``env``: more variables; an empty value removes one); what it printed, parsed."""
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site"), "SMTLOCK_MEMO": "", **env}
+    done = subprocess.run([sys.executable, "-c", script, *args], cwd=tmp_path / "project", capture_output=True,
+                          text=True, check=True, env={name: value for name, value in env.items() if value})
+    return json.loads(done.stdout)
+
+
+def _needing_a_library(tmp_path: Path, module: str, missing_when: str, error: str, version: str) -> Path:
+    """``tmp_path/site/<module>``, whose import raises ``error`` when ``missing_when`` (a condition on
+    ``library``, the path returned, in a folder of its own) holds; else its version is ``version``."""
+    library = tmp_path / "lib" / "libneeded.so"
+    library.parent.mkdir()
+    condition = missing_when.format(library=repr(str(library)), folder=repr(str(library.parent)))
+    write(tmp_path / "site" / module / "__init__.py",
+          f"import os\nif {condition}:\n    raise {error}('libneeded.so: cannot open shared object file')\n"
+          f"__version__ = {version!r}\n")
+    write(tmp_path / "project" / "main.py", f"import {module}\n")
+    return library
+
+
 SCAN_TWICE = r"""
 import json, os, sys, types, warnings
 warnings.simplefilter("ignore")
@@ -472,35 +494,19 @@ def test_a_versions_scan_that_failed_is_not_remembered(tmp_path: Path) -> None:
     than ImportError (a shared library not found: OSError), and the record fails (KeyError), as plain
     Sumatra's does. Once that is mended (here the library appears in a folder the memo has no reason
     to stamp), the next record is plain Sumatra's: the failed answer is not reused."""
-    library = tmp_path / "lib" / "libneeded.so"
-    library.parent.mkdir()
-    write(tmp_path / "site" / "needslib" / "__init__.py",
-          f"import os\nif not os.path.exists({str(library)!r}):\n    raise OSError('libneeded.so: cannot open')\n"
-          "__version__ = '3.0'\n")
-    write(tmp_path / "project" / "main.py", "import needslib\n")
-    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
-    env.pop("SMTLOCK_MEMO", None)
-    done = subprocess.run([sys.executable, "-c", SCAN_TWICE, str(library), "scan", "mend", "scan"],
-                          cwd=tmp_path / "project", env=env, capture_output=True, text=True, check=True)
-    assert json.loads(done.stdout) == ["KeyError", [["needslib", "3.0"]]]
+    library = _needing_a_library(tmp_path, "needslib", "not os.path.exists({library})", "OSError", "3.0")
+    found = _in_project(tmp_path, SCAN_TWICE, str(library), "scan", "mend", "scan")
+    assert found == ["KeyError", [["needslib", "3.0"]]]
 
 
 def test_a_version_follows_where_the_dynamic_linker_looks(tmp_path: Path) -> None:
     """An extension module that cannot load its shared library raises ImportError, and Sumatra
     records its version as "unknown"; after ``module load`` (LD_LIBRARY_PATH) in the same process, the
     next record has its version, as plain Sumatra's does."""
-    library = tmp_path / "lib" / "libneeded.so"
-    library.parent.mkdir()
-    write(tmp_path / "site" / "needsld" / "__init__.py",
-          f"import os\nif os.environ.get('LD_LIBRARY_PATH') != {str(library.parent)!r}:\n"
-          "    raise ImportError('libneeded.so: cannot open shared object file')\n__version__ = '2.0'\n")
-    write(tmp_path / "project" / "main.py", "import needsld\n")
-    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
-    env.pop("SMTLOCK_MEMO", None)
-    env.pop("LD_LIBRARY_PATH", None)
-    done = subprocess.run([sys.executable, "-c", SCAN_TWICE, str(library), "scan", "module-load", "scan"],
-                          cwd=tmp_path / "project", env=env, capture_output=True, text=True, check=True)
-    assert json.loads(done.stdout) == [[["needsld", "unknown"]], [["needsld", "2.0"]]]
+    library = _needing_a_library(tmp_path, "needsld", "os.environ.get('LD_LIBRARY_PATH') != {folder}", "ImportError",
+                                 "2.0")
+    found = _in_project(tmp_path, SCAN_TWICE, str(library), "scan", "module-load", "scan", LD_LIBRARY_PATH="")
+    assert found == [[["needsld", "unknown"]], [["needsld", "2.0"]]]
 
 
 SAVED_WHILE_SCANNING = r"""
@@ -531,11 +537,7 @@ def test_a_file_saved_while_the_scan_ran_is_scanned_again(tmp_path: Path) -> Non
     write(tmp_path / "site" / "first" / "__init__.py", "")
     write(tmp_path / "site" / "second" / "__init__.py", "")
     write(tmp_path / "project" / "main.py", "import first\n")
-    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
-    env.pop("SMTLOCK_MEMO", None)
-    done = subprocess.run([sys.executable, "-c", SAVED_WHILE_SCANNING], cwd=tmp_path / "project", env=env,
-                          capture_output=True, text=True, check=True)
-    assert json.loads(done.stdout) == [["first"], ["second"]]
+    assert _in_project(tmp_path, SAVED_WHILE_SCANNING) == [["first"], ["second"]]
 
 
 POINTED_ELSEWHERE = r"""
@@ -564,12 +566,9 @@ def test_a_pth_file_that_names_another_folder_is_scanned_again(tmp_path: Path) -
     pth = site / "__editable__.foo-1.0.pth"
     pth.write_text(f"{tmp_path / 'a'}\n")
     write(tmp_path / "project" / "main.py", "import foo\n")
-    env = {**os.environ}
-    env.pop("SMTLOCK_MEMO", None)
-    done = subprocess.run([sys.executable, "-c", POINTED_ELSEWHERE, str(tmp_path / "venv" / "bin" / "python"),
-                           str(pth), str(tmp_path / "b")], cwd=tmp_path / "project", env=env, capture_output=True,
-                          text=True, check=True)
-    assert json.loads(done.stdout) == [str(tmp_path / c / "foo" / "__init__.py") for c in ("a", "b")]
+    found = _in_project(tmp_path, POINTED_ELSEWHERE, str(tmp_path / "venv" / "bin" / "python"), str(pth),
+                        str(tmp_path / "b"))
+    assert found == [str(tmp_path / c / "foo" / "__init__.py") for c in ("a", "b")]
 
 
 USER_SITE_LATER = r"""
@@ -591,17 +590,15 @@ def test_the_users_site_packages_made_after_a_record_is_scanned(tmp_path: Path) 
     exists: ``pip install --user`` makes it with its first package, and the next record finds that
     package, as plain Sumatra's does (the folder was on no sys.path the memo stamped)."""
     python = os.path.join(sys.base_prefix, "bin", "python3")
-    env = {**os.environ, "PYTHONUSERBASE": str(tmp_path / "userbase")}
-    env.pop("SMTLOCK_MEMO", None)
-    env.pop("PYTHONNOUSERSITE", None)
+    env = {"PYTHONUSERBASE": str(tmp_path / "userbase"), "PYTHONNOUSERSITE": ""}
     ask = "import site; print(site.ENABLE_USER_SITE and site.getusersitepackages())"
-    user_site = subprocess.run([python, "-c", ask], env=env, capture_output=True, text=True, check=True).stdout.strip()
+    user_site = subprocess.run([python, "-c", ask], env={**os.environ, **env}, capture_output=True, text=True,
+                               check=True).stdout.strip()
     if not user_site.startswith(str(tmp_path)):
         pytest.skip(f"{python} has no user site-packages")
     write(tmp_path / "project" / "main.py", "import userpkg\n")
-    done = subprocess.run([sys.executable, "-c", USER_SITE_LATER, python, os.path.join(user_site, "userpkg")],
-                          cwd=tmp_path / "project", env=env, capture_output=True, text=True, check=True)
-    assert json.loads(done.stdout) == [[], ["userpkg"]]
+    found = _in_project(tmp_path, USER_SITE_LATER, python, os.path.join(user_site, "userpkg"), **env)
+    assert found == [[], ["userpkg"]]
 
 
 THROUGH_A_SHIM = r"""
@@ -632,11 +629,7 @@ def test_an_interpreter_chosen_by_a_shim_is_the_one_scanned(tmp_path: Path) -> N
     write(shim, '#!/bin/sh\nexec "$SHIM_TARGET" "$@"\n')
     shim.chmod(0o755)
     write(tmp_path / "project" / "main.py", "try:\n    import pkga\nexcept ImportError:\n    import pkgb\n")
-    env = {**os.environ, "SHIM_TARGET": pythons[0]}
-    env.pop("SMTLOCK_MEMO", None)
-    done = subprocess.run([sys.executable, "-c", THROUGH_A_SHIM, str(shim), pythons[1]], cwd=tmp_path / "project",
-                          env=env, capture_output=True, text=True, check=True)
-    assert json.loads(done.stdout) == [["pkga"], ["pkgb"]]
+    assert _in_project(tmp_path, THROUGH_A_SHIM, str(shim), pythons[1], SHIM_TARGET=pythons[0]) == [["pkga"], ["pkgb"]]
 
 
 BECOMES_A_PACKAGE = r"""
@@ -658,12 +651,8 @@ def test_a_folder_that_becomes_a_package_is_scanned_again(tmp_path: Path) -> Non
     write(tmp_path / "site" / "bar" / "__init__.py", "")
     write(tmp_path / "project" / "main.py", "import bar\n")
     write(tmp_path / "project" / "bar" / "data.txt", "1 2 3\n")
-    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
-    env.pop("SMTLOCK_MEMO", None)
-    done = subprocess.run([sys.executable, "-c", BECOMES_A_PACKAGE], cwd=tmp_path / "project", env=env,
-                          capture_output=True, text=True, check=True)
-    assert json.loads(done.stdout) == [str(tmp_path / "site" / "bar" / "__init__.py"),
-                                       str(tmp_path / "project" / "bar" / "__init__.py")]
+    assert _in_project(tmp_path, BECOMES_A_PACKAGE) == [str(tmp_path / "site" / "bar" / "__init__.py"),
+                                                      str(tmp_path / "project" / "bar" / "__init__.py")]
 
 
 # --- across processes: smt run ------------------------------------------------------------------------

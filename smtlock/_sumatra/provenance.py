@@ -257,16 +257,26 @@ def _key(executable_path: str, script: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _interpreter(path: str) -> Optional[str]:
-    """What ``path`` runs: None for a program file; for a script (a shim of pyenv, asdf or mise, which
-    runs the interpreter an environment variable or a file in the project or the home folder chooses),
-    the interpreter it runs now, as that says (a subprocess, for each record made through it)."""
+def _is_script(path: str) -> bool:
+    """Whether the program ``path`` (or the one found on PATH by that name) is a script (``#!``)."""
     located = path if os.path.isabs(path) else shutil.which(path)
     try:
         with open(located or path, "rb") as file:
-            if file.read(2) != b"#!":
-                return None
-        done = subprocess.run([path, "-c", "import sys; print(sys.executable)"], capture_output=True, text=True,
+            return file.read(2) == b"#!"
+    except OSError:
+        return False
+
+
+def _interpreter(python: str) -> Optional[str]:
+    """What the Python interpreter ``python`` runs: None for a program file; for a script (a shim of
+    pyenv, asdf or mise, which runs the interpreter an environment variable or a file in the project
+    or the home folder chooses), the interpreter it runs now, as that says (a subprocess, for each
+    record made through it). Only for a path Sumatra runs as Python anyway: another script is never
+    started with arguments of ours."""
+    if not _is_script(python):
+        return None
+    try:
+        done = subprocess.run([python, "-c", "import sys; print(sys.executable)"], capture_output=True, text=True,
                               timeout=120)
     except (OSError, subprocess.SubprocessError) as error:
         return f"? {error}"
@@ -635,9 +645,10 @@ def executable_version(orig: Callable[[Any], Any]) -> Callable[[Any], Any]:
         path = self.path
         if not enabled() or not isinstance(path, str) or not os.path.isabs(path):
             return orig(self)
-        runs = _interpreter(path)
-        if runs is not None and type(self).__name__ != "PythonExecutable":
+        python = type(self).__name__ == "PythonExecutable"
+        if not python and _is_script(path):
             return orig(self)  # a script whose answer may hang on anything (a Python shim says what it runs)
+        runs = _interpreter(path) if python else None
         key = (type(self).__qualname__, path)
         resolved = realpath(path)
         known = _versions_seen.get(key)
