@@ -482,7 +482,7 @@ for step in sys.argv[2:]:
         os.environ["LD_LIBRARY_PATH"] = os.path.dirname(sys.argv[1])
         continue
     try:
-        found.append([[d.name, d.version] for d in finder.find_dependencies("main.py", python)])
+        found.append({d.name: d.version for d in finder.find_dependencies("main.py", python)})
     except Exception as error:
         found.append(type(error).__name__)
 print(json.dumps(found))
@@ -495,8 +495,8 @@ def test_a_versions_scan_that_failed_is_not_remembered(tmp_path: Path) -> None:
     Sumatra's does. Once that is mended (here the library appears in a folder the memo has no reason
     to stamp), the next record is plain Sumatra's: the failed answer is not reused."""
     library = _needing_a_library(tmp_path, "needslib", "not os.path.exists({library})", "OSError", "3.0")
-    found = _in_project(tmp_path, SCAN_TWICE, str(library), "scan", "mend", "scan")
-    assert found == ["KeyError", [["needslib", "3.0"]]]
+    failed, mended = _in_project(tmp_path, SCAN_TWICE, str(library), "scan", "mend", "scan")
+    assert failed == "KeyError" and mended["needslib"] == "3.0"  # with others the scan finds (3.13: setuptools)
 
 
 def test_a_version_follows_where_the_dynamic_linker_looks(tmp_path: Path) -> None:
@@ -505,8 +505,8 @@ def test_a_version_follows_where_the_dynamic_linker_looks(tmp_path: Path) -> Non
     next record has its version, as plain Sumatra's does."""
     library = _needing_a_library(tmp_path, "needsld", "os.environ.get('LD_LIBRARY_PATH') != {folder}", "ImportError",
                                  "2.0")
-    found = _in_project(tmp_path, SCAN_TWICE, str(library), "scan", "module-load", "scan", LD_LIBRARY_PATH="")
-    assert found == [[["needsld", "unknown"]], [["needsld", "2.0"]]]
+    before, after = _in_project(tmp_path, SCAN_TWICE, str(library), "scan", "module-load", "scan", LD_LIBRARY_PATH="")
+    assert (before["needsld"], after["needsld"]) == ("unknown", "2.0")
 
 
 SAVED_WHILE_SCANNING = r"""
