@@ -346,16 +346,12 @@ def _changed_since(stamps: Dict[str, Any], started_ns: int) -> bool:
     hence the margin; a timestamp of whole seconds may be a filesystem's that keeps no finer ones: it
     counts as changed up to 2 s before. Folders aside: a run's files come and go in them (a log in
     the project's), and a folder's stamp is the importable names in it."""
-    for path, stamp in stamps.items():
+    for stamp in stamps.values():
         if stamp is None or stamp[1] == "dir":
             continue
-        try:
-            st = os.stat(path)
-        except OSError:
-            return True
-        changed = max(st.st_mtime_ns, st.st_ctime_ns)
-        coarse = st.st_mtime_ns % 1_000_000_000 == 0 and st.st_ctime_ns % 1_000_000_000 == 0
-        if changed >= started_ns - (_RACY_NS if coarse else _TICK_NS):
+        mtime, ctime = stamp[2], stamp[3]
+        coarse = mtime % 1_000_000_000 == 0 and ctime % 1_000_000_000 == 0
+        if max(mtime, ctime) >= started_ns - (_RACY_NS if coarse else _TICK_NS):
             return True
     return False
 

@@ -270,9 +270,10 @@ class _Finder:
 
 
 _UNCOMPILED = object()  # _get could not compile the query: ask Django
-#: (database label, model, the names looked up, those None) -> (SQL, the names in its parameters' order,
-#: the columns it selects), or None where Django's query is not as expected
-_GETS: Dict[Tuple[str, Any, Tuple[str, ...], FrozenSet[str]], Optional[Tuple[str, Tuple[str, ...], List[str]]]] = {}
+#: (database label, model, the names looked up, those None) -> (SQL, the names in its parameters' order
+#: with their fields, the columns it selects), or None where Django's query is not as expected
+_GETS: Dict[Tuple[str, Any, Tuple[str, ...], FrozenSet[str]],
+            Optional[Tuple[str, Tuple[Tuple[str, Any], ...], List[str]]]] = {}
 _TEXT_FIELDS = frozenset({"CharField", "TextField", "URLField", "SlugField"})
 
 
@@ -291,12 +292,11 @@ def _get(model: Any, using: str, attributes: Dict[str, Any]) -> Any:
     from django.db import connections
     connection = connections[using]
     sql, names, columns = compiled
-    params = []
-    for name in names:  # each value as Django's exact lookup gives it to the database: a CharField's is its
-        # text (a dependency's version may be an int, a float, a list); bound as it is, SQLite's column
-        # affinity matched another row ('0.3' for 0.1 + 0.2), and sqlite3 before 3.11 cannot bind a list
-        field = model._meta.get_field(name)
-        params.append(field.get_db_prep_value(field.get_prep_value(attributes[name]), connection, prepared=True))
+    # each value as Django's exact lookup gives it to the database: a CharField's is its text (a
+    # dependency's version may be an int, a float, a list); bound as it is, SQLite's column affinity
+    # matched another row ('0.3' for 0.1 + 0.2), and sqlite3 before 3.11 cannot bind a list
+    params = [field.get_db_prep_value(field.get_prep_value(attributes[name]), connection, prepared=True)
+              for name, field in names]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         found = cursor.fetchall()
@@ -308,7 +308,7 @@ def _get(model: Any, using: str, attributes: Dict[str, Any]) -> Any:
 
 
 def _compile_get(model: Any, using: str, names: Tuple[str, ...], nulls: FrozenSet[str]
-                 ) -> Optional[Tuple[str, Tuple[str, ...], List[str]]]:
+                 ) -> Optional[Tuple[str, Tuple[Tuple[str, Any], ...], List[str]]]:
     """Compile ``get``'s query for example values (a distinct string for each name not None); kept
     when its parameters are exactly those values, each a text column's exact match."""
     meta = model._meta
@@ -326,7 +326,7 @@ def _compile_get(model: Any, using: str, names: Tuple[str, ...], nulls: FrozenSe
     by_value = {value: name for name, value in example.items() if value is not None}
     if sorted(params) != sorted(by_value) or len(set(params)) != len(params):
         return None
-    return sql, tuple(by_value[value] for value in params), columns
+    return sql, tuple((by_value[value], fields[by_value[value]]) for value in params), columns
 
 
 def prefetch(store: Any, project_name: str, record: Any) -> None:
