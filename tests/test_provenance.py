@@ -207,8 +207,17 @@ def _commit_as_it_is(project: Path, site: Path, tmp: Path) -> None:
     subprocess.run(GIT + ["commit", "-qam", "two"], cwd=project, check=True)
 
 
+def _edit_through_a_hard_link(project: Path, site: Path, tmp: Path) -> None:
+    # uv and pip install by hard-linking from their caches: an edit in place of the cache's file (or of
+    # another environment's) is one of this file too, made through no folder of this environment
+    os.link(site / "attrpkg" / "__init__.py", tmp / "cached.py")
+    with open(tmp / "cached.py", "r+") as file:
+        file.write("__version__ = '1.2.4'\n")
+
+
 CHANGES: Dict[str, Callable[[Path, Path, Path], None]] = {
     "edit a local module": _edit_module,
+    "edit a module through a hard link elsewhere": _edit_through_a_hard_link,
     "install another version": _install_another_version,
     "only the metadata changes": _only_the_metadata_changes,
     "a module shadows one found": _shadow,
@@ -217,20 +226,25 @@ CHANGES: Dict[str, Callable[[Path, Path, Path], None]] = {
 }
 
 
+@pytest.mark.parametrize("watched", [False, True], ids=["stats", "watched"])
 @pytest.mark.parametrize("change", list(CHANGES))
-def test_a_change_makes_the_next_record_plain_sumatras_again(setup: Any, change: str) -> None:
+def test_a_change_makes_the_next_record_plain_sumatras_again(setup: Any, change: str, watched: bool) -> None:
+    """Found by the stats of the memo's files (the second record of a process), and by the kernel's
+    watch of them (from the third on)."""
     project, site, workers, tmp = setup
-    both(workers)
+    for _ in range(2 if watched else 1):
+        both(workers)
     before, memo, stats = both(workers)
-    assert memo == before and stats["reused"] == 1
+    assert memo == before and stats["reused"] == (2 if watched else 1)
+    assert stats["watching"] == (1 if watched else 0)
     CHANGES[change](project, site, tmp)
     plain, memo, stats = both(workers)
     assert plain != before  # the change shows in plain Sumatra's record...
     assert memo == plain  # ...and in smtlock's, the first one after it
     if change != "commit the uncommitted change":  # what the scan read changed: it ran again
-        assert stats["scans"] == 2 and stats["reused"] == 1
+        assert stats["scans"] == 2 and stats["reused"] == (2 if watched else 1)
     else:  # no module file changed: the scan was reused, version control asked again (as upstream)
-        assert stats["reused"] == 2
+        assert stats["reused"] == (3 if watched else 2) and stats["watched"] == (1 if watched else 0)
         assert deps(memo)["localpkg"][1:3] == [memo["version"], ""] and memo["version"] != before["version"]
 
 

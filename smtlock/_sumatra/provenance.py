@@ -50,6 +50,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 from .._lock.atomic import AtomicFile
 from .._lock.paths import SMT_DIR
+from . import watch
 
 __all__ = ["enabled", "realpath", "run_script", "executable_version", "platform_information", "in_project",
            "current_project", "read_memo", "write_memo",
@@ -71,8 +72,10 @@ _FORMAT = 5  # of a memo file; another number is not read (5: .pth files, the us
 _RACY_NS = 2_000_000_000  # a file changed this close to its stamp is compared by content too (as git does)
 _TICK_NS = 20_000_000  # how far the kernel's file timestamps may lag the clock (its coarse clock: a tick)
 
-#: what this process did, for tests and ``smtlock`` diagnostics: scans run, scans reused
-stats: Dict[str, int] = {"scans": 0, "reused": 0, "memo_read": 0, "memo_written": 0, "listings_reused": 0}
+#: what this process did, for tests and ``smtlock`` diagnostics: scans run, scans reused; entries whose
+#: paths the kernel began to watch, checks it answered
+stats: Dict[str, int] = {"scans": 0, "reused": 0, "memo_read": 0, "memo_written": 0, "listings_reused": 0,
+                         "watching": 0, "watched": 0}
 
 _lock = threading.Lock()
 _memo: Dict[str, Dict[str, Any]] = {}  # key -> entry (see _new_entry), this process
@@ -217,8 +220,54 @@ def _same(path: str, stamp: Any) -> bool:
 
 
 def _valid(entry: Dict[str, Any]) -> bool:
-    return all(realpath(link) == target for link, target in entry["links"].items()) and \
+    """Whether every stamp of ``entry`` still holds. From an entry's second check in a process on, the
+    kernel watches its paths (:mod:`.watch`): then only those an event named since are compared."""
+    key = entry["key"]
+    with _lock:
+        kept = _guards.get(key)
+        checked = _checked.get(key, 0)
+        _checked[key] = checked + 1
+    if kept is not None and kept[0] is entry:
+        stamps, links = entry["stamps"], entry["links"]
+        held = kept[1].holds(lambda path: _same(path, stamps[path]) if path in stamps else
+                             realpath(path) == links.get(path))
+        if held is not None:
+            stats["watched"] += 1
+            return held
+    made = None
+    if checked and _watching():
+        stamps = entry["stamps"]
+        made = watch.guard([p for p, s in stamps.items() if not _is_folder(s)] + list(entry["links"]),
+                           [p for p, s in stamps.items() if _is_folder(s)], _maybe_importable)
+    valid = all(realpath(link) == target for link, target in entry["links"].items()) and \
         all(_same(path, stamp) for path, stamp in entry["stamps"].items())
+    with _lock:
+        if valid and made is not None:
+            stats["watching"] += 1
+            _guards[key] = (entry, made)
+        else:
+            _guards.pop(key, None)
+    return valid
+
+
+_guards: Dict[str, Tuple[Dict[str, Any], watch.Guard]] = {}  # key -> (its entry, the watch of its paths)
+_checked: Dict[str, int] = {}  # key -> how often its entry was checked in this process
+
+
+def _watching() -> bool:
+    """Whether the kernel may watch the memo's paths (``SMTLOCK_MEMO_WATCH=0``: never)."""
+    return os.environ.get("SMTLOCK_MEMO_WATCH", "1").strip().lower() not in {"0", "off", "no", "false"}
+
+
+def _is_folder(stamp: Any) -> bool:
+    return isinstance(stamp, list) and len(stamp) > 1 and stamp[1] == "dir"
+
+
+def _maybe_importable(name: str, is_folder: bool) -> bool:
+    """Whether a name made or removed in a folder on ``sys.path`` may be one an import finds (see
+    :func:`_importable`): a folder, a module's suffix, or a name without a dot (a link to a folder);
+    a name with another suffix is no module's (a module's name has no dot)."""
+    return is_folder or name.endswith(_IMPORTABLE) or "." not in name
 
 
 # --- the dependency scan ------------------------------------------------------------------------------

@@ -1,0 +1,196 @@
+"""The kernel's watch of the memo's files (smtlock._sumatra.watch): each kind of change to a watched
+path reaches the guard, as a path to compare again or as a broken guard; nothing else does; and no
+guard is given where the kernel would not see every change (a forked child, a FUSE mount, a mount
+made over a folder on the way)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any, List, Optional
+
+import pytest
+
+from smtlock._sumatra import watch
+from smtlock._sumatra.provenance import _maybe_importable
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
+
+
+def _compared(made: watch.Guard) -> Optional[List[str]]:
+    """The paths the guard asks to compare (None: broken), each found unchanged."""
+    asked: List[str] = []
+    held = made.holds(lambda path: asked.append(path) is None)
+    return None if held is None else sorted(asked)
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Any:
+    """site/pkg/mod.py and site/pkg/other.py, watched as files; site/ watched as a folder on sys.path."""
+    site = tmp_path / "site"
+    (site / "pkg").mkdir(parents=True)
+    mod, other = site / "pkg" / "mod.py", site / "pkg" / "other.py"
+    mod.write_text("A = 1\n")
+    other.write_text("B = 1\n")
+    made = watch.guard([str(mod), str(other)], [str(site)], _maybe_importable)
+    assert made is not None and _compared(made) == []
+    return tmp_path, site, mod, other, made
+
+
+def test_an_unchanged_tree_asks_nothing(tree: Any) -> None:
+    tmp, site, mod, other, made = tree
+    mod.read_text()  # reading is no change
+    (tmp / "elsewhere.txt").write_text("x")  # nor a file made beside the tree
+    assert _compared(made) == []
+
+
+def test_a_file_written_in_place_is_compared_again(tree: Any) -> None:
+    tmp, site, mod, other, made = tree
+    with open(mod, "r+") as file:
+        file.write("A = 2\n")
+    assert _compared(made) == [str(mod)]
+    assert _compared(made) == []  # once compared, unchanged since
+
+
+def test_a_file_written_through_a_hard_link_elsewhere_is_compared_again(tree: Any) -> None:
+    tmp, site, mod, other, made = tree
+    cache = tmp / "cache"  # uv and pip install by hard-linking from a cache; an edit there is one here
+    cache.mkdir()
+    os.link(mod, cache / "mod.py")
+    _compared(made)
+    with open(cache / "mod.py", "r+") as file:
+        file.write("A = 3\n")
+    assert _compared(made) == [str(mod)]
+
+
+def test_a_file_replaced_by_another_breaks_the_guard(tree: Any) -> None:
+    tmp, site, mod, other, made = tree
+    (tmp / "new.py").write_text("A = 4\n")
+    os.replace(tmp / "new.py", mod)  # an editor's save: another file under the name
+    assert _compared(made) is None
+
+
+def test_a_touch_breaks_the_guard(tree: Any) -> None:
+    tmp, site, mod, other, made = tree
+    os.utime(other, ns=(1, 1))
+    assert _compared(made) is None
+
+
+def test_a_link_on_the_way_pointed_elsewhere_breaks_the_guard(tmp_path: Path) -> None:
+    for version in ("a", "b"):
+        (tmp_path / version / "pkg").mkdir(parents=True)
+        (tmp_path / version / "pkg" / "mod.py").write_text(f"V = {version!r}\n")
+    os.symlink(tmp_path / "a", tmp_path / "env")  # a venv's lib64, a module system's "current"
+    made = watch.guard([str(tmp_path / "env" / "pkg" / "mod.py")], [], _maybe_importable)
+    assert made is not None and _compared(made) == []
+    (tmp_path / "a" / "pkg" / "mod.py").write_text("V = 'a2'\n")  # the file the link leads to
+    assert _compared(made) == [str(tmp_path / "env" / "pkg" / "mod.py")]
+    os.symlink(tmp_path / "b", tmp_path / "env2")
+    os.replace(tmp_path / "env2", tmp_path / "env")
+    assert _compared(made) is None
+
+
+def test_a_relative_link_is_followed_from_its_folder(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "mod.py").write_text("X = 1\n")
+    (tmp_path / "links").mkdir()
+    os.symlink("../real/mod.py", tmp_path / "links" / "mod.py")
+    made = watch.guard([str(tmp_path / "links" / "mod.py")], [], _maybe_importable)
+    assert made is not None and _compared(made) == []
+    (tmp_path / "real" / "mod.py").write_text("X = 2\n")
+    assert _compared(made) == [str(tmp_path / "links" / "mod.py")]
+
+
+def test_an_absent_file_that_appears_breaks_the_guard(tmp_path: Path) -> None:
+    made = watch.guard([str(tmp_path / "not" / "yet" / "__init__.py")], [], _maybe_importable)
+    assert made is not None and _compared(made) == []
+    (tmp_path / "not").mkdir()
+    assert _compared(made) is None
+
+
+@pytest.mark.parametrize("name, importable", [("new.py", True), ("newpkg/", True), ("data", True),
+                                              ("ext.cpython-311-x86_64-linux-gnu.so", True),
+                                              ("notes.txt", False), ("run.log", False)])
+def test_a_name_made_in_a_folder_on_sys_path(tree: Any, name: str, importable: bool) -> None:
+    tmp, site, mod, other, made = tree
+    if name.endswith("/"):
+        (site / name).mkdir()
+    else:
+        (site / name).write_text("")
+    assert _compared(made) == ([str(site)] if importable else [])
+    (site / name.rstrip("/")).rename(tmp / "moved")  # and gone again
+    assert _compared(made) == ([str(site)] if importable else [])
+
+
+def test_a_forked_child_has_its_own_watch(tree: Any) -> None:
+    tmp, site, mod, other, made = tree
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's guard is of no use here, a guard of its own is
+        try:
+            inherited = _compared(made)
+            own = watch.guard([str(mod)], [], _maybe_importable)
+            own_ok = own is not None and _compared(own) == []
+            mod.write_text("A = 5\n")
+            seen = own is not None and _compared(own) == [str(mod)]
+            os.write(write, f"{inherited} {own_ok} {seen}".encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as said:
+        answer = said.read()
+    os.waitpid(pid, 0)
+    assert answer == "None True True"
+    assert _compared(made) == [str(mod)]  # the parent saw the child's change too
+
+
+def _as_root_in_a_mount_namespace(script: str) -> str:
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare: a mount namespace of the test's own")
+    done = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, "-c",
+                           textwrap.dedent(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_a_mount_made_over_a_folder_on_the_way_breaks_the_guard(tree: Any) -> None:
+    tmp, site, mod, other, made = tree
+    said = _as_root_in_a_mount_namespace(f"""
+        import subprocess
+        from smtlock._sumatra import watch
+        from smtlock._sumatra.provenance import _maybe_importable
+        made = watch.guard([{str(mod)!r}], [], _maybe_importable)
+        print(made is not None and made.holds(lambda path: True))
+        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", {str(site / "pkg")!r}], check=True)
+        print(made.holds(lambda path: True))
+    """)
+    assert said.split() == ["True", "None"]
+
+
+def test_no_guard_on_a_fuse_mount(tmp_path: Path) -> None:
+    """Where other hosts (or the FUSE server) may change a file without an event here."""
+    if not shutil.which("bindfs"):
+        pytest.skip("needs bindfs")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "mod.py").write_text("X = 1\n")
+    said = _as_root_in_a_mount_namespace(f"""
+        import subprocess, time
+        from smtlock._sumatra import watch
+        from smtlock._sumatra.provenance import _maybe_importable
+        fs = subprocess.Popen(["bindfs", "-f", {str(shared)!r}, {str(shared)!r}])
+        try:
+            while not any(line.split()[1] == {str(shared)!r} and line.split()[2].startswith("fuse")
+                          for line in open("/proc/self/mounts")):
+                assert fs.poll() is None, "bindfs ended"
+                time.sleep(0.05)  # waiting for the mount to appear, not synchronising with a guard
+            print(watch.guard([{str(shared / "mod.py")!r}], [], _maybe_importable))
+        finally:
+            subprocess.run(["fusermount", "-u", {str(shared)!r}])
+            fs.wait()
+    """)
+    assert said == "None"
