@@ -363,10 +363,12 @@ GIT_CHANGES: List[Tuple[str, Callable[[Path, Path], None]]] = [
 ]
 
 
-def test_each_version_control_change_shows_in_the_very_next_record(setup: Any) -> None:
+@pytest.mark.parametrize("watched", [False, True], ids=["stats", "watched"])
+def test_each_version_control_change_shows_in_the_very_next_record(setup: Any, watched: bool) -> None:
     """Between two records of one process: a commit, an edit, a staged change, a checkout, a new
     untracked file, a change in a dependency's repository. Each record equals plain Sumatra's, and
-    one made with nothing changed asks git nothing."""
+    one made with nothing changed asks git nothing. Found by a stat of each file git reads, or
+    (watched: two records with nothing changed before each change) by the kernel's watch of them."""
     project, site, workers, _ = setup
     dep = site / "vcdep"
     write(dep / "__init__.py", "X = 1\n")  # no version of its own: Sumatra asks its repository
@@ -380,9 +382,15 @@ def test_each_version_control_change_shows_in_the_very_next_record(setup: Any) -
     assert again == before and memo == before
     assert stats_again["git_asked"] == stats["git_asked"] and stats_again["git_reused"] > stats["git_reused"]
     for what, change in GIT_CHANGES:
+        if watched:  # the repositories' states compared twice: the kernel watches their files
+            for _ in range(2):
+                _, memo, stats = both(workers, "vcmain.py")
+                assert memo == before, what
         change(project, dep)
-        plain, memo, _ = both(workers, "vcmain.py")
+        plain, memo, stats_after = both(workers, "vcmain.py")
         assert memo == plain, what
+        if watched:  # the kernel's watch told which files to compare
+            assert stats_after["git_watched"] > stats["git_watched"], what
         if what != "a new untracked file":  # upstream leaves untracked files out of the diff
             assert plain != before, what
         before = plain

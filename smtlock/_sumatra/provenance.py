@@ -52,7 +52,7 @@ from .._lock.atomic import AtomicFile
 from .._lock.paths import SMT_DIR
 from . import watch
 
-__all__ = ["enabled", "realpath", "run_script", "executable_version", "platform_information", "in_project",
+__all__ = ["enabled", "watching", "realpath", "run_script", "executable_version", "platform_information", "in_project",
            "current_project", "read_memo", "write_memo",
            "SourceOnce", "ListingOnce", "MEMO_DIR", "MEMO_SWITCH", "SCAN_WAIT_S", "stats"]
 
@@ -235,7 +235,7 @@ def _valid(entry: Dict[str, Any]) -> bool:
             stats["watched"] += 1
             return held
     made = None
-    if checked and _watching():
+    if checked and watching():
         stamps = entry["stamps"]
         made = watch.guard([p for p, s in stamps.items() if not _is_folder(s)] + list(entry["links"]),
                            [p for p, s in stamps.items() if _is_folder(s)], _maybe_importable)
@@ -254,7 +254,7 @@ _guards: Dict[str, Tuple[Dict[str, Any], watch.Guard]] = {}  # key -> (its entry
 _checked: Dict[str, int] = {}  # key -> how often its entry was checked in this process
 
 
-def _watching() -> bool:
+def watching() -> bool:
     """Whether the kernel may watch the memo's paths (``SMTLOCK_MEMO_WATCH=0``: never)."""
     return os.environ.get("SMTLOCK_MEMO_WATCH", "1").strip().lower() not in {"0", "off", "no", "false"}
 

@@ -45,13 +45,13 @@ import time
 from importlib.machinery import PathFinder
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
-from . import provenance
+from . import provenance, watch
 
 __all__ = ["remembered", "findrepo", "get_working_copy", "one_record", "counts"]
 
 #: what this process did, for tests: states taken (git asked for its inputs), answers asked of git,
-#: answers reused
-counts: Dict[str, int] = {"states": 0, "asked": 0, "reused": 0}
+#: answers reused, comparisons the kernel's watch answered
+counts: Dict[str, int] = {"states": 0, "asked": 0, "reused": 0, "watched": 0}
 
 _RACY_NS = 2_000_000_000  # a file changed this close to its stamp is compared by content too (as git does)
 _ENV = ("HOME", "XDG_CONFIG_HOME")
@@ -147,10 +147,14 @@ class _Stamps:
         self.files: Dict[str, Any] = {}
         self.present: Dict[str, Any] = {}
         self.opened: set = set()  # files stamped through an open, as git reads them
+        self.guard: Optional[watch.Guard] = None  # the kernel's watch of the paths (see unchanged)
+        self._compared = 0
+        self._added = 0  # paths taken so far: a guard made before a later one does not watch it
 
     def take(self, paths: Iterable[str], now_ns: int, opened: bool = False) -> None:
         for path in paths:
             if path not in self.files:
+                self.guard, self._added = None, self._added + 1  # a path it does not watch
                 self.files[path] = _stamp(path, now_ns, opened)
                 if opened:
                     self.opened.add(path)
@@ -158,6 +162,7 @@ class _Stamps:
     def take_presence(self, paths: Iterable[str]) -> None:
         for path in paths:
             if path not in self.present:
+                self.guard, self._added = None, self._added + 1
                 self.present[path] = _presence(path)
 
     def saved(self) -> Dict[str, Any]:
@@ -174,6 +179,21 @@ class _Stamps:
         return stamps
 
     def unchanged(self) -> bool:
+        """Whether every path is as stamped. From the second comparison in a process on, the kernel
+        watches the paths (:mod:`.watch`, as the provenance memo's): only those an event named are
+        compared again."""
+        guard = self.guard
+        if guard is not None:
+            held = guard.holds(self._as_stamped)
+            if held is not None:
+                counts["watched"] += 1
+                return held
+        self._compared += 1
+        self.guard, added = None, self._added
+        if self._compared > 1 and provenance.watching():
+            guard = watch.guard([*self.files, *self.present], [], lambda name, is_folder: False)
+        else:
+            guard = None
         now = time.time_ns()
         for path, was in list(self.files.items()):
             if not _same(path, was, now, path in self.opened):
@@ -181,7 +201,16 @@ class _Stamps:
             if was is not None and was[5] is not None and now - max(was[3], was[4]) >= _RACY_NS:
                 # its content is as stamped and its times are now 2 s past: a later write moves them
                 self.files[path] = (*was[:5], None)
-        return all(_presence(path) == was for path, was in list(self.present.items()))  # (threads add)
+        if not all(_presence(path) == was for path, was in list(self.present.items())):  # (threads add)
+            return False
+        if added == self._added:
+            self.guard = guard
+        return True
+
+    def _as_stamped(self, path: str) -> bool:
+        if path in self.files:
+            return _same(path, self.files[path], time.time_ns(), path in self.opened)
+        return _presence(path) == self.present.get(path)
 
 
 def _same(path: str, was: Any, now_ns: int, opened: bool) -> bool:
@@ -267,6 +296,7 @@ class _State:
     def adopt(self, other: "_State") -> None:
         """Add the answers of ``other`` (another process's, saved), with the stamps they were given
         under: both states stand now."""
+        self.stamps.guard, self.stamps._added = None, self.stamps._added + 1  # paths it may not watch
         for mine, theirs in ((self.stamps.files, other.stamps.files), (self.stamps.present, other.stamps.present)):
             for path, was in theirs.items():
                 mine.setdefault(path, was)
