@@ -191,7 +191,7 @@ class _Stamps:
         self._compared += 1
         self.guard, added = None, self._added
         if self._compared > 1 and provenance.watching():
-            guard = watch.guard([*self.files, *self.present], [], lambda name, is_folder: False)
+            guard = watch.guard([*self.files, *self.present], [], _no_name)
         else:
             guard = None
         now = time.time_ns()
@@ -565,6 +565,13 @@ def findrepo(orig: Callable[[str], Optional[str]]) -> Callable[[str], Optional[s
 
 #: (path, environment) -> (the folder it resolved to, the .git paths above it, upstream's message)
 _outside: Dict[Tuple[str, Any], Tuple[str, list, str]] = {}
+#: (path, environment) -> (the answer of _outside it was checked for, the kernel's watch since)
+_outside_watched: Dict[Tuple[str, Any], Tuple[Tuple[str, list, str], watch.Guard]] = {}
+_outside_checks: Dict[Tuple[str, Any], int] = {}  # how often each was checked in this process
+
+
+def _no_name(name: str, is_folder: bool) -> bool:
+    return False  # no folder is watched for the names in it (a .git above is watched by its name)
 
 
 def get_working_copy(orig: Callable[..., Any]) -> Callable[..., Any]:
@@ -588,11 +595,26 @@ def get_working_copy(orig: Callable[..., Any]) -> Callable[..., Any]:
         saved = _outside_saved() if known is None else None  # (read once a record, if this process must)
         if saved and path in saved:  # another process of the project found it
             known = (saved[path][0], list(saved[path][1]), saved[path][2])
+        guard = None
+        if known is not None:
+            kept = _outside_watched.get(key)
+            if kept is not None and kept[0] == known and kept[1].holds(lambda changed: False):
+                counts["reused"] += 1
+                counts["watched"] += 1
+                raise VersionControlError(known[2])
+            # from the second check in a process on, the kernel watches the path and each .git above
+            # it (absent: the name in the folder); no event, and the next check needs no stat
+            checks = _outside_checks[key] = _outside_checks.get(key, 0) + 1
+            guard = watch.guard([path, *known[1]], [], _no_name) if checks > 1 and provenance.watching() \
+                else None
         real = _in_record("realpath", path, provenance.realpath)
         if known is not None and known[0] == real and os.path.exists(real) and \
                 not any(_in_record("lexists", above, os.path.lexists) for above in known[1]):
             counts["reused"] += 1
+            if guard is not None:
+                _outside_watched[key] = (known, guard)
             raise VersionControlError(known[2])
+        _outside_watched.pop(key, None)
         folder, above = real, []
         while True:
             above.append(os.path.join(folder, ".git"))
