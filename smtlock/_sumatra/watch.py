@@ -233,18 +233,19 @@ class _Watch:
 
 
 def _open() -> Optional[_Watch]:
-    if not sys.platform.startswith("linux") or _libc is None:
+    libc = _load_libc() if sys.platform.startswith("linux") else None
+    if libc is None:
         return None
     try:
         with open("/proc/sys/fs/inotify/max_user_watches") as limit:
             budget = int(limit.read()) // 100
     except (OSError, ValueError):
         return None
-    fd = _libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
     if fd < 0:  # out of inotify instances (128 per user by default)
         return None
     try:
-        return _Watch(_libc, fd, budget)
+        return _Watch(libc, fd, budget)
     except OSError:
         os.close(fd)
         return None
@@ -279,7 +280,6 @@ def _load_libc() -> Optional[ctypes.CDLL]:
     return libc
 
 
-_libc = _load_libc() if sys.platform.startswith("linux") else None
 _watch: Optional[_Watch] = None
 _opened = False
 _opening = threading.Lock()
