@@ -6,7 +6,9 @@ made over a folder on the way)."""
 from __future__ import annotations
 
 import os
+import select
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -194,3 +196,76 @@ def test_no_guard_on_a_fuse_mount(tmp_path: Path) -> None:
             fs.wait()
     """)
     assert said == "None"
+
+
+def test_a_folder_watched_for_two_guards_keeps_both_kinds_of_event(tree: Any) -> None:
+    """The provenance memo watches a folder on sys.path for its names; version control may watch the
+    same folder as a path of its own (a folder of tracked files). Neither watch takes the other's
+    events away."""
+    tmp, site, mod, other, made = tree
+    presence = watch.guard([str(site)], [], _maybe_importable)
+    assert presence is not None and _compared(presence) == []
+    (tmp / "json.py").write_text("")
+    os.link(tmp / "json.py", site / "json.py")  # as uv installs: a module made by a hard link
+    assert _compared(made) == [str(site)]
+
+
+def test_a_path_through_a_link_and_up_is_the_kernels(tmp_path: Path) -> None:
+    """``link/..`` is the parent of the link's target, as the kernel resolves it (git's relative
+    include.path from a .git that is a link), not the folder holding the link."""
+    (tmp_path / "real" / "git").mkdir(parents=True)
+    (tmp_path / "real" / "shared.cfg").write_text("[a]\n")
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "shared.cfg").write_text("[b]\n")
+    os.symlink(tmp_path / "real" / "git", tmp_path / "work" / "gitlink")
+    path = str(tmp_path / "work" / "gitlink" / ".." / "shared.cfg")
+    made = watch.guard([path], [], _maybe_importable)
+    assert made is not None and _compared(made) == []
+    with open(tmp_path / "real" / "shared.cfg", "a") as file:  # the file a stat of the path finds
+        file.write("x = 1\n")
+    assert _compared(made) == [path]
+
+
+def test_a_dangling_link_in_a_folder_on_sys_path_whose_target_is_made(tmp_path: Path) -> None:
+    """A link named as a package, pointing at a folder not made yet: making the folder makes the
+    package importable with no event in the folder on sys.path."""
+    site = tmp_path / "site"
+    site.mkdir()
+    os.symlink(tmp_path / "later", site / "mypkg")
+    made = watch.guard([], [str(site)], _maybe_importable)
+    assert made is not None and _compared(made) == []
+    (tmp_path / "later").mkdir()
+    assert _compared(made) is None
+
+
+def test_a_path_below_a_file_is_watched_until_the_file_becomes_a_folder(tmp_path: Path) -> None:
+    """A dependency that is a module file: version control watches ``<file>/.git`` above it."""
+    module = tmp_path / "mod.py"
+    module.write_text("X = 1\n")
+    made = watch.guard([str(module / ".git")], [], _maybe_importable)
+    assert made is not None and _compared(made) == []
+    module.unlink()
+    module.mkdir()
+    (module / ".git").mkdir()
+    assert _compared(made) is None
+
+
+def test_a_child_forked_while_a_check_runs_gets_no_answer_and_does_not_wait(tree: Any) -> None:
+    """Another thread of the parent was checking the guard at the fork: its lock is held for good in
+    the child, which must neither wait for it nor use the parent's watch."""
+    tmp, site, mod, other, made = tree
+    read, write = os.pipe()
+    with made._checking:  # as another thread's check holds it
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.write(write, str(_compared(made)).encode())
+            finally:
+                os._exit(0)
+    os.close(write)
+    if not select.select([read], [], [], 120)[0]:  # a child waiting for the lock never answers
+        os.kill(pid, signal.SIGKILL)
+    with os.fdopen(read) as said:
+        answer = said.read()
+    os.waitpid(pid, 0)
+    assert answer == "None"

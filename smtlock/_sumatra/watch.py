@@ -37,7 +37,7 @@ LOCAL_TYPES = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "ramfs
 _MODIFY, _ATTRIB, _CLOSE_WRITE = 0x2, 0x4, 0x8
 _MOVED_FROM, _MOVED_TO, _CREATE, _DELETE = 0x40, 0x80, 0x100, 0x200
 _DELETE_SELF, _MOVE_SELF, _UNMOUNT, _OVERFLOW, _IGNORED = 0x400, 0x800, 0x2000, 0x4000, 0x8000
-_ONLYDIR, _DONT_FOLLOW, _ISDIR = 0x1000000, 0x2000000, 0x40000000
+_ONLYDIR, _DONT_FOLLOW, _MASK_ADD, _ISDIR = 0x1000000, 0x2000000, 0x20000000, 0x40000000
 #: a file: its content and its times, through any of its names (a hard link elsewhere included)
 _FILE = _MODIFY | _ATTRIB | _CLOSE_WRITE | _DELETE_SELF | _MOVE_SELF
 #: a folder: the names in it, and the folder itself
@@ -62,6 +62,8 @@ class Guard:
         """Whether ``same(path)`` for each path an event named since the last check (True when none
         did); None when the guard is broken. Checks run one at a time: a thread never takes the word
         of one that has not finished comparing. A path found changed breaks the guard."""
+        if self._watch.pid != os.getpid():  # (before a lock another thread may have held at the fork)
+            return None
         with self._checking:
             with self._watch.lock:
                 if not self._watch.read():
@@ -114,14 +116,24 @@ class _Watch:
         made = Guard(self)
         resolved: Dict[str, Optional[str]] = {}
         try:
-            for path, listed in [(f, False) for f in files] + [(f, True) for f in folders]:
-                real = self._resolve(os.path.abspath(path), made, resolved)
+            todo = [(f, False) for f in files] + [(f, True) for f in folders]
+            while todo:
+                path, listed = todo.pop()
+                # not os.path.abspath: it takes "link/.." as the folder holding the link, where the
+                # kernel (and so a stat) takes the parent of the link's target
+                real = self._resolve(os.path.join(os.getcwd(), path.rstrip("/") or "/"), made, resolved)
                 if real is None:
                     continue  # absent: the folder it would be in names it when it comes
                 if listed:
                     wd = self._add(real, _FOLDER | _ONLYDIR)
                     self._listings.setdefault(wd, []).append((weakref.ref(made), path, importable))
                     self._selves.setdefault(wd, weakref.WeakSet()).add(made)
+                    # a link in it is importable by where it leads (a folder: a package), which can
+                    # change with no event here (a dangling link's target made, a link's target
+                    # replaced): each such link is watched as a path of its own
+                    with os.scandir(real) as entries:
+                        todo += [(entry.path, False) for entry in entries
+                                 if entry.is_symlink() and importable(entry.name, True)]
                 else:
                     wd = self._add(real, _FILE | _DONT_FOLLOW)
                     self._contents.setdefault(wd, []).append((weakref.ref(made), path))
@@ -139,9 +151,8 @@ class _Watch:
         if parent not in resolved:
             resolved[parent] = self._resolve(parent, made, resolved, links)
         folder = resolved[parent]
-        if folder is None:
+        if folder is None or not self._name(folder, name, made):
             return None
-        self._name(folder, name, made)
         real = os.path.join(folder, name)
         try:
             target = os.readlink(real)
@@ -157,10 +168,18 @@ class _Watch:
         # the kernel takes it (no normpath)
         return self._resolve(os.path.join(folder, target.rstrip("/") or "/"), made, resolved, links + 1)
 
-    def _name(self, folder: str, name: str, made: Guard) -> None:
-        wd = self._add(folder, _FOLDER | _ONLYDIR)
-        self._names.setdefault(wd, {}).setdefault(name, weakref.WeakSet()).add(made)
+    def _name(self, folder: str, name: str, made: Guard) -> bool:
+        """Watch ``folder`` for ``name`` (False: ``folder`` is a file, so no path goes on through it,
+        until a change of its own name, which its folder is watched for)."""
+        try:
+            wd = self._add(folder, _FOLDER | _ONLYDIR)
+        except NotADirectoryError:
+            return False
+        # by its case-folded name: in a case-insensitive folder (ext4's casefold) another case is
+        # the same name
+        self._names.setdefault(wd, {}).setdefault(name.casefold(), weakref.WeakSet()).add(made)
         self._selves.setdefault(wd, weakref.WeakSet()).add(made)
+        return True
 
     def _add(self, path: str, mask: int) -> int:
         device = os.stat(path, follow_symlinks=False).st_dev
@@ -168,9 +187,11 @@ class _Watch:
             self._local[device] = mount_of(path).fstype in LOCAL_TYPES
         if not self._local[device]:
             raise OSError(errno.EXDEV, "not a local filesystem", path)
-        wd = self._libc.inotify_add_watch(self._fd, os.fsencode(path), mask)
+        # MASK_ADD: a folder watched for its names and also as a path of its own keeps both masks
+        wd = self._libc.inotify_add_watch(self._fd, os.fsencode(path), mask | _MASK_ADD)
         if wd < 0:
-            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), path)
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code), path)
         self._watched.add(wd)
         if len(self._watched) > self._budget:
             raise OSError(errno.ENOSPC, "beyond this process's share of inotify watches", path)
@@ -183,6 +204,7 @@ class _Watch:
             return False
         if self._poll.poll(0):  # the mount table changed: a path may now lead into another filesystem
             self._break_all()
+            self._local.clear()  # (a device's number may now be another filesystem's)
         while True:
             try:
                 data = os.read(self._fd, 65536)
@@ -219,7 +241,7 @@ class _Watch:
                 self._selves.pop(wd, None)
                 self._watched.discard(wd)
             return
-        for guarded in self._names.get(wd, {}).get(name, ()):
+        for guarded in self._names.get(wd, {}).get(name.casefold(), ()):
             guarded.broken = True  # what a path leads to may be another file now: watch it again
         if mask & _NAMED:
             for made, path, importable in self._listings.get(wd, ()):
