@@ -15,7 +15,9 @@ answer; their outputs are remembered, and reused only while what they read is un
   distribution change a version; a .dist-info folder's name carries its version), the .pth files
   and ``sitecustomize`` there (what a .pth file names joins sys.path), each egg's metadata, and the
   interpreter. Remembered per process and in ``.smt/smtlock-memo/`` (written atomically, never
-  trusted unvalidated), so the next ``smt run`` process reuses the first one's scan; processes that
+  trusted unvalidated), so the next ``smt run`` process reuses the first one's scan (a process that
+  makes many records compares from its second on only the files the kernel says changed:
+  :mod:`.watch`); processes that
   start together with no memo take turns (a lock per scan), so one scans and the others reuse its
   answer. What Sumatra computes from them in-process (version control of each dependency,
   egg-info) still runs for every record.
@@ -227,7 +229,7 @@ def _valid(entry: Dict[str, Any]) -> bool:
         kept = _guards.get(key)
         checked = _checked.get(key, 0)
         _checked[key] = checked + 1
-    if kept is not None and kept[0] is entry:
+    if kept is not None and kept[0] is entry and watching():
         stamps, links = entry["stamps"], entry["links"]
         held = kept[1].holds(lambda path: _same(path, stamps[path]) if path in stamps else
                              realpath(path) == links.get(path))

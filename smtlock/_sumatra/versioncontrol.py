@@ -149,21 +149,24 @@ class _Stamps:
         self.opened: set = set()  # files stamped through an open, as git reads them
         self.guard: Optional[watch.Guard] = None  # the kernel's watch of the paths (see unchanged)
         self._compared = 0
-        self._added = 0  # paths taken so far: a guard made before a later one does not watch it
+        self._adding = threading.Lock()  # a path added, and a guard kept, one at a time
+
+    def _add(self, table: Dict[str, Any], path: str, stamp: Any) -> None:
+        with self._adding:
+            table.setdefault(path, stamp)
+            self.guard = None  # made before the path was there: it does not watch it
 
     def take(self, paths: Iterable[str], now_ns: int, opened: bool = False) -> None:
         for path in paths:
             if path not in self.files:
-                self.guard, self._added = None, self._added + 1  # a path it does not watch
-                self.files[path] = _stamp(path, now_ns, opened)
                 if opened:
                     self.opened.add(path)
+                self._add(self.files, path, _stamp(path, now_ns, opened))
 
     def take_presence(self, paths: Iterable[str]) -> None:
         for path in paths:
             if path not in self.present:
-                self.guard, self._added = None, self._added + 1
-                self.present[path] = _presence(path)
+                self._add(self.present, path, _presence(path))
 
     def saved(self) -> Dict[str, Any]:
         """As the project's memo file holds them (JSON: each stamp a list)."""
@@ -183,17 +186,16 @@ class _Stamps:
         watches the paths (:mod:`.watch`, as the provenance memo's): only those an event named are
         compared again."""
         guard = self.guard
-        if guard is not None:
+        watching = provenance.watching()
+        if guard is not None and watching:
             held = guard.holds(self._as_stamped)
             if held is not None:
                 counts["watched"] += 1
                 return held
         self._compared += 1
-        self.guard, added = None, self._added
-        if self._compared > 1 and provenance.watching():
-            guard = watch.guard([*self.files, *self.present], [], _no_name)
-        else:
-            guard = None
+        self.guard = None
+        paths = (set(self.files), set(self.present))
+        guard = watch.guard([*paths[0], *paths[1]], [], _no_name) if self._compared > 1 and watching else None
         now = time.time_ns()
         for path, was in list(self.files.items()):
             if not _same(path, was, now, path in self.opened):
@@ -203,8 +205,9 @@ class _Stamps:
                 self.files[path] = (*was[:5], None)
         if not all(_presence(path) == was for path, was in list(self.present.items())):  # (threads add)
             return False
-        if added == self._added:
-            self.guard = guard
+        with self._adding:
+            if (set(self.files), set(self.present)) == paths:  # no path added meanwhile
+                self.guard = guard
         return True
 
     def _as_stamped(self, path: str) -> bool:
@@ -296,10 +299,9 @@ class _State:
     def adopt(self, other: "_State") -> None:
         """Add the answers of ``other`` (another process's, saved), with the stamps they were given
         under: both states stand now."""
-        self.stamps.guard, self.stamps._added = None, self.stamps._added + 1  # paths it may not watch
         for mine, theirs in ((self.stamps.files, other.stamps.files), (self.stamps.present, other.stamps.present)):
             for path, was in theirs.items():
-                mine.setdefault(path, was)
+                self.stamps._add(mine, path, was)
         self.stamps.opened |= other.stamps.opened
         for key, value in other.answers.items():
             self.answers.setdefault(key, value)
@@ -596,7 +598,7 @@ def get_working_copy(orig: Callable[..., Any]) -> Callable[..., Any]:
         if saved and path in saved:  # another process of the project found it
             known = (saved[path][0], list(saved[path][1]), saved[path][2])
         guard = None
-        if known is not None:
+        if known is not None and provenance.watching():
             kept = _outside_watched.get(key)
             if kept is not None and kept[0] == known and kept[1].holds(lambda changed: False):
                 counts["reused"] += 1
@@ -605,11 +607,14 @@ def get_working_copy(orig: Callable[..., Any]) -> Callable[..., Any]:
             # from the second check in a process on, the kernel watches the path and each .git above
             # it (absent: the name in the folder); no event, and the next check needs no stat
             checks = _outside_checks[key] = _outside_checks.get(key, 0) + 1
-            guard = watch.guard([path, *known[1]], [], _no_name) if checks > 1 and provenance.watching() \
-                else None
-        real = _in_record("realpath", path, provenance.realpath)
+            guard = watch.guard([path, *known[1]], [], _no_name) if checks > 1 else None
+        # once watched, compared afresh: an answer of this record's (another dependency's) may be
+        # older than the watch
+        fresh = guard is not None
+        real = provenance.realpath(path) if fresh else _in_record("realpath", path, provenance.realpath)
         if known is not None and known[0] == real and os.path.exists(real) and \
-                not any(_in_record("lexists", above, os.path.lexists) for above in known[1]):
+                not any(os.path.lexists(above) if fresh else _in_record("lexists", above, os.path.lexists)
+                        for above in known[1]):
             counts["reused"] += 1
             if guard is not None:
                 _outside_watched[key] = (known, guard)
