@@ -269,3 +269,16 @@ def test_a_child_forked_while_a_check_runs_gets_no_answer_and_does_not_wait(tree
         answer = said.read()
     os.waitpid(pid, 0)
     assert answer == "None"
+
+
+def test_a_guard_made_again_at_every_record_does_not_grow_the_watch(tree: Any) -> None:
+    """A process whose watched files change at every record (a simulation writing a module it
+    imports) makes a new guard each time; the old guards' registrations go with them."""
+    tmp, site, mod, other, made = tree
+    for _ in range(50):
+        again = watch.guard([str(mod)], [str(site)], _maybe_importable)
+        assert again is not None
+    current = watch._current()
+    assert current is not None
+    assert max(len(registered) for registered in current._contents.values()) <= 3
+    assert max(len(registered) for registered in current._listings.values()) <= 3

@@ -22,7 +22,7 @@ import struct
 import sys
 import threading
 import weakref
-from typing import Callable, Dict, Iterable, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
 from .._lock.filesystem import mount_of
 
@@ -126,7 +126,7 @@ class _Watch:
                     continue  # absent: the folder it would be in names it when it comes
                 if listed:
                     wd = self._add(real, _FOLDER | _ONLYDIR)
-                    self._listings.setdefault(wd, []).append((weakref.ref(made), path, importable))
+                    self._listings[wd] = _live(self._listings.get(wd, [])) + [(weakref.ref(made), path, importable)]
                     self._selves.setdefault(wd, weakref.WeakSet()).add(made)
                     # a link in it is importable by where it leads (a folder: a package), which can
                     # change with no event here (a dangling link's target made, a link's target
@@ -136,7 +136,7 @@ class _Watch:
                                  if entry.is_symlink() and importable(entry.name, True)]
                 else:
                     wd = self._add(real, _FILE | _DONT_FOLLOW)
-                    self._contents.setdefault(wd, []).append((weakref.ref(made), path))
+                    self._contents[wd] = _live(self._contents.get(wd, [])) + [(weakref.ref(made), path)]
         except OSError:
             return None  # gone meanwhile (its stat says so), out of watches, not local, not allowed
         self._guards.add(made)
@@ -252,6 +252,12 @@ class _Watch:
     def _break_all(self) -> None:
         for guarded in self._guards:
             guarded.broken = True
+
+
+def _live(registered: List[Any]) -> List[Any]:
+    """The registrations whose guard is still in use (a process whose files change at every record
+    makes a guard for each: the old ones' go)."""
+    return [entry for entry in registered if entry[0]() is not None]
 
 
 def _open() -> Optional[_Watch]:
