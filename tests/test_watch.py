@@ -282,3 +282,54 @@ def test_a_guard_made_again_at_every_record_does_not_grow_the_watch(tree: Any) -
     assert current is not None
     assert max(len(registered) for registered in current._contents.values()) <= 3
     assert max(len(registered) for registered in current._listings.values()) <= 3
+
+
+@pytest.mark.parametrize("name", ["laterpkg", "data.d"])
+def test_a_link_made_in_a_folder_on_sys_path_breaks_the_guard(tree: Any, name: str) -> None:
+    """A link is importable by where it leads (a folder not made yet: a package once it is), which
+    the folder's own events do not tell: the guard watches it again, the link's way with it."""
+    tmp, site, mod, other, made = tree
+    os.symlink(tmp / "later", site / name)
+    assert _compared(made) is None
+
+
+def test_a_file_written_through_a_link_in_a_folder_on_sys_path_asks_nothing(tmp_path: Path) -> None:
+    """The links of a folder on sys.path are watched for where they lead, not for their content: a
+    log the job writes through one is no change to compare."""
+    site, elsewhere = tmp_path / "site", tmp_path / "elsewhere"
+    site.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "run.log").write_text("")
+    os.symlink(elsewhere / "run.log", site / "run.log")
+    made = watch.guard([], [str(site)], _maybe_importable)
+    assert made is not None and _compared(made) == []
+    with open(site / "run.log", "a") as log:
+        log.write("step 1\n")
+    assert _compared(made) == []
+
+
+def test_a_check_interrupted_leaves_the_guard_broken(tree: Any) -> None:
+    tmp, site, mod, other, made = tree
+    with open(mod, "a") as file:
+        file.write("# edited\n")
+
+    def interrupted(path: str) -> bool:
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        made.holds(interrupted)
+    assert _compared(made) is None  # not "nothing changed": the edit was never compared
+
+
+def test_a_path_no_guard_can_watch_is_not_tried_at_every_record(tmp_path: Path) -> None:
+    """A guard that cannot be made (here a path too deep to resolve; elsewhere a file on NFS) is given
+    up at once the next time, before any other path is watched for it."""
+    deep = str(tmp_path.joinpath(*["d"] * 1200, "mod.py"))
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "mod.py").write_text("")
+    assert watch.guard([deep, str(tmp_path / "a" / "mod.py")], [], _maybe_importable) is None
+    current = watch._current()
+    assert current is not None
+    watched = set(current._watched)
+    assert watch.guard([deep, str(tmp_path / "b" / "mod.py")], [], _maybe_importable) is None
+    assert current._watched == watched  # b's folder and file were not watched for nothing

@@ -71,8 +71,12 @@ class Guard:
                 if self.broken:
                     return None
                 suspects, self._suspects = self._suspects, set()
-            if all(same(path) for path in suspects):
-                return True
+            try:
+                if all(same(path) for path in suspects):
+                    return True
+            except BaseException:  # (an interrupt) the suspects taken were not all compared
+                self.broken = True
+                raise
             self.broken = True
             return False
 
@@ -100,10 +104,15 @@ class _Watch:
         self._guards: "weakref.WeakSet[Guard]" = weakref.WeakSet()
         self._contents: Dict[int, List[Tuple["weakref.ref[Guard]", str]]] = {}  # a file's wd -> (guard, path)
         self._names: Dict[int, Dict[str, "weakref.WeakSet[Guard]"]] = {}  # a folder's wd -> name -> guards
-        self._listings: Dict[int, List[Tuple["weakref.ref[Guard]", str, Callable[[str, bool], bool]]]] = {}
+        #: a folder's wd -> (guard, its path as stamped, which names matter, the folder resolved)
+        self._listings: Dict[int, List[Tuple["weakref.ref[Guard]", str, Callable[[str, bool], bool], str]]] = {}
         self._selves: Dict[int, "weakref.WeakSet[Guard]"] = {}  # a folder's wd -> guards broken by its own change
         self._watched: Set[int] = set()
         self._local: Dict[int, bool] = {}  # st_dev -> on a local filesystem
+        #: paths no guard can watch (another filesystem, not allowed, too deep) while the mounts stand,
+        #: and whether this process has used its share of watches: each record would try again
+        self._unwatchable: Set[str] = set()
+        self._full = False
         self._mounts = open("/proc/self/mounts", "rb")  # noqa: SIM115 -- polled for the table's changes
         self._poll = select.poll()
         self._poll.register(self._mounts, select.POLLPRI | select.POLLERR)
@@ -113,32 +122,42 @@ class _Watch:
               importable: Callable[[str, bool], bool]) -> Optional[Guard]:
         if not self.read():
             return None
+        todo = [(f, "file", f) for f in files] + [(f, "listed", f) for f in folders]  # (path, kind, asked)
+        if self._full or any(path in self._unwatchable for path, _, _ in todo):
+            return None  # as the last time: the caller compares stats, at no cost of a watch
         made = Guard(self)
         resolved: Dict[str, Optional[str]] = {}
+        asked = ""
         try:
-            todo = [(f, False) for f in files] + [(f, True) for f in folders]
             while todo:
-                path, listed = todo.pop()
+                path, kind, asked = todo.pop()
                 # not os.path.abspath: it takes "link/.." as the folder holding the link, where the
                 # kernel (and so a stat) takes the parent of the link's target
                 real = self._resolve(os.path.join(os.getcwd(), path.rstrip("/") or "/"), made, resolved)
-                if real is None:
+                if real is None or kind == "link":
                     continue  # absent: the folder it would be in names it when it comes
-                if listed:
+                if kind == "listed":
                     wd = self._add(real, _FOLDER | _ONLYDIR)
-                    self._listings[wd] = _live(self._listings.get(wd, [])) + [(weakref.ref(made), path, importable)]
+                    self._listings[wd] = _live(self._listings.get(wd, [])) + [
+                        (weakref.ref(made), path, importable, real)]
                     self._selves.setdefault(wd, weakref.WeakSet()).add(made)
                     # a link in it is importable by where it leads (a folder: a package), which can
                     # change with no event here (a dangling link's target made, a link's target
-                    # replaced): each such link is watched as a path of its own
+                    # replaced): the way each link leads is watched (a link made later breaks the
+                    # guard: see _event)
                     with os.scandir(real) as entries:
-                        todo += [(entry.path, False) for entry in entries
-                                 if entry.is_symlink() and importable(entry.name, True)]
+                        todo += [(entry.path, "link", asked) for entry in entries if entry.is_symlink()]
                 else:
                     wd = self._add(real, _FILE | _DONT_FOLLOW)
                     self._contents[wd] = _live(self._contents.get(wd, [])) + [(weakref.ref(made), path)]
-        except OSError:
-            return None  # gone meanwhile (its stat says so), out of watches, not local, not allowed
+        except FileNotFoundError:
+            return None  # gone meanwhile: its stat says so
+        except (OSError, ValueError, RecursionError) as error:  # not local, not allowed, too deep, a NUL
+            if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+                self._full = True  # this process's share of watches, or the user's, is used up
+            else:
+                self._unwatchable.add(asked)
+            return None
         self._guards.add(made)
         return made
 
@@ -205,6 +224,7 @@ class _Watch:
         if self._poll.poll(0):  # the mount table changed: a path may now lead into another filesystem
             self._break_all()
             self._local.clear()  # (a device's number may now be another filesystem's)
+            self._unwatchable.clear()
         while True:
             try:
                 data = os.read(self._fd, 65536)
@@ -214,11 +234,15 @@ class _Watch:
                 self._break_all()
                 return False
             offset = 0
-            while offset < len(data):
-                wd, mask, _, size = _EVENT.unpack_from(data, offset)
-                name = data[offset + _EVENT.size:offset + _EVENT.size + size].rstrip(b"\0")
-                offset += _EVENT.size + size
-                self._event(wd, mask, os.fsdecode(name))
+            try:
+                while offset < len(data):
+                    wd, mask, _, size = _EVENT.unpack_from(data, offset)
+                    name = data[offset + _EVENT.size:offset + _EVENT.size + size].rstrip(b"\0")
+                    offset += _EVENT.size + size
+                    self._event(wd, mask, os.fsdecode(name))
+            except BaseException:  # (an interrupt) events read and not handed out: no guard holds
+                self._break_all()
+                raise
 
     def _event(self, wd: int, mask: int, name: str) -> None:
         if mask & _OVERFLOW:  # events were lost
@@ -230,7 +254,8 @@ class _Watch:
                 guarded = made()
                 if guarded is not None:
                     guarded._suspects.add(path)
-                    guarded.broken = guarded.broken or gone  # no later change of it would be seen
+                    if gone:  # no later change of it would be seen
+                        guarded.broken = True
             if gone or mask & _ATTRIB:
                 for guarded in self._selves.get(wd, ()):
                     guarded.broken = True
@@ -244,9 +269,18 @@ class _Watch:
         for guarded in self._names.get(wd, {}).get(name.casefold(), ()):
             guarded.broken = True  # what a path leads to may be another file now: watch it again
         if mask & _NAMED:
-            for made, path, importable in self._listings.get(wd, ()):
+            link: Optional[bool] = None
+            for made, path, importable, real in self._listings.get(wd, ()):
                 guarded = made()
-                if guarded is not None and importable(name, bool(mask & _ISDIR)):
+                if guarded is None:
+                    continue
+                if mask & (_CREATE | _MOVED_TO) and not mask & _ISDIR:
+                    if link is None:
+                        link = os.path.islink(os.path.join(real, name))
+                    if link:  # importable by where it leads, which this watch does not follow yet
+                        guarded.broken = True
+                        continue
+                if importable(name, bool(mask & _ISDIR)):
                     guarded._suspects.add(path)
 
     def _break_all(self) -> None:
