@@ -56,12 +56,14 @@ from . import watch
 
 __all__ = ["enabled", "watching", "realpath", "run_script", "executable_version", "platform_information", "in_project",
            "current_project", "read_memo", "write_memo",
-           "SourceOnce", "ListingOnce", "MEMO_DIR", "MEMO_SWITCH", "SCAN_WAIT_S", "stats"]
+           "SourceOnce", "ListingOnce", "MEMO_DIR", "MEMO_SWITCH", "WATCH_SWITCH", "SCAN_WAIT_S", "stats"]
 
 #: the folder under ``.smt`` that holds the memo shared by the project's processes
 MEMO_DIR = "smtlock-memo"
 #: the environment variable that turns the memo off when set to 0 (or "off", "no", "false")
 MEMO_SWITCH = "SMTLOCK_MEMO"
+#: the environment variable that turns the kernel's watch of the memo's files off (see :mod:`.watch`)
+WATCH_SWITCH = "SMTLOCK_MEMO_WATCH"
 #: environment variables that change the interpreter's ``sys.path`` (so what ModuleFinder finds), and
 #: where the dynamic linker looks (whether an extension module imports, so its version: ``module load``)
 _PATH_ENV = ("PYTHONPATH", "PYTHONHOME", "PYTHONNOUSERSITE", "PYTHONUSERBASE", "PYTHONSAFEPATH",
@@ -87,7 +89,16 @@ _project = threading.local()  # .path: the project whose record this thread is m
 
 def enabled() -> bool:
     """Whether the memo is on (it is unless ``SMTLOCK_MEMO`` is 0, off, no or false)."""
-    return os.environ.get(MEMO_SWITCH, "1").strip().lower() not in {"0", "off", "no", "false"}
+    return _switched_on(MEMO_SWITCH)
+
+
+def watching() -> bool:
+    """Whether the kernel may watch the memo's paths (unless ``SMTLOCK_MEMO_WATCH`` is 0, off, no or false)."""
+    return _switched_on(WATCH_SWITCH)
+
+
+def _switched_on(variable: str) -> bool:
+    return os.environ.get(variable, "1").strip().lower() not in {"0", "off", "no", "false"}
 
 
 @contextlib.contextmanager
@@ -254,11 +265,6 @@ def _valid(entry: Dict[str, Any]) -> bool:
 
 _guards: Dict[str, Tuple[Dict[str, Any], watch.Guard]] = {}  # key -> (its entry, the watch of its paths)
 _checked: Dict[str, int] = {}  # key -> how often its entry was checked in this process
-
-
-def watching() -> bool:
-    """Whether the kernel may watch the memo's paths (``SMTLOCK_MEMO_WATCH=0``: never)."""
-    return os.environ.get("SMTLOCK_MEMO_WATCH", "1").strip().lower() not in {"0", "off", "no", "false"}
 
 
 def _is_folder(stamp: Any) -> bool:

@@ -5,10 +5,11 @@ The provenance memo is valid while the files its scan read are as they were: som
 project's environment (the modules found, their folders, the ``sys.path`` folders), compared by a
 ``stat`` each before every record, about a quarter of a warm ``@smt_logged`` call. A process that
 makes many records (a pool's worker, a notebook) asks the kernel once to watch them; before each later
-record it reads what happened since, one system call when nothing did, and compares again only the
-files an event named. Used only where the kernel sees every change: on Linux, on local filesystems
-(on NFS or Lustre another host changes a file without an event here), while the mount table is as it
-was, within 1 % of the user's inotify watches. Elsewhere the memo compares stats as before.
+record it reads what happened since (a ``read`` and a ``poll`` when nothing did) and compares again
+only the files an event named. Used only where the kernel sees every change: on Linux, on local
+filesystems (on NFS or Lustre another host changes a file without an event here), while the mount
+table is as it was, within 1 % of the user's inotify watches. Elsewhere the memo compares stats as
+before.
 """
 
 from __future__ import annotations
@@ -328,6 +329,7 @@ def _forget_after_fork() -> None:
     if _watch is not None:  # this process's copies of the parent's descriptors
         with contextlib.suppress(OSError):
             os.close(_watch._fd)
+        with contextlib.suppress(OSError):
             _watch._mounts.close()
     _watch, _opened, _opening = None, False, threading.Lock()
 
