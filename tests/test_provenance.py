@@ -254,6 +254,27 @@ def _past_two_seconds(folder: Path) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.parametrize("watched", [False, True], ids=["stats", "watched"])
+def test_a_hard_link_made_and_removed_elsewhere_keeps_the_memo(setup: Any, watched: bool) -> None:
+    """uv and pip install by hard-linking from their caches, and a build environment's link to the
+    same file comes and goes: the file's change time moves while its content, size, mtime and link
+    count stand. The next record reuses the scan (the content is compared), and equals plain
+    Sumatra's. A concurrent ``uv pip install`` did this to the tests' own site-packages."""
+    project, site, workers, tmp = setup
+    module = site / "attrpkg" / "__init__.py"
+    _past_two_seconds(module)  # stamped when it is no longer racy (a racy stamp compares content anyway)
+    for _ in range(3 if watched else 1):
+        both(workers)
+    was = module.stat()
+    os.link(module, tmp / "build-env-copy.py")
+    os.unlink(tmp / "build-env-copy.py")
+    now = module.stat()
+    assert now.st_ctime_ns != was.st_ctime_ns and now.st_nlink == was.st_nlink
+    plain, memo, stats = both(workers)
+    assert memo == plain and stats["scans"] == 1 and stats["reused"] == (3 if watched else 1)
+    assert stats["watched"] == (1 if watched else 0)
+
+
 def test_the_egg_heuristic_lists_a_folder_again_once_a_name_came_or_went(setup: Any) -> None:
     """Sumatra's egg heuristic lists the folder of each dependency without a version, for every
     record: smtlock lists it again only when its stat changed. An EGG-INFO made there, then removed

@@ -72,8 +72,12 @@ _PATH_ENV = ("PYTHONPATH", "PYTHONHOME", "PYTHONNOUSERSITE", "PYTHONUSERBASE", "
 #: the names in a folder that an import could find (and folders: packages, namespace packages)
 _IMPORTABLE = (".py", ".pyc", ".pyw", ".so", ".pyd", ".pth", ".zip", ".egg", ".egg-info", ".dist-info",
                ".egg-link")
-_FORMAT = 5  # of a memo file; another number is not read (5: .pth files, the user site, LD_* stamped or keyed)
+_FORMAT = 6  # of a memo file; another number is not read (6: small files' digests kept, racy or not)
 _RACY_NS = 2_000_000_000  # a file changed this close to its stamp is compared by content too (as git does)
+#: a file up to this size is stamped with its content's digest too: a change time that moved while
+#: size, mtime and link count stand (a hard link made and removed: uv and pip link from their caches,
+#: and a build environment's copy of the same file comes and goes) is then settled by content
+_DIGEST_MAX = 1 << 20
 _TICK_NS = 20_000_000  # how far the kernel's file timestamps may lag the clock (its coarse clock: a tick)
 
 #: what this process did, for tests and ``smtlock`` diagnostics: scans run, scans reused; entries whose
@@ -177,11 +181,12 @@ _O_PATH = getattr(os, "O_PATH", 0)
 
 
 def _stamp(path: str, now_ns: int) -> Any:
-    """What a stat says of a file (None when absent): identity, size, change times, link count; with
-    its content's digest when it changed within 2 s of ``now_ns``, where a later change may share the
-    timestamp (as git does for "racily clean" files). A folder: the names in it that could be
-    imported (a folder's own mtime changes with every file a run writes there), and its mtime when
-    it is older than 2 s (while that stands the names need no listing)."""
+    """What a stat says of a file (None when absent): identity, size, change times, link count, its
+    content's digest (a file of at most 1 MiB), and whether it changed within 2 s of ``now_ns``: then
+    a later change may share the timestamp (git's "racily clean" files), and the digest is always
+    compared. A folder: the names in it that could be imported (a folder's own mtime changes with
+    every file a run writes there), and its mtime when it is older than 2 s (while that stands the
+    names need no listing)."""
     try:
         st = os.stat(path)
     except OSError:
@@ -189,7 +194,8 @@ def _stamp(path: str, now_ns: int) -> Any:
     racy = now_ns - max(st.st_mtime_ns, st.st_ctime_ns) < _RACY_NS
     if stat.S_ISDIR(st.st_mode):  # its mtime, when not racy: while it stands, no name came or went
         return [st.st_ino, "dir", _importable(path), None if racy else st.st_mtime_ns]
-    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_nlink, _digest(path) if racy else None]
+    digest = _digest(path) if racy or st.st_size <= _DIGEST_MAX else None
+    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_nlink, digest, racy]
 
 
 def _importable(folder: str) -> Optional[str]:
@@ -221,15 +227,18 @@ def _same(path: str, stamp: Any) -> bool:
         return False
     if stat.S_ISDIR(st.st_mode):
         return stamp[:2] == [st.st_ino, "dir"] and (stamp[3] == st.st_mtime_ns or stamp[2] == _importable(path))
-    ino, size, mtime, ctime, links, digest = stamp
+    ino, size, mtime, ctime, links, digest, racy = stamp
     if [ino, size, mtime] != [st.st_ino, st.st_size, st.st_mtime_ns]:
         return False
-    # A change time that moved with the link count is a link made or removed (uv and pip install by
-    # hard-linking from their caches: every install of the same file elsewhere touches this inode);
-    # otherwise only the content's digest, where the stamp has one, shows nothing changed
-    if ctime != st.st_ctime_ns and links == st.st_nlink and digest is None:
-        return False
-    return digest is None or digest == _digest(path)
+    if ctime == st.st_ctime_ns and not racy:
+        return True
+    # A change time that moved is a link made or removed (uv and pip install by hard-linking from
+    # their caches: every install of the same file elsewhere, and each build environment made and
+    # removed, touches this inode), a mode changed, or content written with its mtime set back: the
+    # digest settles it; a large (or unreadable) file without one stands only if its link count moved
+    if digest is None:
+        return ctime == st.st_ctime_ns or links != st.st_nlink
+    return digest == _digest(path)
 
 
 def _valid(entry: Dict[str, Any]) -> bool:
