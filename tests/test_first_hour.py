@@ -24,10 +24,13 @@ def uv() -> str:
 
 
 def fresh_env(where: Path, *requirements: str) -> Path:
-    """A new virtual environment with ``requirements`` installed, as a user's would be."""
+    """A new virtual environment with ``requirements`` installed, as a user's would be. Its files are
+    copies: uv's default hard links (and those of the build environment it makes and removes) would
+    move the change time of the same cached files in the tests' own environment, whose .pth files the
+    provenance memo stamps, while the memo's tests count the scans they expect."""
     subprocess.run([uv(), "venv", "-q", "-p", sys.executable, str(where)], check=True)
     subprocess.run([uv(), "pip", "install", "-q", "--python", str(where / "bin" / "python"), *requirements],
-                   check=True, cwd=ROOT)
+                   check=True, cwd=ROOT, env={**os.environ, "UV_LINK_MODE": "copy"})
     return where / "bin"
 
 
