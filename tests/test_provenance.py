@@ -275,6 +275,79 @@ def test_a_hard_link_made_and_removed_elsewhere_keeps_the_memo(setup: Any, watch
     assert stats["watched"] == (1 if watched else 0)
 
 
+#: a stamp taken as if 3 s from now: not a racy one (whose content is always compared), without a wait
+_LATER_NS = 3_000_000_000
+_LARGE = (1 << 20) + 1  # above the size whose content a stamp keeps
+
+
+def _link_and_remove(path: Path, tmp: Path) -> None:
+    os.link(path, tmp / "elsewhere")
+    os.unlink(tmp / "elsewhere")
+
+
+def _link(path: Path, tmp: Path) -> None:
+    os.link(path, tmp / "elsewhere")
+
+
+def _no_longer_executable(path: Path, tmp: Path) -> None:
+    path.chmod(0o644)
+
+
+def _rewritten_with_its_mtime_set_back(path: Path, tmp: Path) -> None:
+    was = path.stat()
+    path.write_bytes(path.read_bytes().replace(b"1", b"2"))
+    os.utime(path, ns=(was.st_atime_ns, was.st_mtime_ns))
+
+
+def _made_a_folder(path: Path, tmp: Path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
+STAMPED: Dict[str, Tuple[int, Callable[[Path, Path], None], bool]] = {
+    "a hard link made and removed": (6, _link_and_remove, True),
+    "a hard link kept": (6, _link, True),
+    "no longer executable": (6, _no_longer_executable, False),
+    "rewritten with its mtime set back": (6, _rewritten_with_its_mtime_set_back, False),
+    "a folder in its place": (6, _made_a_folder, False),
+    "large: a hard link kept": (_LARGE, _link, True),
+    "large: a hard link made and removed": (_LARGE, _link_and_remove, False),  # no digest to settle it
+    "large: rewritten with its mtime set back": (_LARGE, _rewritten_with_its_mtime_set_back, False),
+}
+
+
+@pytest.mark.parametrize("case", list(STAMPED))
+def test_a_files_stamp_holds_through_what_keeps_its_content_and_mode(tmp_path: Path, case: str) -> None:
+    """What the memo's stamp of a file says after each change: a link made (and removed) keeps the
+    content, and holds; a mode changed (Sumatra runs the interpreter), a same-size rewrite with its
+    mtime set back, or a folder in its place does not."""
+    from smtlock._sumatra.provenance import _same, _stamp
+    size, change, holds = STAMPED[case]
+    path = tmp_path / "module.py"
+    path.write_bytes(b"x = 1\n".ljust(size, b"#"))
+    path.chmod(0o755)
+    stamp = json.loads(json.dumps(_stamp(str(path), time.time_ns() + _LATER_NS)))  # as a memo file keeps it
+    assert _same(str(path), stamp)
+    change(path, tmp_path)
+    assert _same(str(path), stamp) is holds
+
+
+def test_a_folder_replaced_by_a_file_and_a_fifo_are_stamped_without_failing_or_waiting(tmp_path: Path) -> None:
+    """A stamped folder that is a file now (an egg installed again zipped) is a change, not an
+    error; a FIFO on the way is stamped without being read (no writer would ever come)."""
+    from smtlock._sumatra.provenance import _same, _stamp
+    egg = tmp_path / "foo-1.0.egg"
+    egg.mkdir()
+    stamp = _stamp(str(egg), time.time_ns() + _LATER_NS)
+    egg.rmdir()
+    egg.write_bytes(b"PK")
+    assert _same(str(egg), stamp) is False
+    fifo = tmp_path / "fifo.pth"
+    os.mkfifo(fifo)
+    stamp = _stamp(str(fifo), time.time_ns() + _LATER_NS)
+    assert stamp[5] is None and _same(str(fifo), stamp)
+
+
 def test_the_egg_heuristic_lists_a_folder_again_once_a_name_came_or_went(setup: Any) -> None:
     """Sumatra's egg heuristic lists the folder of each dependency without a version, for every
     record: smtlock lists it again only when its stat changed. An EGG-INFO made there, then removed

@@ -182,11 +182,11 @@ _O_PATH = getattr(os, "O_PATH", 0)
 
 def _stamp(path: str, now_ns: int) -> Any:
     """What a stat says of a file (None when absent): identity, size, change times, link count, its
-    content's digest (a file of at most 1 MiB), and whether it changed within 2 s of ``now_ns``: then
-    a later change may share the timestamp (git's "racily clean" files), and the digest is always
-    compared. A folder: the names in it that could be imported (a folder's own mtime changes with
-    every file a run writes there), and its mtime when it is older than 2 s (while that stands the
-    names need no listing)."""
+    content's digest (a regular file of at most 1 MiB), whether it changed within 2 s of ``now_ns``
+    (then a later change may share the timestamp, git's "racily clean" files, and the digest is
+    always compared), its mode and flags. A folder: the names in it that could be imported (a
+    folder's own mtime changes with every file a run writes there), and its mtime when it is older
+    than 2 s (while that stands the names need no listing)."""
     try:
         st = os.stat(path)
     except OSError:
@@ -194,8 +194,14 @@ def _stamp(path: str, now_ns: int) -> Any:
     racy = now_ns - max(st.st_mtime_ns, st.st_ctime_ns) < _RACY_NS
     if stat.S_ISDIR(st.st_mode):  # its mtime, when not racy: while it stands, no name came or went
         return [st.st_ino, "dir", _importable(path), None if racy else st.st_mtime_ns]
-    digest = _digest(path) if racy or st.st_size <= _DIGEST_MAX else None
-    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_nlink, digest, racy]
+    digest = None
+    if stat.S_ISREG(st.st_mode) and (racy or st.st_size <= _DIGEST_MAX):
+        read = _content(path)
+        if read is not None:  # stamped with the stat taken after the read: a later change moves its times
+            digest, st = read
+            racy = now_ns - max(st.st_mtime_ns, st.st_ctime_ns) < _RACY_NS
+    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_nlink, digest, racy, st.st_mode,
+            getattr(st, "st_flags", 0)]
 
 
 def _importable(folder: str) -> Optional[str]:
@@ -209,12 +215,23 @@ def _importable(folder: str) -> Optional[str]:
     return hashlib.sha256("\0".join(sorted(names)).encode()).hexdigest()
 
 
-def _digest(path: str) -> Optional[str]:
+def _content(path: str) -> Optional[Tuple[str, os.stat_result]]:
+    """The digest of a regular file's content and its stat after the read, or None (not a regular
+    file: a FIFO is opened without waiting for a writer, and not read)."""
     try:
-        with open(path, "rb") as file:
-            return hashlib.sha256(file.read()).hexdigest()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError:
         return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        with open(fd, "rb", closefd=False) as file:
+            digest = hashlib.sha256(file.read()).hexdigest()
+        return digest, os.fstat(fd)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _same(path: str, stamp: Any) -> bool:
@@ -227,18 +244,23 @@ def _same(path: str, stamp: Any) -> bool:
         return False
     if stat.S_ISDIR(st.st_mode):
         return stamp[:2] == [st.st_ino, "dir"] and (stamp[3] == st.st_mtime_ns or stamp[2] == _importable(path))
-    ino, size, mtime, ctime, links, digest, racy = stamp
-    if [ino, size, mtime] != [st.st_ino, st.st_size, st.st_mtime_ns]:
-        return False
+    if _is_folder(stamp):
+        return False  # a folder then, a file now (an egg's folder installed again as a zipped egg)
+    ino, size, mtime, ctime, links, digest, racy, mode, flags = stamp
+    if [ino, size, mtime, mode, flags] != [st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode,
+                                          getattr(st, "st_flags", 0)]:
+        return False  # (the mode: an interpreter no longer executable; flags: a .pth file hidden on macOS)
     if ctime == st.st_ctime_ns and not racy:
         return True
-    # A change time that moved is a link made or removed (uv and pip install by hard-linking from
-    # their caches: every install of the same file elsewhere, and each build environment made and
-    # removed, touches this inode), a mode changed, or content written with its mtime set back: the
-    # digest settles it; a large (or unreadable) file without one stands only if its link count moved
+    # A change time that moved otherwise is a link made or removed (uv and pip install by
+    # hard-linking from their caches: every install of the same file elsewhere, and each build
+    # environment made and removed, touches this inode) or content written with its mtime set back:
+    # the digest settles it. A large file without one stands only if its link count moved; a racy
+    # one that could not be read, not at all
     if digest is None:
-        return ctime == st.st_ctime_ns or links != st.st_nlink
-    return digest == _digest(path)
+        return not racy and links != st.st_nlink
+    read = _content(path)
+    return read is not None and read[0] == digest
 
 
 def _valid(entry: Dict[str, Any]) -> bool:
