@@ -54,8 +54,8 @@ from .._lock.atomic import AtomicFile
 from .._lock.paths import SMT_DIR
 from . import watch
 
-__all__ = ["enabled", "watching", "realpath", "run_script", "executable_version", "platform_information", "in_project",
-           "current_project", "read_memo", "write_memo",
+__all__ = ["enabled", "watching", "realpath", "content", "run_script", "executable_version", "platform_information",
+           "in_project", "current_project", "read_memo", "write_memo",
            "SourceOnce", "ListingOnce", "MEMO_DIR", "MEMO_SWITCH", "WATCH_SWITCH", "SCAN_WAIT_S", "stats"]
 
 #: the folder under ``.smt`` that holds the memo shared by the project's processes
@@ -196,7 +196,7 @@ def _stamp(path: str, now_ns: int) -> Any:
         return [st.st_ino, "dir", _importable(path), None if racy else st.st_mtime_ns]
     digest = None
     if stat.S_ISREG(st.st_mode) and (racy or st.st_size <= _DIGEST_MAX):
-        read = _content(path)
+        read = content(path)
         if read is not None:  # stamped with the stat taken after the read: a later change moves its times
             digest, st = read
             racy = now_ns - max(st.st_mtime_ns, st.st_ctime_ns) < _RACY_NS
@@ -215,9 +215,10 @@ def _importable(folder: str) -> Optional[str]:
     return hashlib.sha256("\0".join(sorted(names)).encode()).hexdigest()
 
 
-def _content(path: str) -> Optional[Tuple[str, os.stat_result]]:
-    """The digest of a regular file's content and its stat after the read, or None (not a regular
-    file: a FIFO is opened without waiting for a writer, and not read)."""
+def content(path: str) -> Optional[Tuple[str, os.stat_result]]:
+    """The sha256 digest of a regular file's content and its stat taken after the read, or None (not
+    a regular file: a FIFO is opened without waiting for a writer, and not read). For the memo's
+    stamps and version control's."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError:
@@ -225,9 +226,11 @@ def _content(path: str) -> Optional[Tuple[str, os.stat_result]]:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
+        digest = hashlib.sha256()
         with open(fd, "rb", closefd=False) as file:
-            digest = hashlib.sha256(file.read()).hexdigest()
-        return digest, os.fstat(fd)
+            for block in iter(lambda: file.read(1 << 20), b""):  # a large file: in pieces
+                digest.update(block)
+        return digest.hexdigest(), os.fstat(fd)
     except OSError:
         return None
     finally:
@@ -259,7 +262,7 @@ def _same(path: str, stamp: Any) -> bool:
     # one that could not be read, not at all
     if digest is None:
         return not racy and links != st.st_nlink
-    read = _content(path)
+    read = content(path)
     return read is not None and read[0] == digest
 
 

@@ -130,14 +130,8 @@ def _presence(path: str) -> Any:
 
 
 def _digest(path: str) -> Optional[str]:
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as file:
-            for block in iter(lambda: file.read(1 << 20), b""):  # a large data file: in pieces
-                digest.update(block)
-    except OSError:
-        return None
-    return digest.hexdigest()
+    found = provenance.content(path)
+    return None if found is None else found[0]
 
 
 class _Stamps:
